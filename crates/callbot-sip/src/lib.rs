@@ -1,0 +1,10 @@
+//! # callbot-sip: SIP signalling for phone voice bots
+//!
+//! Status: skeleton. The SIP issue fills this crate.
+//!
+//! What it owns once complete:
+//! - a sans-IO user agent core (RFC 3261 transactions, dialogs, registration with
+//!   RFC 7616 digest auth): no sockets, no threads, time passed in;
+//! - a `SipUserAgent` handle owning one UDP socket and one named driver thread, with
+//!   events on a bounded channel and `shutdown(deadline)` (BYE to live calls,
+//!   unregister, join, close) that `Drop` also calls.
