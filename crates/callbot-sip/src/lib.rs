@@ -8,3 +8,5 @@
 //! - a `SipUserAgent` handle owning one UDP socket and one named driver thread, with
 //!   events on a bounded channel and `shutdown(deadline)` (BYE to live calls,
 //!   unregister, join, close) that `Drop` also calls.
+
+pub mod digest;
