@@ -1,8 +1,22 @@
 //! # callbot-audio: audio building blocks for phone voice bots
 //!
-//! Status: skeleton. The media issue fills this crate.
+//! Plain values and streaming processors; no threads, no sockets, no I/O beyond WAV files.
+//! Nothing here needs a shutdown: every type is an ordinary owned value, dropped normally.
 //!
-//! What it owns once complete: plain values and streaming processors, no threads and
-//! no I/O beyond WAV files: audio frames that carry their sample rate, G.711 µ-law
-//! and A-law, streaming resampling (rubato), voice activity detection and
-//! endpointing, WAV read/write.
+//! - [`AudioFrame`]: mono 16-bit PCM that carries its sample rate, with `dasp` sample
+//!   conversions to and from `f32`.
+//! - [`g711`]: µ-law and A-law, bit-exact to the ITU-T G.191 reference on all inputs.
+//!
+//! ```
+//! use callbot_audio::{AudioFrame, g711::Law};
+//! let frame = AudioFrame::new(8000, vec![0i16; 160]); // 20 ms at 8 kHz
+//! assert_eq!(frame.duration().as_millis(), 20);
+//! let mut payload = Vec::new();
+//! Law::Ulaw.encode_into(&frame.samples, &mut payload);
+//! assert_eq!(payload.len(), 160);
+//! ```
+
+pub mod frame;
+pub mod g711;
+
+pub use frame::AudioFrame;
