@@ -10,3 +10,4 @@
 //!   unregister, join, close) that `Drop` also calls.
 
 pub mod digest;
+pub mod sdp;
