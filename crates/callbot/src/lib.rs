@@ -1,7 +1,25 @@
 //! # callbot: the voice bot
 //!
-//! Status: skeleton. The composition issue fills this crate.
+//! The composing crate: it turns the layer crates (SIP, RTP, audio, STT, LLM, TTS)
+//! into a phone voice bot. What exists so far, each usable and tested on its own:
 //!
-//! What it owns once complete: a `Bot` handle composing the SIP, RTP, STT, LLM and
-//! TTS layers through traits, one pipeline per call, `reconfigure` with rollback and
-//! a bounded `shutdown(deadline)` that `Drop` also calls.
+//! - [`settings`]: [`Settings`] from a TOML file (serde), validated with errors that
+//!   name the field and the reason ([`SettingsError`]). Annotated example:
+//!   `examples/callbot.toml`.
+//! - [`dialogue`]: the sans-IO turn-taking engine of one call ([`Dialogue`]): greeting,
+//!   endpoint -> transcribe -> streamed reply spoken sentence by sentence, barge-in,
+//!   noise guard, silence prompt and hang-up, maximum duration, DTMF actions, goodbye
+//!   before BYE, caller hang-up at any stage, per-turn stage timings. No threads,
+//!   no clock: time is passed in.
+//! - [`transcript`]: the per-call JSON-lines transcript file, one fsynced line per
+//!   finished turn and a summary line at the end.
+//!
+//! Not there yet (later work on the composition issue): the per-call pipeline driver
+//! over the layer handles, `Bot::start` / `reconfigure` / `shutdown`, the `callbot`
+//! program and the demo.
+
+pub mod dialogue;
+pub mod settings;
+
+pub use dialogue::{Action, Dialogue, DialogueConfig, Input};
+pub use settings::{LoadError, Settings, SettingsError};

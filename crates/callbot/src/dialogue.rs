@@ -1,0 +1,1171 @@
+//! The call dialogue: a sans-IO turn-taking engine, one per call.
+//!
+//! [`Dialogue`] owns no thread, socket, clock or audio device. The call's driver feeds it
+//! what happened ([`Input`]: the VAD saw speech start/end, a transcript is ready, the LLM
+//! produced a sentence, a sentence's audio was queued or finished playing, a DTMF digit,
+//! the caller hung up) together with the current time, and takes out what to do
+//! ([`Action`]: start a transcription, start an LLM reply, speak a text, stop speaking,
+//! cancel jobs, hang up, write a transcript line). Timers are plain deadlines:
+//! [`Dialogue::poll_timeout`] says when to call [`Dialogue::handle_timeout`]. Tests drive
+//! it with made-up `Instant`s, so every rule below is tested deterministically.
+//!
+//! The run loop, for a driver:
+//! 1. `Dialogue::new(config, answered_at)` when the call is answered (queues the greeting).
+//! 2. Drain [`Dialogue::poll_action`] and carry out each action.
+//! 3. Wait for the next event or until [`Dialogue::poll_timeout`].
+//! 4. Feed it with [`Dialogue::handle`] (or [`Dialogue::handle_timeout`]); back to 2.
+//! 5. Stop when [`Dialogue::is_ended`] (after an [`Action::CallEnded`]).
+//!
+//! The rules:
+//! - **Greeting** when answered. **Turns**: speech end (endpoint) -> [`Action::Transcribe`]
+//!   -> [`Action::Reply`] -> one [`Action::Speak`] per LLM sentence as it arrives.
+//!   One transcription runs at a time; an utterance that ends meanwhile waits (the
+//!   newest one; an older waiting one is dropped and counted).
+//! - **Caller goes on speaking** before the bot says anything: the pending transcript
+//!   or reply is not answered; its text is carried into the next turn.
+//! - **Barge-in** (when enabled): the caller starts speaking while the bot speaks ->
+//!   [`Action::StopSpeaking`] and [`Action::CancelReply`]; the turn's record (and so the
+//!   history) keeps the sentences fully played plus the share of the interrupted one
+//!   that was heard (from [`Input::PlaybackStopped`]'s `played`). Without barge-in the
+//!   caller's speech is ignored while the bot speaks.
+//! - **Noise guard**: a transcript with a no-speech probability above the limit or
+//!   fewer words than the minimum gets no reply.
+//! - **Silence**: no caller speech for `silence_prompt_after` (while nothing else is
+//!   going on) -> the prompt, once; `silence_hangup_after` -> goodbye and hang-up.
+//! - **Maximum duration**, **caller goodbye phrases**, **DTMF actions** with `hangup`,
+//!   and [`Input::Shutdown`] close the call: pending jobs are cancelled, what is already
+//!   being spoken is finished, the goodbye phrase is spoken, then [`Action::HangUp`].
+//!   If playback does not finish within `closing_grace`, the call is hung up anyway.
+//! - **Caller hangs up** at any stage: every job is cancelled at once
+//!   ([`Action::CancelTranscription`], [`Action::CancelReply`], [`Action::StopSpeaking`]).
+//! - Every finished turn comes out as [`Action::TurnFinished`] with its stage timings,
+//!   computed from the times passed in; the call ends with [`Action::CallEnded`].
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use callbot::dialogue::{Action, Dialogue, DialogueConfig, Input};
+//!
+//! let t0 = Instant::now();
+//! let mut d: Dialogue<Vec<i16>> = Dialogue::new(DialogueConfig::default(), t0);
+//! let Some(Action::Speak { speech, .. }) = d.poll_action() else { unreachable!() };
+//! d.handle(t0, Input::SpeechAudio { speech, duration: Duration::from_secs(2) });
+//! d.handle(t0 + Duration::from_secs(2), Input::PlaybackFinished { speech });
+//! let t1 = t0 + Duration::from_secs(3);
+//! d.handle(t1, Input::SpeechStarted);
+//! d.handle(t1 + Duration::from_secs(1), Input::SpeechEnded { audio: vec![0; 16000], voice_ended: t1 });
+//! assert!(matches!(d.poll_action(), Some(Action::Transcribe { .. })));
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::settings::{DtmfAction, DtmfThen};
+
+/// The engine's configuration (see [`crate::Settings::dialogue_config`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DialogueConfig {
+    /// Said when the call is answered; empty: nothing.
+    pub greeting: String,
+    /// Said before the bot hangs up.
+    pub goodbye: String,
+    /// Caller utterances (already passed through [`normalize_words`]) that end the call.
+    pub caller_goodbye_phrases: Vec<String>,
+    /// Said once after `silence_prompt_after` of silence.
+    pub silence_prompt: String,
+    /// Caller silence before the prompt.
+    pub silence_prompt_after: Duration,
+    /// Caller silence before goodbye and hang-up.
+    pub silence_hangup_after: Duration,
+    /// Maximum call duration.
+    pub max_call_duration: Duration,
+    /// Said when the LLM fails before saying anything.
+    pub error_phrase: String,
+    /// Whether caller speech interrupts the bot.
+    pub barge_in: bool,
+    /// Transcripts with a no-speech probability above this are ignored.
+    pub max_no_speech_prob: f32,
+    /// Transcripts with fewer words are ignored.
+    pub min_words: usize,
+    /// DTMF digit to action.
+    pub dtmf: BTreeMap<char, DtmfAction>,
+    /// Once the call is closing, the longest the bot waits for playback to finish
+    /// before it hangs up anyway.
+    pub closing_grace: Duration,
+}
+
+impl Default for DialogueConfig {
+    fn default() -> Self {
+        Self {
+            greeting: "Hello, how can I help you?".into(),
+            goodbye: "Goodbye!".into(),
+            caller_goodbye_phrases: vec!["goodbye".into(), "bye".into()],
+            silence_prompt: "Are you still there?".into(),
+            silence_prompt_after: Duration::from_secs(8),
+            silence_hangup_after: Duration::from_secs(20),
+            max_call_duration: Duration::from_secs(600),
+            error_phrase: "Sorry, I cannot answer that right now.".into(),
+            barge_in: true,
+            max_no_speech_prob: 0.6,
+            min_words: 1,
+            dtmf: BTreeMap::new(),
+            closing_grace: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Identifies one caller turn (one transcription and its reply) within a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TurnId(pub u64);
+
+/// Identifies one piece of bot speech (a sentence, the greeting...) within a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct SpeechId(pub u64);
+
+/// What happened, fed to [`Dialogue::handle`]. `A` is the driver's utterance audio
+/// type; the engine only passes it on to [`Action::Transcribe`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input<A> {
+    /// The VAD detected the caller starting to speak.
+    SpeechStarted,
+    /// The VAD's endpointer decided the caller finished an utterance.
+    SpeechEnded {
+        /// The utterance's audio.
+        audio: A,
+        /// When the caller's voice actually stopped (before the endpoint hangover).
+        voice_ended: Instant,
+    },
+    /// A transcription finished.
+    Transcript {
+        /// Its turn.
+        turn: TurnId,
+        /// The text.
+        text: String,
+        /// Whisper's no-speech probability (0 to 1).
+        no_speech_prob: f32,
+    },
+    /// A transcription failed.
+    TranscriptFailed {
+        /// Its turn.
+        turn: TurnId,
+        /// Why.
+        error: String,
+    },
+    /// The LLM produced a token (only the first one of a reply matters).
+    LlmToken {
+        /// Its turn.
+        turn: TurnId,
+    },
+    /// The LLM reply's next complete sentence.
+    LlmSentence {
+        /// Its turn.
+        turn: TurnId,
+        /// The sentence.
+        text: String,
+    },
+    /// The LLM reply is complete.
+    LlmDone {
+        /// Its turn.
+        turn: TurnId,
+    },
+    /// The LLM reply failed.
+    LlmFailed {
+        /// Its turn.
+        turn: TurnId,
+        /// Why.
+        error: String,
+    },
+    /// The synthesized audio of a speech was queued for playback.
+    SpeechAudio {
+        /// Which speech.
+        speech: SpeechId,
+        /// Its playback duration.
+        duration: Duration,
+    },
+    /// Synthesis of a speech failed; it will not be played.
+    SpeechFailed {
+        /// Which speech.
+        speech: SpeechId,
+        /// Why.
+        error: String,
+    },
+    /// A speech finished playing completely.
+    PlaybackFinished {
+        /// Which speech.
+        speech: SpeechId,
+    },
+    /// The answer to [`Action::StopSpeaking`]: playback stopped.
+    PlaybackStopped {
+        /// The speech that was playing, if any.
+        speech: Option<SpeechId>,
+        /// How much of it was played.
+        played: Duration,
+    },
+    /// A DTMF digit (`0`-`9`, `*`, `#`, `A`-`D`).
+    Dtmf(char),
+    /// The caller hung up (BYE or CANCEL received).
+    CallerHungUp,
+    /// The bot is shutting down: say `phrase` (may be empty) and hang up within `grace`.
+    Shutdown {
+        /// Short goodbye.
+        phrase: String,
+        /// Longest wait for playback before hanging up anyway.
+        grace: Duration,
+    },
+}
+
+/// What to do, taken from [`Dialogue::poll_action`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action<A> {
+    /// Transcribe this utterance; answer with [`Input::Transcript`] or [`Input::TranscriptFailed`].
+    Transcribe {
+        /// Its turn.
+        turn: TurnId,
+        /// The audio.
+        audio: A,
+    },
+    /// Drop the transcription of `turn` (its result is ignored anyway).
+    CancelTranscription {
+        /// Which turn.
+        turn: TurnId,
+    },
+    /// Ask the LLM for a reply to `user_text` (the history holds the earlier turns);
+    /// answer with [`Input::LlmToken`], [`Input::LlmSentence`]s, then [`Input::LlmDone`]
+    /// or [`Input::LlmFailed`].
+    Reply {
+        /// Its turn.
+        turn: TurnId,
+        /// What the caller said.
+        user_text: String,
+    },
+    /// Stop the LLM reply of `turn`.
+    CancelReply {
+        /// Which turn.
+        turn: TurnId,
+    },
+    /// Synthesize `text` and queue it for playback after what is queued; answer with
+    /// [`Input::SpeechAudio`] (or [`Input::SpeechFailed`]), then [`Input::PlaybackFinished`].
+    Speak {
+        /// Its id.
+        speech: SpeechId,
+        /// The text.
+        text: String,
+    },
+    /// Stop playback now, drop queued audio and pending syntheses; answer with
+    /// [`Input::PlaybackStopped`].
+    StopSpeaking,
+    /// Send BYE: the call is over.
+    HangUp,
+    /// Append this finished turn to the transcript (and to the LLM history when it
+    /// has a `user` text: `bot` is what was actually spoken).
+    TurnFinished(TurnRecord),
+    /// The call is over; nothing else will come out.
+    CallEnded(CallSummary),
+}
+
+/// What kind of exchange a [`TurnRecord`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "digit")]
+pub enum TurnKind {
+    /// The greeting on answer.
+    Greeting,
+    /// The caller spoke and the bot replied.
+    Conversation,
+    /// The silence prompt.
+    SilencePrompt,
+    /// A DTMF action's phrase.
+    Dtmf(char),
+    /// The closing goodbye.
+    Goodbye,
+}
+
+/// Per-turn stage timings, from the times passed to the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TurnTimings {
+    /// From the end of the caller's voice to the endpoint decision (VAD hangover).
+    #[serde(serialize_with = "ser_ms")]
+    pub endpoint: Option<Duration>,
+    /// From the start of the transcription to the transcript.
+    #[serde(serialize_with = "ser_ms")]
+    pub stt: Option<Duration>,
+    /// From the reply request to the LLM's first token.
+    #[serde(serialize_with = "ser_ms")]
+    pub llm_first_token: Option<Duration>,
+    /// From the reply request to the first complete sentence.
+    #[serde(serialize_with = "ser_ms")]
+    pub llm_first_sentence: Option<Duration>,
+    /// From the first sentence to its audio being queued for playback.
+    #[serde(serialize_with = "ser_ms")]
+    pub tts_first_audio: Option<Duration>,
+    /// From the end of the caller's voice to the first reply audio queued for playback.
+    #[serde(serialize_with = "ser_ms")]
+    pub voice_to_voice: Option<Duration>,
+    /// From the caller's speech onset (barge-in) to the playback-stopped confirmation.
+    #[serde(serialize_with = "ser_ms")]
+    pub barge_in_stop: Option<Duration>,
+}
+
+/// One finished turn, as written to the transcript.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TurnRecord {
+    /// 1-based turn number within the call.
+    pub index: u32,
+    /// What kind of exchange.
+    #[serde(flatten)]
+    pub kind: TurnKind,
+    /// When the turn started, from the call's answer.
+    #[serde(serialize_with = "ser_ms_req")]
+    pub at: Duration,
+    /// What the caller said (conversation turns).
+    pub user: Option<String>,
+    /// What the bot actually said (cut where it was interrupted).
+    pub bot: String,
+    /// Whether the bot was interrupted or its reply cancelled.
+    pub interrupted: bool,
+    /// Stage timings.
+    pub timings: TurnTimings,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The caller hung up.
+    CallerHungUp,
+    /// The caller said a goodbye phrase.
+    CallerGoodbye,
+    /// Nobody spoke for `silence_hangup_after`.
+    Silence,
+    /// `max_call_duration` was reached.
+    MaxDuration,
+    /// A DTMF action said to hang up.
+    Dtmf,
+    /// The bot shut down.
+    Shutdown,
+}
+
+/// The end-of-call summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallSummary {
+    /// Why the call ended.
+    pub reason: EndReason,
+    /// From answer to end.
+    #[serde(serialize_with = "ser_ms_req")]
+    pub duration: Duration,
+    /// Turns recorded.
+    pub turns: u32,
+    /// Replies the LLM was asked for.
+    pub replies: u32,
+    /// Times the caller interrupted the bot.
+    pub barge_ins: u32,
+    /// Transcripts ignored by the noise guard.
+    pub noise_ignored: u32,
+    /// Utterances dropped because newer ones were waiting for transcription.
+    pub utterances_dropped: u32,
+    /// DTMF digits received.
+    pub dtmf_digits: u32,
+    /// Whether the closing goodbye finished playing before the hang-up
+    /// (false when it was cut by `closing_grace` or the caller hung up).
+    pub goodbye_completed: bool,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1000.0)),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_ms_req<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Lower-cases `text`, drops punctuation and joins its words with single spaces:
+/// the form used to count words and compare goodbye phrases.
+pub fn normalize_words(text: &str) -> String {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn word_count(text: &str) -> usize {
+    normalize_words(text).split(' ').filter(|w| !w.is_empty()).count()
+}
+
+#[derive(Debug, Clone)]
+struct Speech {
+    id: SpeechId,
+    text: String,
+    kind: SpeechKind,
+    audio: Option<Duration>,
+    requested_at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpeechKind {
+    /// Part of the current reply turn.
+    Reply(TurnId),
+    /// A bot-only utterance, recorded as its own turn.
+    Solo(TurnKind),
+}
+
+#[derive(Debug)]
+struct SttJob {
+    turn: TurnId,
+    superseded: bool,
+    voice_ended: Instant,
+    endpoint: Duration,
+    started: Instant,
+}
+
+#[derive(Debug)]
+struct Pending<A> {
+    audio: A,
+    voice_ended: Instant,
+    endpointed: Instant,
+}
+
+#[derive(Debug)]
+struct ReplyTurn {
+    turn: TurnId,
+    user: String,
+    at: Instant,
+    voice_ended: Instant,
+    requested: Instant,
+    timings: TurnTimings,
+    spoken: Vec<String>,
+    llm_done: bool,
+    cancelled: bool,
+    any_speech: bool,
+}
+
+#[derive(Debug)]
+struct Closing {
+    reason: EndReason,
+    deadline: Instant,
+    goodbye: Option<SpeechId>,
+}
+
+/// The dialogue of one call (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Dialogue<A> {
+    config: DialogueConfig,
+    answered: Instant,
+    actions: VecDeque<Action<A>>,
+    next_turn: u64,
+    next_speech: u64,
+    records: u32,
+    caller_speaking: bool,
+    ignoring_utterance: bool,
+    stt: Option<SttJob>,
+    waiting: Option<Pending<A>>,
+    carry: String,
+    reply: Option<ReplyTurn>,
+    queue: VecDeque<Speech>,
+    /// A reply turn interrupted by barge-in, waiting for `PlaybackStopped`.
+    interrupted: Option<(ReplyTurn, Option<Speech>, Instant)>,
+    /// Solo speech stopped by barge-in, waiting for `PlaybackStopped`.
+    stopped_solo: Vec<Speech>,
+    silence_since: Instant,
+    prompted: bool,
+    closing: Option<Closing>,
+    ended: bool,
+    summary: CallSummary,
+}
+
+impl<A> Dialogue<A> {
+    /// The dialogue of a call answered at `now`; queues the greeting.
+    pub fn new(config: DialogueConfig, now: Instant) -> Self {
+        let mut d = Self {
+            config,
+            answered: now,
+            actions: VecDeque::new(),
+            next_turn: 1,
+            next_speech: 1,
+            records: 0,
+            caller_speaking: false,
+            ignoring_utterance: false,
+            stt: None,
+            waiting: None,
+            carry: String::new(),
+            reply: None,
+            queue: VecDeque::new(),
+            interrupted: None,
+            stopped_solo: Vec::new(),
+            silence_since: now,
+            prompted: false,
+            closing: None,
+            ended: false,
+            summary: CallSummary {
+                reason: EndReason::CallerHungUp,
+                duration: Duration::ZERO,
+                turns: 0,
+                replies: 0,
+                barge_ins: 0,
+                noise_ignored: 0,
+                utterances_dropped: 0,
+                dtmf_digits: 0,
+                goodbye_completed: false,
+            },
+        };
+        let greeting = d.config.greeting.clone();
+        if !greeting.trim().is_empty() {
+            d.speak(now, greeting, SpeechKind::Solo(TurnKind::Greeting));
+        }
+        d
+    }
+
+    /// The next action to carry out, if any.
+    pub fn poll_action(&mut self) -> Option<Action<A>> {
+        self.actions.pop_front()
+    }
+
+    /// Whether the call is over (the last action is [`Action::CallEnded`]).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Whether the bot has speech queued or playing.
+    pub fn is_speaking(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// When [`Dialogue::handle_timeout`] must next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.ended {
+            return None;
+        }
+        if let Some(c) = &self.closing {
+            return Some(c.deadline);
+        }
+        let max = self.answered + self.config.max_call_duration;
+        let silence = if self.is_idle() {
+            Some(if self.prompted {
+                self.silence_since + self.config.silence_hangup_after
+            } else {
+                self.silence_since + self.config.silence_prompt_after
+            })
+        } else {
+            None
+        };
+        Some(silence.map_or(max, |s| s.min(max)))
+    }
+
+    /// Nothing is going on: the caller is quiet and the bot neither works nor speaks.
+    fn is_idle(&self) -> bool {
+        !self.caller_speaking
+            && self.stt.is_none()
+            && self.waiting.is_none()
+            && self.reply.is_none()
+            && self.queue.is_empty()
+            && self.interrupted.is_none()
+    }
+
+    /// Fires the timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.ended {
+            return;
+        }
+        if let Some(c) = &self.closing {
+            if now >= c.deadline {
+                if !self.queue.is_empty() {
+                    self.queue.clear();
+                    self.actions.push_back(Action::StopSpeaking);
+                }
+                self.finish_call(now);
+            }
+            return;
+        }
+        if now >= self.answered + self.config.max_call_duration {
+            let goodbye = self.config.goodbye.clone();
+            self.close(now, EndReason::MaxDuration, goodbye, None);
+            return;
+        }
+        if self.is_idle() {
+            if now >= self.silence_since + self.config.silence_hangup_after {
+                let goodbye = self.config.goodbye.clone();
+                self.close(now, EndReason::Silence, goodbye, None);
+            } else if !self.prompted && now >= self.silence_since + self.config.silence_prompt_after {
+                self.prompted = true;
+                let prompt = self.config.silence_prompt.clone();
+                if !prompt.trim().is_empty() {
+                    self.speak(now, prompt, SpeechKind::Solo(TurnKind::SilencePrompt));
+                }
+            }
+        }
+    }
+
+    /// Feeds one event that happened at `now`.
+    pub fn handle(&mut self, now: Instant, input: Input<A>) {
+        if self.ended {
+            return;
+        }
+        match input {
+            Input::SpeechStarted => self.on_speech_started(now),
+            Input::SpeechEnded { audio, voice_ended } => self.on_speech_ended(now, audio, voice_ended),
+            Input::Transcript {
+                turn,
+                text,
+                no_speech_prob,
+            } => self.on_transcript(now, turn, Some((text, no_speech_prob))),
+            Input::TranscriptFailed { turn, error } => {
+                tracing::warn!(turn = turn.0, %error, "transcription failed");
+                self.on_transcript(now, turn, None)
+            }
+            Input::LlmToken { turn } => {
+                if let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn && !r.cancelled)
+                    && r.timings.llm_first_token.is_none()
+                {
+                    r.timings.llm_first_token = Some(now.saturating_duration_since(r.requested));
+                }
+            }
+            Input::LlmSentence { turn, text } => self.on_sentence(now, turn, text),
+            Input::LlmDone { turn } => {
+                if let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn) {
+                    r.llm_done = true;
+                }
+                self.maybe_finish_reply(now);
+            }
+            Input::LlmFailed { turn, error } => self.on_llm_failed(now, turn, &error),
+            Input::SpeechAudio { speech, duration } => self.on_speech_audio(now, speech, duration),
+            Input::SpeechFailed { speech, error } => {
+                tracing::warn!(speech = speech.0, %error, "speech synthesis failed");
+                self.queue.retain(|s| s.id != speech);
+                self.after_playback(now);
+            }
+            Input::PlaybackFinished { speech } => self.on_playback_finished(now, speech),
+            Input::PlaybackStopped { speech, played } => self.on_playback_stopped(now, speech, played),
+            Input::Dtmf(digit) => self.on_dtmf(now, digit),
+            Input::CallerHungUp => self.on_caller_hung_up(now),
+            Input::Shutdown { phrase, grace } => {
+                if let Some(c) = self.closing.as_mut() {
+                    c.deadline = c.deadline.min(now + grace);
+                    c.reason = EndReason::Shutdown;
+                } else {
+                    self.close(now, EndReason::Shutdown, phrase, Some(grace));
+                }
+            }
+        }
+    }
+
+    fn new_turn(&mut self) -> TurnId {
+        let t = TurnId(self.next_turn);
+        self.next_turn += 1;
+        t
+    }
+
+    fn speak(&mut self, now: Instant, text: String, kind: SpeechKind) -> SpeechId {
+        let id = SpeechId(self.next_speech);
+        self.next_speech += 1;
+        self.queue.push_back(Speech {
+            id,
+            text: text.clone(),
+            kind,
+            audio: None,
+            requested_at: now,
+        });
+        self.actions.push_back(Action::Speak { speech: id, text });
+        id
+    }
+
+    fn record(
+        &mut self,
+        kind: TurnKind,
+        at: Instant,
+        user: Option<String>,
+        bot: String,
+        interrupted: bool,
+        timings: TurnTimings,
+    ) {
+        self.records += 1;
+        self.summary.turns = self.records;
+        self.actions.push_back(Action::TurnFinished(TurnRecord {
+            index: self.records,
+            kind,
+            at: at.saturating_duration_since(self.answered),
+            user,
+            bot,
+            interrupted,
+            timings,
+        }));
+    }
+
+    fn on_speech_started(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.caller_speaking = true;
+        self.prompted = false;
+        self.ignoring_utterance = false;
+        if let Some(job) = self.stt.as_mut() {
+            job.superseded = true;
+        }
+        let bot_audible = self.queue.iter().any(|s| s.audio.is_some());
+        if bot_audible && !self.config.barge_in {
+            self.ignoring_utterance = true;
+            return;
+        }
+        if let Some(mut r) = self.reply.take() {
+            if !r.llm_done {
+                self.actions.push_back(Action::CancelReply { turn: r.turn });
+            }
+            let reply_audible = self
+                .queue
+                .iter()
+                .any(|s| s.kind == SpeechKind::Reply(r.turn) && s.audio.is_some());
+            if r.spoken.is_empty() && !reply_audible {
+                // The caller went on speaking before the bot said anything:
+                // answer everything together in the next turn.
+                self.carry = join(&r.user, &self.carry);
+                self.stop_speaking();
+                return;
+            }
+            r.cancelled = true;
+            self.summary.barge_ins += 1;
+            let playing = self.queue.iter().find(|s| s.audio.is_some()).cloned();
+            self.interrupted = Some((r, playing, now));
+            self.stop_speaking();
+            return;
+        }
+        if !self.queue.is_empty() {
+            // Barge-in on the greeting, prompt or a DTMF phrase.
+            self.summary.barge_ins += 1;
+            self.stopped_solo = self.queue.drain(..).collect();
+            self.actions.push_back(Action::StopSpeaking);
+        }
+    }
+
+    fn stop_speaking(&mut self) {
+        if !self.queue.is_empty() {
+            self.queue.clear();
+            self.actions.push_back(Action::StopSpeaking);
+        }
+    }
+
+    fn on_speech_ended(&mut self, now: Instant, audio: A, voice_ended: Instant) {
+        self.caller_speaking = false;
+        self.silence_since = now;
+        if self.closing.is_some() || std::mem::take(&mut self.ignoring_utterance) {
+            return;
+        }
+        self.finish_interrupted(now, None);
+        let pending = Pending {
+            audio,
+            voice_ended: voice_ended.min(now),
+            endpointed: now,
+        };
+        if self.stt.is_some() {
+            if self.waiting.replace(pending).is_some() {
+                self.summary.utterances_dropped += 1;
+            }
+        } else {
+            self.start_stt(now, pending);
+        }
+    }
+
+    fn start_stt(&mut self, now: Instant, p: Pending<A>) {
+        let turn = self.new_turn();
+        self.stt = Some(SttJob {
+            turn,
+            superseded: false,
+            voice_ended: p.voice_ended,
+            endpoint: p.endpointed.saturating_duration_since(p.voice_ended),
+            started: now,
+        });
+        self.actions
+            .push_back(Action::Transcribe { turn, audio: p.audio });
+    }
+
+    fn on_transcript(&mut self, now: Instant, turn: TurnId, result: Option<(String, f32)>) {
+        let Some(job) = self.stt.take_if(|j| j.turn == turn) else {
+            return;
+        };
+        let text = match result {
+            Some((text, nsp)) => {
+                let text = text.trim().to_string();
+                if nsp > self.config.max_no_speech_prob || word_count(&text) < self.config.min_words {
+                    tracing::debug!(turn = turn.0, no_speech_prob = nsp, %text, "noise guard: no reply");
+                    self.summary.noise_ignored += 1;
+                    String::new()
+                } else {
+                    text
+                }
+            }
+            None => String::new(),
+        };
+        let full = join(&self.carry, &text);
+        if job.superseded || self.waiting.is_some() || self.caller_speaking {
+            self.carry = full;
+            if let Some(p) = self.waiting.take() {
+                self.start_stt(now, p);
+            }
+            return;
+        }
+        self.carry.clear();
+        if full.is_empty() {
+            return;
+        }
+        let mut timings = TurnTimings {
+            endpoint: Some(job.endpoint),
+            stt: Some(now.saturating_duration_since(job.started)),
+            ..TurnTimings::default()
+        };
+        if self
+            .config
+            .caller_goodbye_phrases
+            .contains(&normalize_words(&full))
+        {
+            let goodbye = self.config.goodbye.clone();
+            let id = if goodbye.trim().is_empty() {
+                None
+            } else {
+                Some(self.speak(now, goodbye.clone(), SpeechKind::Solo(TurnKind::Goodbye)))
+            };
+            timings.voice_to_voice = None;
+            self.record(
+                TurnKind::Conversation,
+                job.voice_ended,
+                Some(full),
+                String::new(),
+                false,
+                timings,
+            );
+            self.closing = Some(Closing {
+                reason: EndReason::CallerGoodbye,
+                deadline: now + self.config.closing_grace,
+                goodbye: id,
+            });
+            self.after_playback(now);
+            return;
+        }
+        self.summary.replies += 1;
+        self.reply = Some(ReplyTurn {
+            turn,
+            user: full.clone(),
+            at: job.voice_ended,
+            voice_ended: job.voice_ended,
+            requested: now,
+            timings,
+            spoken: Vec::new(),
+            llm_done: false,
+            cancelled: false,
+            any_speech: false,
+        });
+        self.actions.push_back(Action::Reply {
+            turn,
+            user_text: full,
+        });
+    }
+
+    fn on_sentence(&mut self, now: Instant, turn: TurnId, text: String) {
+        let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn && !r.cancelled) else {
+            return;
+        };
+        let text = text.trim().to_string();
+        if text.is_empty() {
+            return;
+        }
+        if r.timings.llm_first_sentence.is_none() {
+            r.timings.llm_first_sentence = Some(now.saturating_duration_since(r.requested));
+        }
+        r.any_speech = true;
+        self.speak(now, text, SpeechKind::Reply(turn));
+    }
+
+    fn on_llm_failed(&mut self, now: Instant, turn: TurnId, error: &str) {
+        let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn && !r.cancelled) else {
+            return;
+        };
+        tracing::warn!(turn = turn.0, %error, "LLM reply failed");
+        r.llm_done = true;
+        if !r.any_speech {
+            r.any_speech = true;
+            let phrase = self.config.error_phrase.clone();
+            if !phrase.trim().is_empty() {
+                self.speak(now, phrase, SpeechKind::Reply(turn));
+            }
+        }
+        self.maybe_finish_reply(now);
+    }
+
+    fn on_speech_audio(&mut self, now: Instant, speech: SpeechId, duration: Duration) {
+        let Some(s) = self.queue.iter_mut().find(|s| s.id == speech) else {
+            return;
+        };
+        s.audio = Some(duration);
+        if let SpeechKind::Reply(turn) = s.kind
+            && let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn)
+            && r.timings.tts_first_audio.is_none()
+        {
+            r.timings.tts_first_audio = Some(now.saturating_duration_since(s.requested_at));
+            r.timings.voice_to_voice = Some(now.saturating_duration_since(r.voice_ended));
+        }
+    }
+
+    fn on_playback_finished(&mut self, now: Instant, speech: SpeechId) {
+        let Some(pos) = self.queue.iter().position(|s| s.id == speech) else {
+            return;
+        };
+        let Some(s) = self.queue.remove(pos) else {
+            return;
+        };
+        match s.kind {
+            SpeechKind::Reply(turn) => {
+                if let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn) {
+                    r.spoken.push(s.text);
+                }
+            }
+            SpeechKind::Solo(kind) => {
+                if self.closing.as_ref().and_then(|c| c.goodbye) == Some(s.id) {
+                    self.summary.goodbye_completed = true;
+                }
+                self.record(kind, s.requested_at, None, s.text, false, TurnTimings::default());
+            }
+        }
+        self.after_playback(now);
+    }
+
+    /// After speech left the queue: finish the reply, reset the silence timer, hang up
+    /// when closing and nothing is left to say.
+    fn after_playback(&mut self, now: Instant) {
+        self.maybe_finish_reply(now);
+        if self.queue.is_empty() {
+            if self.closing.is_some() {
+                self.finish_call(now);
+            } else if !self.prompted {
+                self.silence_since = now;
+            }
+        }
+    }
+
+    fn maybe_finish_reply(&mut self, now: Instant) {
+        let Some(r) = self.reply.as_ref() else {
+            return;
+        };
+        let turn = r.turn;
+        if !r.llm_done || self.queue.iter().any(|s| s.kind == SpeechKind::Reply(turn)) {
+            return;
+        }
+        let Some(r) = self.reply.take() else {
+            return;
+        };
+        let interrupted = r.cancelled;
+        self.record(
+            TurnKind::Conversation,
+            r.at,
+            Some(r.user),
+            r.spoken.join(" "),
+            interrupted,
+            r.timings,
+        );
+        if self.queue.is_empty() && self.closing.is_none() {
+            self.silence_since = now;
+        }
+    }
+
+    fn on_playback_stopped(&mut self, now: Instant, speech: Option<SpeechId>, played: Duration) {
+        for s in std::mem::take(&mut self.stopped_solo) {
+            let heard = if Some(s.id) == speech {
+                cut_words(&s.text, played, s.audio)
+            } else {
+                continue;
+            };
+            if let SpeechKind::Solo(kind) = s.kind
+                && !heard.is_empty()
+            {
+                self.record(kind, s.requested_at, None, heard, true, TurnTimings::default());
+            }
+        }
+        self.finish_interrupted(now, Some((speech, played)));
+    }
+
+    /// Records the barge-in-interrupted turn: the sentences played in full plus the
+    /// share of the playing one that was heard (when `stopped` says how much).
+    fn finish_interrupted(&mut self, now: Instant, stopped: Option<(Option<SpeechId>, Duration)>) {
+        let Some((mut r, playing, onset)) = self.interrupted.take() else {
+            return;
+        };
+        if let (Some((Some(id), played)), Some(s)) = (stopped, playing.as_ref())
+            && s.id == id
+        {
+            let heard = cut_words(&s.text, played, s.audio);
+            if !heard.is_empty() {
+                r.spoken.push(heard);
+            }
+        }
+        if stopped.is_some() {
+            r.timings.barge_in_stop = Some(now.saturating_duration_since(onset));
+        }
+        self.record(
+            TurnKind::Conversation,
+            r.at,
+            Some(r.user),
+            r.spoken.join(" "),
+            true,
+            r.timings,
+        );
+    }
+
+    fn on_dtmf(&mut self, now: Instant, digit: char) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.summary.dtmf_digits += 1;
+        let digit = digit.to_ascii_uppercase();
+        let Some(action) = self.config.dtmf.get(&digit).cloned() else {
+            tracing::debug!(%digit, "DTMF digit without an action");
+            return;
+        };
+        self.silence_since = now;
+        self.prompted = false;
+        self.cancel_work(now);
+        match action.then {
+            DtmfThen::Hangup => self.close(now, EndReason::Dtmf, action.say, None),
+            DtmfThen::Continue => {
+                if !action.say.trim().is_empty() {
+                    self.speak(now, action.say, SpeechKind::Solo(TurnKind::Dtmf(digit)));
+                }
+            }
+        }
+    }
+
+    /// Cancels the transcription and reply in progress and stops speaking.
+    fn cancel_work(&mut self, now: Instant) {
+        if let Some(job) = self.stt.take() {
+            self.actions
+                .push_back(Action::CancelTranscription { turn: job.turn });
+        }
+        if self.waiting.take().is_some() {
+            self.summary.utterances_dropped += 1;
+        }
+        self.carry.clear();
+        if let Some(mut r) = self.reply.take() {
+            if !r.llm_done {
+                self.actions.push_back(Action::CancelReply { turn: r.turn });
+            }
+            r.cancelled = true;
+            let playing = self.queue.iter().find(|s| s.audio.is_some()).cloned();
+            self.interrupted = Some((r, playing, now));
+        }
+        if !self.queue.is_empty() {
+            self.stopped_solo = self
+                .queue
+                .iter()
+                .filter(|s| matches!(s.kind, SpeechKind::Solo(_)))
+                .cloned()
+                .collect();
+        }
+        self.stop_speaking();
+    }
+
+    fn on_caller_hung_up(&mut self, now: Instant) {
+        if let Some(job) = self.stt.take() {
+            self.actions
+                .push_back(Action::CancelTranscription { turn: job.turn });
+        }
+        self.waiting = None;
+        if let Some(r) = self.reply.take() {
+            if !r.llm_done {
+                self.actions.push_back(Action::CancelReply { turn: r.turn });
+            }
+            let cut =
+                r.cancelled || !r.llm_done || self.queue.iter().any(|s| s.kind == SpeechKind::Reply(r.turn));
+            let bot = r.spoken.join(" ");
+            self.record(TurnKind::Conversation, r.at, Some(r.user), bot, cut, r.timings);
+        }
+        self.finish_interrupted(now, None);
+        if !self.queue.is_empty() {
+            self.queue.clear();
+            self.actions.push_back(Action::StopSpeaking);
+        }
+        self.summary.reason = self
+            .closing
+            .as_ref()
+            .map_or(EndReason::CallerHungUp, |c| c.reason);
+        self.end(now);
+    }
+
+    /// Starts closing: cancel pending work, keep what is already being spoken, say
+    /// `goodbye`, hang up when playback is done (or at the grace deadline).
+    fn close(&mut self, now: Instant, reason: EndReason, goodbye: String, grace: Option<Duration>) {
+        if let Some(job) = self.stt.take() {
+            self.actions
+                .push_back(Action::CancelTranscription { turn: job.turn });
+        }
+        if self.waiting.take().is_some() {
+            self.summary.utterances_dropped += 1;
+        }
+        self.finish_interrupted(now, None);
+        if let Some(r) = self.reply.as_mut()
+            && !r.llm_done
+        {
+            self.actions.push_back(Action::CancelReply { turn: r.turn });
+            r.llm_done = true;
+            r.cancelled = true;
+        }
+        let grace = grace.unwrap_or(self.config.closing_grace);
+        let id = if goodbye.trim().is_empty() {
+            None
+        } else {
+            Some(self.speak(now, goodbye, SpeechKind::Solo(TurnKind::Goodbye)))
+        };
+        self.closing = Some(Closing {
+            reason,
+            deadline: now + grace,
+            goodbye: id,
+        });
+        self.maybe_finish_reply(now);
+        if self.queue.is_empty() {
+            self.finish_call(now);
+        }
+    }
+
+    /// Hangs up (the bot's side) and ends the call.
+    fn finish_call(&mut self, now: Instant) {
+        if let Some(r) = self.reply.take() {
+            self.record(
+                TurnKind::Conversation,
+                r.at,
+                Some(r.user),
+                r.spoken.join(" "),
+                true,
+                r.timings,
+            );
+        }
+        self.actions.push_back(Action::HangUp);
+        if let Some(c) = &self.closing {
+            self.summary.reason = c.reason;
+        }
+        self.end(now);
+    }
+
+    fn end(&mut self, now: Instant) {
+        self.summary.duration = now.saturating_duration_since(self.answered);
+        self.ended = true;
+        self.actions.push_back(Action::CallEnded(self.summary.clone()));
+    }
+}
+
+/// Joins two texts with a space, skipping empty ones.
+fn join(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a} {b}"),
+    }
+}
+
+/// The words of `text` heard in `played` out of `total`, proportionally.
+fn cut_words(text: &str, played: Duration, total: Option<Duration>) -> String {
+    let Some(total) = total.filter(|t| !t.is_zero()) else {
+        return String::new();
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let share = (played.as_secs_f64() / total.as_secs_f64()).clamp(0.0, 1.0);
+    let n = ((words.len() as f64) * share).round() as usize;
+    words.get(..n).map(|w| w.join(" ")).unwrap_or_default()
+}
