@@ -6,6 +6,8 @@
 //! - [`AudioFrame`]: mono 16-bit PCM that carries its sample rate, with `dasp` sample
 //!   conversions to and from `f32`.
 //! - [`g711`]: µ-law and A-law, bit-exact to the ITU-T G.191 reference on all inputs.
+//! - [`resample`]: streaming [`Resampler`] (rubato FFT) in 20 ms chunks with bounded,
+//!   documented latency and the filter delay trimmed so output stays time-aligned.
 //!
 //! ```
 //! use callbot_audio::{AudioFrame, g711::Law};
@@ -16,7 +18,11 @@
 //! assert_eq!(payload.len(), 160);
 //! ```
 
+pub mod error;
 pub mod frame;
 pub mod g711;
+pub mod resample;
 
+pub use error::AudioError;
 pub use frame::AudioFrame;
+pub use resample::Resampler;
