@@ -1169,3 +1169,883 @@ fn cut_words(text: &str, played: Duration, total: Option<Duration>) -> String {
     let n = ((words.len() as f64) * share).round() as usize;
     words.get(..n).map(|w| w.join(" ")).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type D = Dialogue<&'static str>;
+    type Act = Action<&'static str>;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn config() -> DialogueConfig {
+        let mut dtmf = BTreeMap::new();
+        dtmf.insert(
+            '0',
+            DtmfAction {
+                say: "Transferring you. Goodbye.".into(),
+                then: DtmfThen::Hangup,
+            },
+        );
+        dtmf.insert(
+            '*',
+            DtmfAction {
+                say: "Ask me anything.".into(),
+                then: DtmfThen::Continue,
+            },
+        );
+        DialogueConfig {
+            greeting: "Hello there.".into(),
+            dtmf,
+            ..DialogueConfig::default()
+        }
+    }
+
+    fn drain(d: &mut D) -> Vec<Act> {
+        std::iter::from_fn(|| d.poll_action()).collect()
+    }
+
+    fn speak_id(actions: &[Act]) -> SpeechId {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Speak { speech, .. } => Some(*speech),
+                _ => None,
+            })
+            .expect("a Speak action")
+    }
+
+    fn spoken_texts(actions: &[Act]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Speak { text, .. } => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn records(actions: &[Act]) -> Vec<TurnRecord> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::TurnFinished(r) => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn summary(actions: &[Act]) -> CallSummary {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::CallEnded(s) => Some(s.clone()),
+                _ => None,
+            })
+            .expect("CallEnded")
+    }
+
+    /// Plays a speech fully: audio queued at `at`, finished after `len`.
+    fn play(d: &mut D, at: Instant, id: SpeechId, len: Duration) -> Vec<Act> {
+        d.handle(
+            at,
+            Input::SpeechAudio {
+                speech: id,
+                duration: len,
+            },
+        );
+        d.handle(at + len, Input::PlaybackFinished { speech: id });
+        drain(d)
+    }
+
+    /// A call past its greeting at `t0 + 1 s`.
+    fn greeted() -> (D, Instant) {
+        let t0 = Instant::now();
+        let mut d = D::new(config(), t0);
+        let a = drain(&mut d);
+        assert_eq!(spoken_texts(&a), vec!["Hello there.".to_string()]);
+        let a = play(&mut d, t0, speak_id(&a), ms(1000));
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].kind, TurnKind::Greeting);
+        assert_eq!(r[0].bot, "Hello there.");
+        (d, t0)
+    }
+
+    /// The caller speaks from `at` for 1 s; the endpoint fires 300 ms later.
+    /// Returns the transcription's turn.
+    fn utterance(d: &mut D, at: Instant, audio: &'static str) -> TurnId {
+        d.handle(at, Input::SpeechStarted);
+        assert!(drain(d).is_empty());
+        let end = at + ms(1000);
+        d.handle(
+            end + ms(300),
+            Input::SpeechEnded {
+                audio,
+                voice_ended: end,
+            },
+        );
+        match drain(d).as_slice() {
+            [Action::Transcribe { turn, audio: a }] => {
+                assert_eq!(*a, audio);
+                *turn
+            }
+            other => panic!("expected Transcribe, got {other:?}"),
+        }
+    }
+
+    fn transcript(d: &mut D, at: Instant, turn: TurnId, text: &str) -> Vec<Act> {
+        d.handle(
+            at,
+            Input::Transcript {
+                turn,
+                text: text.into(),
+                no_speech_prob: 0.01,
+            },
+        );
+        drain(d)
+    }
+
+    #[test]
+    fn greeting_then_a_full_turn_with_stage_timings() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = utterance(&mut d, t, "audio-1");
+        // voice ended at t+1000, endpoint at t+1300, transcript at t+1500
+        let a = transcript(&mut d, t + ms(1500), turn, " What time is it? ");
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                turn,
+                user_text: "What time is it?".into()
+            }]
+        );
+        d.handle(t + ms(1600), Input::LlmToken { turn });
+        d.handle(t + ms(1650), Input::LlmToken { turn });
+        d.handle(
+            t + ms(1700),
+            Input::LlmSentence {
+                turn,
+                text: "It is noon.".into(),
+            },
+        );
+        let a = drain(&mut d);
+        assert_eq!(spoken_texts(&a), vec!["It is noon.".to_string()]);
+        let s1 = speak_id(&a);
+        d.handle(
+            t + ms(1720),
+            Input::SpeechAudio {
+                speech: s1,
+                duration: ms(800),
+            },
+        );
+        d.handle(
+            t + ms(1800),
+            Input::LlmSentence {
+                turn,
+                text: "Anything else?".into(),
+            },
+        );
+        let s2 = speak_id(&drain(&mut d));
+        d.handle(t + ms(1850), Input::LlmDone { turn });
+        d.handle(
+            t + ms(1900),
+            Input::SpeechAudio {
+                speech: s2,
+                duration: ms(700),
+            },
+        );
+        d.handle(t + ms(2520), Input::PlaybackFinished { speech: s1 });
+        assert!(
+            drain(&mut d).is_empty(),
+            "turn not finished before its last sentence"
+        );
+        d.handle(t + ms(3220), Input::PlaybackFinished { speech: s2 });
+        let r = records(&drain(&mut d));
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert_eq!(r.index, 2);
+        assert_eq!(r.kind, TurnKind::Conversation);
+        assert_eq!(r.user.as_deref(), Some("What time is it?"));
+        assert_eq!(r.bot, "It is noon. Anything else?");
+        assert!(!r.interrupted);
+        assert_eq!(r.at, ms(3000));
+        let tm = r.timings;
+        assert_eq!(tm.endpoint, Some(ms(300)));
+        assert_eq!(tm.stt, Some(ms(200)));
+        assert_eq!(tm.llm_first_token, Some(ms(100)));
+        assert_eq!(tm.llm_first_sentence, Some(ms(200)));
+        assert_eq!(tm.tts_first_audio, Some(ms(20)));
+        assert_eq!(tm.voice_to_voice, Some(ms(720)));
+        assert_eq!(tm.barge_in_stop, None);
+    }
+
+    #[test]
+    fn empty_greeting_says_nothing_and_listens() {
+        let t0 = Instant::now();
+        let mut d = D::new(
+            DialogueConfig {
+                greeting: " ".into(),
+                ..config()
+            },
+            t0,
+        );
+        assert!(drain(&mut d).is_empty());
+        utterance(&mut d, t0 + ms(100), "a");
+    }
+
+    #[test]
+    fn barge_in_stops_playback_cancels_reply_and_keeps_what_was_heard() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = utterance(&mut d, t, "a");
+        transcript(&mut d, t + ms(1500), turn, "Tell me a story");
+        d.handle(
+            t + ms(1600),
+            Input::LlmSentence {
+                turn,
+                text: "Once upon a time.".into(),
+            },
+        );
+        let s1 = speak_id(&drain(&mut d));
+        d.handle(
+            t + ms(1650),
+            Input::LlmSentence {
+                turn,
+                text: "There was a king who ruled a land.".into(),
+            },
+        );
+        let s2 = speak_id(&drain(&mut d));
+        d.handle(
+            t + ms(1700),
+            Input::SpeechAudio {
+                speech: s1,
+                duration: ms(1000),
+            },
+        );
+        d.handle(
+            t + ms(1750),
+            Input::SpeechAudio {
+                speech: s2,
+                duration: ms(2000),
+            },
+        );
+        d.handle(t + ms(2700), Input::PlaybackFinished { speech: s1 });
+        assert!(drain(&mut d).is_empty());
+        // caller speaks half-way through the second sentence
+        let onset = t + ms(3700);
+        d.handle(onset, Input::SpeechStarted);
+        let a = drain(&mut d);
+        assert_eq!(
+            a,
+            vec![Action::CancelReply { turn }, Action::StopSpeaking],
+            "barge-in"
+        );
+        d.handle(
+            onset + ms(40),
+            Input::PlaybackStopped {
+                speech: Some(s2),
+                played: ms(1000),
+            },
+        );
+        let r = records(&drain(&mut d));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].interrupted);
+        // 8 words, half heard
+        assert_eq!(r[0].bot, "Once upon a time. There was a king");
+        assert_eq!(r[0].timings.barge_in_stop, Some(ms(40)));
+        // late LLM output of the cancelled turn is ignored
+        d.handle(
+            onset + ms(50),
+            Input::LlmSentence {
+                turn,
+                text: "Late.".into(),
+            },
+        );
+        d.handle(onset + ms(60), Input::LlmDone { turn });
+        assert!(drain(&mut d).is_empty());
+        // the interrupting utterance becomes the next turn
+        d.handle(
+            onset + ms(900),
+            Input::SpeechEnded {
+                audio: "b",
+                voice_ended: onset + ms(600),
+            },
+        );
+        assert!(matches!(
+            drain(&mut d).as_slice(),
+            [Action::Transcribe { audio: "b", .. }]
+        ));
+        let mut s = d.summary.clone();
+        s.duration = Duration::ZERO;
+        assert_eq!(s.barge_ins, 1);
+    }
+
+    #[test]
+    fn barge_in_on_the_greeting_stops_it() {
+        let t0 = Instant::now();
+        let mut d = D::new(config(), t0);
+        let g = speak_id(&drain(&mut d));
+        d.handle(
+            t0,
+            Input::SpeechAudio {
+                speech: g,
+                duration: ms(1000),
+            },
+        );
+        d.handle(t0 + ms(500), Input::SpeechStarted);
+        assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
+        d.handle(
+            t0 + ms(520),
+            Input::PlaybackStopped {
+                speech: Some(g),
+                played: ms(500),
+            },
+        );
+        let r = records(&drain(&mut d));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].kind, TurnKind::Greeting);
+        assert_eq!(r[0].bot, "Hello");
+        assert!(r[0].interrupted);
+    }
+
+    #[test]
+    fn without_barge_in_caller_speech_during_the_bot_is_ignored() {
+        let t0 = Instant::now();
+        let mut d = D::new(
+            DialogueConfig {
+                barge_in: false,
+                ..config()
+            },
+            t0,
+        );
+        let g = speak_id(&drain(&mut d));
+        d.handle(
+            t0,
+            Input::SpeechAudio {
+                speech: g,
+                duration: ms(1000),
+            },
+        );
+        d.handle(t0 + ms(200), Input::SpeechStarted);
+        d.handle(
+            t0 + ms(700),
+            Input::SpeechEnded {
+                audio: "x",
+                voice_ended: t0 + ms(500),
+            },
+        );
+        assert!(drain(&mut d).is_empty());
+        d.handle(t0 + ms(1000), Input::PlaybackFinished { speech: g });
+        assert_eq!(records(&drain(&mut d)).len(), 1);
+        utterance(&mut d, t0 + ms(2000), "y");
+    }
+
+    #[test]
+    fn caller_going_on_before_the_bot_speaks_merges_into_one_turn() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn1 = utterance(&mut d, t, "part1");
+        // caller resumes while the first part is still being transcribed
+        d.handle(t + ms(1400), Input::SpeechStarted);
+        assert!(drain(&mut d).is_empty());
+        assert!(transcript(&mut d, t + ms(1500), turn1, "I would like").is_empty());
+        d.handle(
+            t + ms(2500),
+            Input::SpeechEnded {
+                audio: "part2",
+                voice_ended: t + ms(2200),
+            },
+        );
+        let turn2 = match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, audio: "part2" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        let a = transcript(&mut d, t + ms(2700), turn2, "a pizza.");
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                turn: turn2,
+                user_text: "I would like a pizza.".into()
+            }]
+        );
+        // caller goes on again while the LLM thinks: reply dropped, text carried
+        d.handle(t + ms(2800), Input::SpeechStarted);
+        assert_eq!(drain(&mut d), vec![Action::CancelReply { turn: turn2 }]);
+        d.handle(
+            t + ms(3800),
+            Input::SpeechEnded {
+                audio: "part3",
+                voice_ended: t + ms(3500),
+            },
+        );
+        let turn3 = match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, .. }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        let a = transcript(&mut d, t + ms(4000), turn3, "With cheese.");
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                turn: turn3,
+                user_text: "I would like a pizza. With cheese.".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn utterance_ending_during_a_transcription_waits_and_only_the_newest_waits() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn1 = utterance(&mut d, t, "u1");
+        d.handle(t + ms(1400), Input::SpeechStarted);
+        d.handle(
+            t + ms(1600),
+            Input::SpeechEnded {
+                audio: "u2",
+                voice_ended: t + ms(1500),
+            },
+        );
+        d.handle(t + ms(1700), Input::SpeechStarted);
+        d.handle(
+            t + ms(1900),
+            Input::SpeechEnded {
+                audio: "u3",
+                voice_ended: t + ms(1800),
+            },
+        );
+        assert!(drain(&mut d).is_empty(), "one transcription at a time");
+        let a = transcript(&mut d, t + ms(2000), turn1, "one");
+        let turn3 = match a.as_slice() {
+            [Action::Transcribe { turn, audio: "u3" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        let a = transcript(&mut d, t + ms(2300), turn3, "three");
+        assert!(matches!(a.as_slice(), [Action::Reply { user_text, .. }] if user_text == "one three"));
+        assert_eq!(d.summary.utterances_dropped, 1);
+    }
+
+    #[test]
+    fn noise_guard_ignores_no_speech_and_too_few_words() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = utterance(&mut d, t, "cough");
+        d.handle(
+            t + ms(1500),
+            Input::Transcript {
+                turn,
+                text: "Thank you.".into(),
+                no_speech_prob: 0.9,
+            },
+        );
+        assert!(drain(&mut d).is_empty());
+        let turn = utterance(&mut d, t + ms(3000), "breath");
+        assert!(transcript(&mut d, t + ms(4500), turn, " ... ").is_empty());
+        let turn = utterance(&mut d, t + ms(6000), "speech");
+        let a = transcript(&mut d, t + ms(7500), turn, "Hello?");
+        assert!(matches!(a.as_slice(), [Action::Reply { .. }]));
+        assert_eq!(d.summary.noise_ignored, 2);
+
+        // min_words = 3: a two-word transcript is noise
+        let t0 = Instant::now();
+        let mut d = D::new(
+            DialogueConfig {
+                greeting: String::new(),
+                min_words: 3,
+                ..config()
+            },
+            t0,
+        );
+        let turn = utterance(&mut d, t0, "a");
+        assert!(transcript(&mut d, t0 + ms(1500), turn, "uh huh").is_empty());
+        let turn = utterance(&mut d, t0 + ms(2000), "b");
+        assert!(!transcript(&mut d, t0 + ms(3500), turn, "what is that").is_empty());
+    }
+
+    #[test]
+    fn failed_transcription_gets_no_reply() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        d.handle(
+            t0 + ms(3500),
+            Input::TranscriptFailed {
+                turn,
+                error: "model error".into(),
+            },
+        );
+        assert!(drain(&mut d).is_empty());
+        utterance(&mut d, t0 + ms(4000), "b");
+    }
+
+    #[test]
+    fn silence_prompts_then_says_goodbye_and_hangs_up_after_playback() {
+        let (mut d, t0) = greeted();
+        // greeting finished at t0+1s: prompt due at +8 s
+        let due = t0 + ms(9000);
+        assert_eq!(d.poll_timeout(), Some(due));
+        d.handle_timeout(due - ms(1));
+        assert!(drain(&mut d).is_empty());
+        d.handle_timeout(due);
+        let a = drain(&mut d);
+        assert_eq!(spoken_texts(&a), vec!["Are you still there?".to_string()]);
+        let p = speak_id(&a);
+        assert_eq!(
+            d.poll_timeout(),
+            Some(t0 + ms(600_000)),
+            "no silence timer while speaking"
+        );
+        let a = play(&mut d, due, p, ms(1500));
+        assert_eq!(records(&a)[0].kind, TurnKind::SilencePrompt);
+        // hang-up due 20 s after the silence began (the prompt does not reset it)
+        let hang = t0 + ms(21_000);
+        assert_eq!(d.poll_timeout(), Some(hang));
+        d.handle_timeout(hang);
+        let a = drain(&mut d);
+        assert_eq!(spoken_texts(&a), vec!["Goodbye!".to_string()]);
+        assert!(
+            !a.contains(&Action::HangUp),
+            "no BYE before the goodbye is spoken"
+        );
+        let g = speak_id(&a);
+        let a = play(&mut d, hang, g, ms(700));
+        assert_eq!(records(&a)[0].kind, TurnKind::Goodbye);
+        assert!(a.contains(&Action::HangUp));
+        let s = summary(&a);
+        assert_eq!(s.reason, EndReason::Silence);
+        assert!(s.goodbye_completed);
+        assert_eq!(s.duration, ms(21_700));
+        assert!(d.is_ended());
+        assert_eq!(d.poll_timeout(), None);
+    }
+
+    #[test]
+    fn caller_speech_resets_the_silence_timers() {
+        let (mut d, t0) = greeted();
+        d.handle_timeout(t0 + ms(9000));
+        let p = speak_id(&drain(&mut d));
+        play(&mut d, t0 + ms(9000), p, ms(1000));
+        let turn = utterance(&mut d, t0 + ms(12_000), "a");
+        assert!(transcript(&mut d, t0 + ms(13_400), turn, "uh").len() == 1);
+        d.handle(t0 + ms(13_500), Input::LlmDone { turn });
+        let r = records(&drain(&mut d));
+        assert_eq!(r[0].bot, "");
+        // silence restarts at the end of the turn (t0+13.5 s): prompt again at +8 s
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(21_500)));
+    }
+
+    #[test]
+    fn max_call_duration_finishes_the_sentence_then_goodbye_then_bye() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = utterance(&mut d, t, "a");
+        transcript(&mut d, t + ms(1500), turn, "Talk forever");
+        d.handle(
+            t + ms(1600),
+            Input::LlmSentence {
+                turn,
+                text: "Sure thing.".into(),
+            },
+        );
+        let s1 = speak_id(&drain(&mut d));
+        d.handle(
+            t + ms(1650),
+            Input::SpeechAudio {
+                speech: s1,
+                duration: ms(1000),
+            },
+        );
+        let max = t0 + ms(600_000);
+        // (the silence timer is not armed while speaking)
+        assert_eq!(d.poll_timeout(), Some(max));
+        d.handle_timeout(max);
+        let a = drain(&mut d);
+        assert_eq!(a.first(), Some(&Action::CancelReply { turn }));
+        assert_eq!(spoken_texts(&a), vec!["Goodbye!".to_string()]);
+        assert!(!a.contains(&Action::StopSpeaking));
+        let g = speak_id(&a);
+        // input while closing is ignored
+        d.handle(max + ms(10), Input::SpeechStarted);
+        d.handle(max + ms(20), Input::Dtmf('0'));
+        assert!(drain(&mut d).is_empty());
+        d.handle(max + ms(100), Input::PlaybackFinished { speech: s1 });
+        let a = drain(&mut d);
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].bot, "Sure thing.");
+        assert!(r[0].interrupted, "the reply was cut by the end of the call");
+        assert!(!a.contains(&Action::HangUp));
+        let a = play(&mut d, max + ms(100), g, ms(500));
+        assert!(a.contains(&Action::HangUp));
+        assert_eq!(summary(&a).reason, EndReason::MaxDuration);
+    }
+
+    #[test]
+    fn closing_grace_bounds_the_wait_for_playback() {
+        let (mut d, t0) = greeted();
+        d.handle(
+            t0 + ms(2000),
+            Input::Shutdown {
+                phrase: "Shutting down.".into(),
+                grace: ms(300),
+            },
+        );
+        let a = drain(&mut d);
+        assert_eq!(spoken_texts(&a), vec!["Shutting down.".to_string()]);
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(2300)));
+        // synthesis never finishes: BYE at the deadline anyway
+        d.handle_timeout(t0 + ms(2300));
+        let a = drain(&mut d);
+        assert_eq!(a.first(), Some(&Action::StopSpeaking));
+        assert!(a.contains(&Action::HangUp));
+        let s = summary(&a);
+        assert_eq!(s.reason, EndReason::Shutdown);
+        assert!(!s.goodbye_completed);
+    }
+
+    #[test]
+    fn shutdown_with_empty_phrase_hangs_up_at_once() {
+        let (mut d, t0) = greeted();
+        d.handle(
+            t0 + ms(1500),
+            Input::Shutdown {
+                phrase: String::new(),
+                grace: ms(300),
+            },
+        );
+        let a = drain(&mut d);
+        assert_eq!(a.first(), Some(&Action::HangUp));
+        assert_eq!(summary(&a).reason, EndReason::Shutdown);
+    }
+
+    #[test]
+    fn caller_goodbye_phrase_ends_the_call_politely() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "bye");
+        let a = transcript(&mut d, t0 + ms(3500), turn, "Goodbye!");
+        assert_eq!(spoken_texts(&a), vec!["Goodbye!".to_string()]);
+        assert!(!a.iter().any(|x| matches!(x, Action::Reply { .. })));
+        let r = records(&a);
+        assert_eq!(r[0].user.as_deref(), Some("Goodbye!"));
+        let a = play(&mut d, t0 + ms(3600), speak_id(&a), ms(600));
+        assert!(a.contains(&Action::HangUp));
+        assert_eq!(summary(&a).reason, EndReason::CallerGoodbye);
+    }
+
+    #[test]
+    fn dtmf_hangup_action_interrupts_says_phrase_and_hangs_up() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = utterance(&mut d, t, "a");
+        transcript(&mut d, t + ms(1500), turn, "Hello");
+        d.handle(
+            t + ms(1600),
+            Input::LlmSentence {
+                turn,
+                text: "Hi, I can help.".into(),
+            },
+        );
+        let s1 = speak_id(&drain(&mut d));
+        d.handle(
+            t + ms(1650),
+            Input::SpeechAudio {
+                speech: s1,
+                duration: ms(1000),
+            },
+        );
+        d.handle(t + ms(1700), Input::Dtmf('0'));
+        let a = drain(&mut d);
+        assert_eq!(a[0], Action::CancelReply { turn });
+        assert_eq!(a[1], Action::StopSpeaking);
+        assert_eq!(spoken_texts(&a), vec!["Transferring you. Goodbye.".to_string()]);
+        // the interrupted turn is recorded without the unheard sentence
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].interrupted);
+        assert_eq!(r[0].bot, "");
+        let g = speak_id(&a);
+        let a = play(&mut d, t + ms(1800), g, ms(900));
+        assert!(a.contains(&Action::HangUp));
+        let s = summary(&a);
+        assert_eq!(s.reason, EndReason::Dtmf);
+        assert_eq!(s.dtmf_digits, 1);
+    }
+
+    #[test]
+    fn dtmf_continue_action_speaks_and_unknown_digits_do_nothing() {
+        let (mut d, t0) = greeted();
+        d.handle(t0 + ms(1500), Input::Dtmf('5'));
+        assert!(drain(&mut d).is_empty());
+        d.handle(t0 + ms(1600), Input::Dtmf('*'));
+        let a = drain(&mut d);
+        assert_eq!(spoken_texts(&a), vec!["Ask me anything.".to_string()]);
+        let a = play(&mut d, t0 + ms(1600), speak_id(&a), ms(500));
+        assert_eq!(records(&a)[0].kind, TurnKind::Dtmf('*'));
+        assert!(!d.is_ended());
+        assert_eq!(d.summary.dtmf_digits, 2);
+    }
+
+    #[test]
+    fn llm_failure_before_any_sentence_says_the_error_phrase() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        d.handle(
+            t0 + ms(3600),
+            Input::LlmFailed {
+                turn,
+                error: "connection refused".into(),
+            },
+        );
+        let a = drain(&mut d);
+        assert_eq!(
+            spoken_texts(&a),
+            vec!["Sorry, I cannot answer that right now.".to_string()]
+        );
+        let a = play(&mut d, t0 + ms(3700), speak_id(&a), ms(900));
+        let r = records(&a);
+        assert_eq!(r[0].bot, "Sorry, I cannot answer that right now.");
+    }
+
+    #[test]
+    fn failed_synthesis_is_skipped() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        d.handle(
+            t0 + ms(3600),
+            Input::LlmSentence {
+                turn,
+                text: "One.".into(),
+            },
+        );
+        let s1 = speak_id(&drain(&mut d));
+        d.handle(t0 + ms(3610), Input::LlmDone { turn });
+        d.handle(
+            t0 + ms(3620),
+            Input::SpeechFailed {
+                speech: s1,
+                error: "engine".into(),
+            },
+        );
+        let r = records(&drain(&mut d));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].bot, "");
+    }
+
+    fn hang_up_cancels(d: &mut D, at: Instant, expected: &[Act]) -> Vec<Act> {
+        d.handle(at, Input::CallerHungUp);
+        let a = drain(d);
+        for e in expected {
+            assert!(a.contains(e), "missing {e:?} in {a:?}");
+        }
+        assert!(!a.contains(&Action::HangUp), "no BYE after the caller's BYE");
+        assert_eq!(summary(&a).reason, EndReason::CallerHungUp);
+        assert!(d.is_ended());
+        assert_eq!(d.poll_timeout(), None);
+        d.handle(at + ms(1), Input::SpeechStarted);
+        d.handle_timeout(at + ms(1_000_000));
+        assert!(drain(d).is_empty(), "nothing after the end");
+        a
+    }
+
+    #[test]
+    fn caller_hang_up_during_greeting_stops_playback() {
+        let t0 = Instant::now();
+        let mut d = D::new(config(), t0);
+        drain(&mut d);
+        hang_up_cancels(&mut d, t0 + ms(200), &[Action::StopSpeaking]);
+    }
+
+    #[test]
+    fn caller_hang_up_during_stt_cancels_the_transcription() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        hang_up_cancels(&mut d, t0 + ms(3400), &[Action::CancelTranscription { turn }]);
+        // a late transcript is ignored
+        transcript(&mut d, t0 + ms(3500), turn, "hello");
+        assert!(drain(&mut d).is_empty());
+    }
+
+    #[test]
+    fn caller_hang_up_during_llm_cancels_the_reply_and_records_the_turn() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        let a = hang_up_cancels(&mut d, t0 + ms(3600), &[Action::CancelReply { turn }]);
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].interrupted);
+        assert_eq!(r[0].user.as_deref(), Some("Hello"));
+    }
+
+    #[test]
+    fn caller_hang_up_during_tts_cancels_reply_and_speech() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        d.handle(
+            t0 + ms(3600),
+            Input::LlmSentence {
+                turn,
+                text: "Hi.".into(),
+            },
+        );
+        drain(&mut d);
+        hang_up_cancels(
+            &mut d,
+            t0 + ms(3650),
+            &[Action::CancelReply { turn }, Action::StopSpeaking],
+        );
+    }
+
+    #[test]
+    fn caller_hang_up_while_closing_keeps_the_closing_reason() {
+        let (mut d, t0) = greeted();
+        d.handle(t0 + ms(1500), Input::Dtmf('0'));
+        drain(&mut d);
+        d.handle(t0 + ms(1600), Input::CallerHungUp);
+        let a = drain(&mut d);
+        assert!(!a.contains(&Action::HangUp));
+        let s = summary(&a);
+        assert_eq!(s.reason, EndReason::Dtmf);
+        assert!(!s.goodbye_completed);
+    }
+
+    #[test]
+    fn normalize_words_and_cut_words() {
+        assert_eq!(
+            normalize_words("  Bye-bye, Bob! It's OK. "),
+            "bye bye bob it's ok"
+        );
+        assert_eq!(normalize_words("..."), "");
+        assert_eq!(word_count("one, two three"), 3);
+        assert_eq!(cut_words("a b c d", ms(500), Some(ms(1000))), "a b");
+        assert_eq!(cut_words("a b c d", ms(5000), Some(ms(1000))), "a b c d");
+        assert_eq!(cut_words("a b c d", ms(500), None), "");
+    }
+
+    #[test]
+    fn turn_record_serializes_with_millisecond_timings() {
+        let r = TurnRecord {
+            index: 3,
+            kind: TurnKind::Dtmf('0'),
+            at: ms(1500),
+            user: None,
+            bot: "Bye".into(),
+            interrupted: false,
+            timings: TurnTimings {
+                stt: Some(Duration::from_micros(250_500)),
+                ..TurnTimings::default()
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "dtmf");
+        assert_eq!(v["digit"], "0");
+        assert_eq!(v["at"], 1500.0);
+        assert_eq!(v["timings"]["stt"], 250.5);
+        assert!(v["timings"]["endpoint"].is_null());
+    }
+}
