@@ -12,8 +12,10 @@
 //! Nothing here starts threads that outlive the value that owns them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod harness;
 pub mod ports;
 pub mod process;
+pub mod sipp;
 pub mod tools;
 
 pub use tempfile::TempDir;
