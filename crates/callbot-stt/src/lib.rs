@@ -1,8 +1,72 @@
 //! # callbot-stt: speech to text for phone voice bots
 //!
-//! Status: skeleton. The STT issue fills this crate.
+//! A [`Transcriber`] takes one caller utterance (16 kHz mono f32, as produced by
+//! `callbot-audio`'s resampler) and returns a [`Transcript`]: text, [`Segment`]s with times,
+//! average log-probability and no-speech probability (so a bot can ignore coughs and noise).
+//! Other engines plug in by implementing the trait and building their job handles with
+//! [`job_channel`].
 //!
-//! What it owns once complete: a `Transcriber` trait and a `WhisperTranscriber`
-//! handle that owns one whisper.cpp model (context) and a bounded pool of named
-//! worker threads, each job with its own whisper state; `shutdown(deadline)` fails
-//! queued jobs, aborts late ones, joins the workers and frees the model.
+//! ## `WhisperTranscriber`: what it owns, which threads it starts, how it stops
+//!
+//! [`WhisperTranscriber`] owns **one** whisper.cpp model (a `whisper-rs` context, loaded once
+//! and shared by every job), a bounded job queue (`queue_capacity`, default 8) and
+//! `workers` named threads `stt-whisper-N` (default: one per two cores, so one on a 2-core
+//! machine, with 2 compute threads per job). Each worker owns one whisper state, so a running
+//! job has its own state and the model is never used by two jobs' states at once; after a
+//! failed or aborted job the worker frees its state and allocates a fresh one.
+//!
+//! Before whisper.cpp sees the model file, its whole layout is checked
+//! ([`validate_model_file`]): a missing, foreign or truncated file is an error, never a
+//! whisper.cpp `abort()`. whisper.cpp's own log lines go to `tracing` (target `whisper_cpp`).
+//!
+//! Every job has a deadline (the request's, or `default_timeout`) and a cancel flag, both
+//! checked by whisper.cpp's abort callback between compute steps: cancelling (or dropping)
+//! the [`TranscriptionJob`] of a caller who hung up frees the worker within milliseconds.
+//! Audio shorter than [`MIN_UTTERANCE`] returns an empty transcript without running whisper;
+//! audio longer than [`MAX_UTTERANCE`] (30 s) is refused. The encoder window is sized from
+//! the utterance ([`AudioWindow::Auto`]) instead of whisper's fixed 30 s.
+//!
+//! [`Transcriber::shutdown`] fails queued jobs with [`SttError::Cancelled`], lets running
+//! jobs finish until the deadline and aborts them then, joins the workers (each frees its
+//! state before it ends), frees the model last and logs "Whisper model cleaned up". It is
+//! idempotent; `Drop` calls it with a 2 s deadline.
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
+//!
+//! # fn main() -> Result<(), callbot_stt::SttError> {
+//! let mut stt = WhisperTranscriber::new(WhisperConfig::new("models/ggml-tiny.en.bin"))?;
+//! let utterance: Vec<f32> = vec![0.0; 16_000 * 2]; // 16 kHz mono f32 from the call
+//! let job = stt.submit(
+//!     TranscriptionRequest::new(utterance).with_deadline(Instant::now() + Duration::from_secs(5)),
+//! )?;
+//! // ... job.cancel() if the caller hangs up; dropping `job` cancels it too.
+//! let transcript = job.wait()?;
+//! if transcript.no_speech_prob < 0.6 {
+//!     println!("caller said: {}", transcript.text);
+//! }
+//! let report = stt.shutdown(Instant::now() + Duration::from_secs(2));
+//! assert!(report.model_freed);
+//! # Ok(())
+//! # }
+//! ```
+// whisper-rs leaves two things to raw FFI: the abort callback (its safe setter leaks a
+// boxed closure per call) and routing whisper.cpp's logs into `tracing`. Those two places
+// (`whisper.rs`, `logging.rs`) hold this crate's only unsafe blocks.
+#![allow(unsafe_code)]
+
+mod error;
+mod job;
+mod logging;
+mod model_file;
+mod whisper;
+
+pub use error::SttError;
+pub use job::{
+    AudioWindow, Decoding, JobCompletion, JobTimings, MAX_UTTERANCE, MIN_UTTERANCE, SAMPLE_RATE, Segment,
+    SttShutdownReport, TranscribeOptions, Transcriber, Transcript, TranscriptionJob, TranscriptionRequest,
+    job_channel, samples_to_duration,
+};
+pub use model_file::{ModelInfo, validate_model_file};
+pub use whisper::{WhisperConfig, WhisperTranscriber};
