@@ -20,6 +20,8 @@
 
 pub mod dialogue;
 pub mod settings;
+pub mod transcript;
 
 pub use dialogue::{Action, Dialogue, DialogueConfig, Input};
 pub use settings::{LoadError, Settings, SettingsError};
+pub use transcript::{TranscriptError, TranscriptWriter};
