@@ -1,0 +1,796 @@
+//! The sans-IO media engine of one call: everything an [`crate::RtpSession`] does,
+//! without sockets, threads or clocks.
+//!
+//! Drive it like this (the session's socket thread does exactly this):
+//! 1. [`MediaEngine::handle_rtp`] / [`MediaEngine::handle_rtcp`] for each datagram.
+//! 2. [`MediaEngine::handle_timeout`] whenever [`MediaEngine::poll_timeout`] is reached.
+//! 3. Drain [`MediaEngine::poll_transmit`] (datagrams to send) and
+//!    [`MediaEngine::poll_event`] (caller audio, DTMF, playback finished, ...).
+//!
+//! One 20 ms clock ([`Pacer`]) drives both directions: at each tick one caller frame is
+//! played out of the jitter buffer and one bot frame is sent, so the two channels of a
+//! recording stay aligned sample for sample.
+//!
+//! **Loss concealment**: a missing packet is replaced by the last decoded frame at half
+//! the level, a second one at a quarter, a third at an eighth; from the fourth on,
+//! silence. Between talkspurts (no packets at all) the application receives silence
+//! frames marked [`FrameKind::Silence`], so its timeline never has gaps.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use callbot_audio::g711::Law;
+
+use crate::dtmf::{DtmfEvent, DtmfReceiver, DtmfSender};
+use crate::jitter::{JitterBuffer, JitterConfig, Playout};
+use crate::packet::{self, Classified, NotRtp, RtpPacket};
+use crate::pacer::Pacer;
+use crate::rtcp::{self, ReportBlock, SenderInfo};
+use crate::stats::RtpStats;
+
+/// Samples per 20 ms frame at 8 kHz.
+pub const FRAME_SAMPLES: usize = 160;
+/// The frame interval.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
+/// G.711 sample rate.
+pub const SAMPLE_RATE: u32 = 8000;
+/// Largest audio payload accepted (60 ms of G.711).
+const MAX_AUDIO_PAYLOAD: usize = 480;
+
+/// How the engine picks the peer's media source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latching {
+    /// Accept RTP only from the address in the SDP (exact IP and port) and send there.
+    SdpAddress,
+    /// Symmetric RTP (RFC 4961) for peers behind NAT: the first valid packet from any
+    /// address fixes the source, and media is sent back to where it came from.
+    Symmetric,
+}
+
+/// Media parameters of one call, usually from the SDP negotiation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    /// The codec.
+    pub law: Law,
+    /// The RTP payload type for audio (normally `law.payload_type()`).
+    pub payload_type: u8,
+    /// The telephone-event payload type, if negotiated (often 101).
+    pub telephone_event: Option<u8>,
+    /// The peer's RTP address from the SDP (`None` until known: then only symmetric
+    /// latching can find it).
+    pub remote: Option<SocketAddr>,
+    /// Source latching rule.
+    pub latching: Latching,
+    /// Jitter buffer settings.
+    pub jitter: JitterConfig,
+    /// Send silence packets while nothing is played (keeps NAT bindings open and peers
+    /// that record on packet arrival in step). Default true.
+    pub send_silence: bool,
+    /// RTCP report interval (default 5 s).
+    pub rtcp_interval: Duration,
+    /// RTCP on the RTP port (rtcp-mux, RFC 5761) instead of RTP port + 1.
+    pub rtcp_mux: bool,
+    /// CNAME in RTCP SDES.
+    pub cname: String,
+    /// Keep interleaved stereo samples (caller left, bot right) for a recorder.
+    pub record: bool,
+}
+
+impl MediaConfig {
+    /// Defaults for `law` towards `remote`: payload type of the law, telephone-event
+    /// 101, symmetric latching, 60 ms jitter buffer, RTCP every 5 s on port + 1.
+    pub fn new(law: Law, remote: Option<SocketAddr>) -> Self {
+        MediaConfig {
+            law,
+            payload_type: law.payload_type(),
+            telephone_event: Some(101),
+            remote,
+            latching: Latching::Symmetric,
+            jitter: JitterConfig::default(),
+            send_silence: true,
+            rtcp_interval: Duration::from_secs(5),
+            rtcp_mux: false,
+            cname: "callbot@localhost".to_string(),
+            record: false,
+        }
+    }
+}
+
+/// What a delivered caller frame holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Decoded from received packets.
+    Audio,
+    /// Loss concealment (at least partly).
+    Concealed,
+    /// Nothing was received for this slot (between talkspurts, DTMF, or a pause).
+    Silence,
+}
+
+/// One 20 ms frame of the caller's audio (8 kHz mono, 160 samples).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedFrame {
+    /// The samples, with their rate.
+    pub audio: callbot_audio::AudioFrame,
+    /// Where they came from.
+    pub kind: FrameKind,
+    /// The tick this frame was played out on (20 ms per tick since session start).
+    pub tick: u64,
+}
+
+/// Identifies one `play` request.
+pub type PlaybackId = u64;
+
+/// One finished (or cancelled) playback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaybackFinished {
+    /// The request.
+    pub id: PlaybackId,
+    /// Samples of it that were sent.
+    pub played_samples: u64,
+    /// Samples of it that were discarded (by `stop_playback`).
+    pub dropped_samples: u64,
+    /// True when it played to the end.
+    pub completed: bool,
+}
+
+/// What `stop_playback` discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PlaybackStopped {
+    /// Requests cancelled (including the one being played).
+    pub cancelled: u32,
+    /// Samples of those requests already sent.
+    pub played: Duration,
+    /// Samples discarded.
+    pub dropped: Duration,
+}
+
+/// Something for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaEvent {
+    /// A 20 ms frame of caller audio.
+    Frame(ReceivedFrame),
+    /// A DTMF key press.
+    Dtmf(DtmfEvent),
+    /// A playback request finished or was cancelled.
+    PlaybackFinished(PlaybackFinished),
+    /// The session latched onto the peer's media source.
+    SourceLatched {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Its SSRC.
+        ssrc: u32,
+    },
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Bytes.
+    pub data: Vec<u8>,
+    /// True for RTCP (send from the RTCP socket unless muxed).
+    pub rtcp: bool,
+}
+
+/// Errors of engine requests.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaError {
+    /// The character is not a DTMF key.
+    #[error("not a DTMF key: {0:?}")]
+    NotADtmfKey(char),
+    /// telephone-event was not negotiated.
+    #[error("telephone-event was not negotiated for this call")]
+    NoTelephoneEvent,
+    /// Too much audio queued.
+    #[error("playback queue full ({0} s queued)")]
+    QueueFull(u64),
+}
+
+#[derive(Debug)]
+struct Job {
+    id: PlaybackId,
+    samples: Vec<i16>,
+    pos: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum LatchState {
+    Open,
+    Latched { addr: SocketAddr, ssrc: u32 },
+}
+
+#[derive(Debug, Default)]
+struct RecvStats {
+    base: Option<u64>,
+    highest: Option<u64>,
+    received: u64,
+    expected_prior: u64,
+    received_prior: u64,
+    jitter: f64,
+    last_transit: Option<i64>,
+    last_sr: Option<(u32, Instant)>,
+}
+
+/// Most playback audio that may be queued (10 minutes).
+const MAX_QUEUED_SAMPLES: usize = 10 * 60 * SAMPLE_RATE as usize;
+
+/// The engine. See the module documentation.
+#[derive(Debug)]
+pub struct MediaEngine {
+    cfg: MediaConfig,
+    epoch: Instant,
+    wall_epoch: SystemTime,
+    pacer: Pacer,
+    jitter: JitterBuffer,
+    latch: LatchState,
+    latched_ssrc_before: Option<u32>,
+    dest: Option<SocketAddr>,
+    dtmf_rx: DtmfReceiver,
+    // receive playout
+    rx_fifo: VecDeque<i16>,
+    rx_real: bool,
+    last_frame: [i16; FRAME_SAMPLES],
+    conceal_run: u32,
+    started: bool,
+    recv: RecvStats,
+    // send
+    ssrc: u32,
+    seq: u16,
+    ts0: u32,
+    jobs: VecDeque<Job>,
+    queued: usize,
+    next_id: PlaybackId,
+    tx_idle: bool,
+    dtmf_tx: VecDeque<DtmfSender>,
+    dtmf_ts: Option<u32>,
+    sent_since_report: bool,
+    next_rtcp: Instant,
+    // output
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<MediaEvent>,
+    record: Vec<i16>,
+    stats: RtpStats,
+    scratch: Vec<u8>,
+}
+
+fn extend_seq(highest: Option<u64>, seq: u16) -> u64 {
+    match highest {
+        None => (1 << 32) + u64::from(seq),
+        Some(h) => h.saturating_add_signed(i64::from(seq.wrapping_sub(h as u16) as i16)),
+    }
+}
+
+impl MediaEngine {
+    /// A new engine whose clock starts at `now`; `wall` is the wall-clock time at
+    /// `now` (for RTCP NTP timestamps); `seed` gives the random SSRC, first sequence
+    /// number and first timestamp (RFC 3550 requires them random).
+    pub fn new(cfg: MediaConfig, now: Instant, wall: SystemTime, seed: [u32; 3]) -> Self {
+        let dest = cfg.remote;
+        MediaEngine {
+            jitter: JitterBuffer::new(cfg.jitter),
+            pacer: Pacer::new(now, FRAME_INTERVAL),
+            epoch: now,
+            wall_epoch: wall,
+            latch: LatchState::Open,
+            latched_ssrc_before: None,
+            dest,
+            dtmf_rx: DtmfReceiver::new(),
+            rx_fifo: VecDeque::with_capacity(4 * FRAME_SAMPLES),
+            rx_real: false,
+            last_frame: [0; FRAME_SAMPLES],
+            conceal_run: 0,
+            started: false,
+            recv: RecvStats::default(),
+            ssrc: seed[0],
+            seq: seed[1] as u16,
+            ts0: seed[2],
+            jobs: VecDeque::new(),
+            queued: 0,
+            next_id: 1,
+            tx_idle: true,
+            dtmf_tx: VecDeque::new(),
+            dtmf_ts: None,
+            sent_since_report: false,
+            next_rtcp: now + cfg.rtcp_interval,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            record: Vec::new(),
+            stats: RtpStats::default(),
+            scratch: Vec::with_capacity(200),
+            cfg,
+        }
+    }
+
+    /// Our SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> RtpStats {
+        let mut s = self.stats.clone();
+        let j = self.jitter.stats();
+        s.late = j.late;
+        s.duplicates = j.duplicates;
+        s.out_of_window = j.out_of_window;
+        s.resyncs = j.resyncs;
+        s.concealed = j.concealed;
+        s.clock_skips = self.pacer.skipped();
+        if let (Some(b), Some(h)) = (self.recv.base, self.recv.highest) {
+            let expected = h + 1 - b;
+            s.packets_lost = expected as i64 - self.recv.received as i64;
+        }
+        s.jitter_ms = self.recv.jitter / f64::from(SAMPLE_RATE) * 1000.0;
+        s
+    }
+
+    /// Counts frames the driver had to drop from a full channel.
+    pub fn count_overflow(&mut self, frames: u64, events: u64) {
+        self.stats.overflow_drops += frames;
+        self.stats.events_dropped += events;
+    }
+
+    /// Counts failed sends.
+    pub fn count_send_error(&mut self) {
+        self.stats.send_errors += 1;
+    }
+
+    /// Where media is sent (SDP address or latched source).
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.dest
+    }
+
+    /// The latched source, if any.
+    pub fn latched(&self) -> Option<(SocketAddr, u32)> {
+        match self.latch {
+            LatchState::Latched { addr, ssrc } => Some((addr, ssrc)),
+            LatchState::Open => None,
+        }
+    }
+
+    /// Re-targets after a re-INVITE: new peer address (and possibly codec); the latch
+    /// opens again so the next valid packet (possibly with a new SSRC) is accepted.
+    pub fn retarget(&mut self, remote: Option<SocketAddr>, law: Law, payload_type: u8, telephone_event: Option<u8>) {
+        self.cfg.remote = remote;
+        self.cfg.law = law;
+        self.cfg.payload_type = payload_type;
+        self.cfg.telephone_event = telephone_event;
+        if remote.is_some() {
+            self.dest = remote;
+        }
+        self.latch = LatchState::Open;
+    }
+
+    /// Queues 8 kHz PCM to send after what is already queued. The matching
+    /// [`MediaEvent::PlaybackFinished`] comes when its last packet has been sent.
+    pub fn play(&mut self, pcm: Vec<i16>) -> Result<PlaybackId, MediaError> {
+        if self.queued + pcm.len() > MAX_QUEUED_SAMPLES {
+            return Err(MediaError::QueueFull((self.queued / SAMPLE_RATE as usize) as u64));
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.queued += pcm.len();
+        self.jobs.push_back(Job {
+            id,
+            samples: pcm,
+            pos: 0,
+        });
+        Ok(id)
+    }
+
+    /// Samples queued and not yet sent.
+    pub fn queued_samples(&self) -> usize {
+        self.queued
+    }
+
+    /// True while playback audio or DTMF is queued.
+    pub fn is_playing(&self) -> bool {
+        !self.jobs.is_empty() || !self.dtmf_tx.is_empty()
+    }
+
+    /// Discards all queued playback at once (barge-in).
+    pub fn stop_playback(&mut self) -> PlaybackStopped {
+        let mut out = PlaybackStopped::default();
+        let mut played = 0u64;
+        let mut dropped = 0u64;
+        for job in self.jobs.drain(..) {
+            let p = job.pos as u64;
+            let d = (job.samples.len() - job.pos.min(job.samples.len())) as u64;
+            played += p;
+            dropped += d;
+            out.cancelled += 1;
+            self.events.push_back(MediaEvent::PlaybackFinished(PlaybackFinished {
+                id: job.id,
+                played_samples: p,
+                dropped_samples: d,
+                completed: false,
+            }));
+        }
+        self.queued = 0;
+        self.stats.frames_dropped += dropped.div_ceil(FRAME_SAMPLES as u64);
+        out.played = Duration::from_micros(played * 1_000_000 / u64::from(SAMPLE_RATE));
+        out.dropped = Duration::from_micros(dropped * 1_000_000 / u64::from(SAMPLE_RATE));
+        out
+    }
+
+    /// Queues a DTMF key press (RFC 4733) of `duration`; audio playback pauses while it
+    /// is sent.
+    pub fn send_dtmf(&mut self, digit: char, duration: Duration) -> Result<(), MediaError> {
+        if self.cfg.telephone_event.is_none() {
+            return Err(MediaError::NoTelephoneEvent);
+        }
+        let s = DtmfSender::new(digit, duration).ok_or(MediaError::NotADtmfKey(digit))?;
+        self.dtmf_tx.push_back(s);
+        Ok(())
+    }
+
+    /// When [`MediaEngine::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Instant {
+        self.pacer.next_due().min(self.next_rtcp)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
+    }
+
+    /// Moves the recorded stereo samples (caller left, bot right, interleaved) into
+    /// `out` (appended). Empty unless `record` is set in the config.
+    pub fn take_recording(&mut self, out: &mut Vec<i16>) {
+        out.append(&mut self.record);
+    }
+
+    /// Handles a datagram that arrived on the RTP port.
+    pub fn handle_rtp(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let pkt = match packet::classify(data) {
+            Classified::Rtp(p) => p,
+            Classified::NotRtp(NotRtp::Rtcp) if self.cfg.rtcp_mux => {
+                self.handle_rtcp(now, from, data);
+                return;
+            }
+            Classified::NotRtp(_) => {
+                self.stats.discarded_non_rtp += 1;
+                return;
+            }
+        };
+        let is_event = Some(pkt.payload_type) == self.cfg.telephone_event;
+        let is_audio = pkt.payload_type == self.cfg.payload_type;
+        if !(is_event || is_audio && !pkt.payload.is_empty() && pkt.payload.len() <= MAX_AUDIO_PAYLOAD) {
+            self.stats.discarded_payload += 1;
+            return;
+        }
+        match self.latch {
+            LatchState::Latched { addr, ssrc } => {
+                if addr != from || ssrc != pkt.ssrc {
+                    self.stats.foreign_source += 1;
+                    return;
+                }
+            }
+            LatchState::Open => {
+                if self.cfg.latching == Latching::SdpAddress && self.cfg.remote != Some(from) {
+                    self.stats.foreign_source += 1;
+                    return;
+                }
+                self.latch_onto(from, pkt.ssrc);
+            }
+        }
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += pkt.payload.len() as u64;
+        self.update_recv_stats(now, &pkt, is_audio);
+        if is_event {
+            self.dtmf_rx.on_packet(now, pkt.timestamp, &pkt.payload);
+            self.drain_dtmf(now);
+        }
+        self.jitter.push(now, pkt);
+    }
+
+    fn latch_onto(&mut self, from: SocketAddr, ssrc: u32) {
+        let previous = self.latched_ssrc_before.replace(ssrc);
+        if previous.is_some_and(|p| p != ssrc) {
+            self.stats.ssrc_changes += 1;
+            self.jitter.reset();
+            self.dtmf_rx.reset();
+            self.recv = RecvStats::default();
+        }
+        self.latch = LatchState::Latched { addr: from, ssrc };
+        if self.cfg.latching == Latching::Symmetric {
+            self.dest = Some(from);
+        }
+        tracing::debug!(%from, ssrc, "RTP source latched");
+        self.events.push_back(MediaEvent::SourceLatched { addr: from, ssrc });
+    }
+
+    fn drain_dtmf(&mut self, now: Instant) {
+        while let Some(ev) = self.dtmf_rx.poll(now) {
+            self.stats.dtmf_received += 1;
+            self.events.push_back(MediaEvent::Dtmf(ev));
+        }
+    }
+
+    fn update_recv_stats(&mut self, now: Instant, pkt: &RtpPacket, is_audio: bool) {
+        let r = &mut self.recv;
+        let ext = extend_seq(r.highest, pkt.sequence);
+        r.base = Some(r.base.map_or(ext, |b| b.min(ext)));
+        r.highest = Some(r.highest.map_or(ext, |h| h.max(ext)));
+        r.received += 1;
+        if is_audio {
+            let arrival = (now.duration_since(self.epoch).as_micros() * u128::from(SAMPLE_RATE) / 1_000_000) as i64;
+            let transit = arrival.wrapping_sub(i64::from(pkt.timestamp));
+            if let Some(last) = r.last_transit {
+                let d = transit.wrapping_sub(last).unsigned_abs() as f64;
+                // Ignore absurd jumps (new talkspurt timestamp base, re-INVITE).
+                if d < f64::from(SAMPLE_RATE) * 10.0 {
+                    r.jitter += (d - r.jitter) / 16.0;
+                }
+            }
+            r.last_transit = Some(transit);
+        }
+    }
+
+    /// Handles a datagram that arrived on the RTCP port (or an RTCP packet on a muxed
+    /// RTP port).
+    pub fn handle_rtcp(&mut self, now: Instant, _from: SocketAddr, data: &[u8]) {
+        let Some(reports) = rtcp::parse(data) else {
+            self.stats.rtcp_discarded += 1;
+            return;
+        };
+        for r in reports {
+            self.stats.rtcp_received += 1;
+            if let Some(si) = r.sender {
+                self.recv.last_sr = Some(((si.ntp >> 16) as u32, now));
+            }
+            for b in r.blocks.iter().filter(|b| b.ssrc == self.ssrc) {
+                self.stats.remote_fraction_lost = Some(f32::from(b.fraction_lost) / 256.0);
+                self.stats.remote_jitter_ms = Some(f64::from(b.jitter) / f64::from(SAMPLE_RATE) * 1000.0);
+                if b.last_sr != 0 {
+                    let now_mid = (self.ntp(now) >> 16) as u32;
+                    let rtt = now_mid.wrapping_sub(b.last_sr).wrapping_sub(b.delay_since_last_sr);
+                    if rtt < 65536 * 10 {
+                        self.stats.round_trip = Some(Duration::from_micros(u64::from(rtt) * 1_000_000 / 65536));
+                    }
+                }
+            }
+        }
+    }
+
+    fn ntp(&self, now: Instant) -> u64 {
+        let wall = self.wall_epoch + now.duration_since(self.epoch);
+        let since = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs() + 2_208_988_800;
+        let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+        (secs << 32) | frac
+    }
+
+    /// Runs every tick (and RTCP report) due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(tick) = self.pacer.poll(now) {
+            self.tick(tick.index, now);
+        }
+        self.drain_dtmf(now);
+        if now >= self.next_rtcp {
+            self.next_rtcp = now + self.cfg.rtcp_interval;
+            self.send_rtcp(now);
+        }
+    }
+
+    fn tick(&mut self, index: u64, now: Instant) {
+        let caller = self.play_out(index, now);
+        let bot = self.send_tick(index);
+        if self.cfg.record {
+            for (c, b) in caller.iter().zip(bot.iter()) {
+                self.record.push(*c);
+                self.record.push(*b);
+            }
+        }
+    }
+
+    fn play_out(&mut self, index: u64, now: Instant) -> [i16; FRAME_SAMPLES] {
+        while self.rx_fifo.len() < FRAME_SAMPLES {
+            match self.jitter.pop(now) {
+                Playout::Frame(p) => {
+                    if p.payload_type == self.cfg.payload_type {
+                        let mut buf = Vec::with_capacity(p.payload.len());
+                        self.cfg.law.decode_into(&p.payload, &mut buf);
+                        self.rx_fifo.extend(buf);
+                        self.rx_real = true;
+                        self.conceal_run = 0;
+                    } else {
+                        // telephone-event: the slot is silent audio
+                        self.rx_fifo.extend([0i16; FRAME_SAMPLES]);
+                    }
+                    self.started = true;
+                }
+                Playout::Concealed => {
+                    self.conceal_run += 1;
+                    let shift = self.conceal_run.min(15);
+                    if self.conceal_run <= 3 {
+                        self.rx_fifo.extend(self.last_frame.iter().map(|s| s >> shift));
+                    } else {
+                        self.rx_fifo.extend([0i16; FRAME_SAMPLES]);
+                    }
+                    break;
+                }
+                Playout::Nothing => break,
+            }
+        }
+        // Never let a burst of long packets build latency.
+        while self.rx_fifo.len() > 3 * FRAME_SAMPLES {
+            self.rx_fifo.pop_front();
+        }
+        let mut frame = [0i16; FRAME_SAMPLES];
+        let have = self.rx_fifo.len().min(FRAME_SAMPLES);
+        for (dst, src) in frame.iter_mut().zip(self.rx_fifo.drain(..have)) {
+            *dst = src;
+        }
+        if !self.started {
+            return frame;
+        }
+        let kind = if have == 0 {
+            FrameKind::Silence
+        } else if self.rx_real && self.conceal_run == 0 {
+            FrameKind::Audio
+        } else {
+            FrameKind::Concealed
+        };
+        if kind == FrameKind::Audio {
+            self.last_frame = frame;
+        }
+        self.rx_real = false;
+        self.stats.frames_delivered += 1;
+        self.events.push_back(MediaEvent::Frame(ReceivedFrame {
+            audio: callbot_audio::AudioFrame::new(SAMPLE_RATE, frame.to_vec()),
+            kind,
+            tick: index,
+        }));
+        frame
+    }
+
+    fn send_tick(&mut self, index: u64) -> [i16; FRAME_SAMPLES] {
+        let ts = self.ts0.wrapping_add((index as u32).wrapping_mul(FRAME_SAMPLES as u32));
+        let mut frame = [0i16; FRAME_SAMPLES];
+        // DTMF first: audio waits.
+        if let (Some(pt), Some(sender)) = (self.cfg.telephone_event, self.dtmf_tx.front_mut()) {
+            let next = sender.next_packet();
+            let done = sender.is_done();
+            if let Some(ep) = next {
+                let event_ts = *self.dtmf_ts.get_or_insert(ts);
+                let payload = ep.payload.to_bytes();
+                self.emit_rtp(pt, ep.marker, event_ts, &payload);
+                if done {
+                    self.dtmf_tx.pop_front();
+                    self.dtmf_ts = None;
+                    self.stats.dtmf_sent += 1;
+                }
+                self.tx_idle = true;
+                return frame;
+            }
+            self.dtmf_tx.pop_front();
+            self.dtmf_ts = None;
+        }
+        let mut filled = 0;
+        while filled < FRAME_SAMPLES {
+            let Some(job) = self.jobs.front_mut() else { break };
+            let rest = job.samples.get(job.pos..).unwrap_or_default();
+            let n = rest.len().min(FRAME_SAMPLES - filled);
+            if let (Some(dst), Some(src)) = (frame.get_mut(filled..filled + n), rest.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            job.pos += n;
+            filled += n;
+            self.queued = self.queued.saturating_sub(n);
+            if job.pos >= job.samples.len() {
+                let done = PlaybackFinished {
+                    id: job.id,
+                    played_samples: job.samples.len() as u64,
+                    dropped_samples: 0,
+                    completed: true,
+                };
+                self.jobs.pop_front();
+                self.events.push_back(MediaEvent::PlaybackFinished(done));
+            }
+        }
+        if filled > 0 {
+            let marker = self.tx_idle;
+            self.tx_idle = false;
+            self.stats.frames_played += 1;
+            let mut payload = std::mem::take(&mut self.scratch);
+            payload.clear();
+            self.cfg.law.encode_into(&frame, &mut payload);
+            self.emit_rtp(self.cfg.payload_type, marker, ts, &payload);
+            self.scratch = payload;
+        } else {
+            self.tx_idle = true;
+            if self.cfg.send_silence {
+                let code = self.cfg.law.silence_code();
+                let payload = [code; FRAME_SAMPLES];
+                // The first packet of the stream is marked; later silence is not a talkspurt.
+                let marker = self.stats.packets_sent == 0;
+                self.emit_rtp(self.cfg.payload_type, marker, ts, &payload);
+            }
+        }
+        frame
+    }
+
+    fn emit_rtp(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) {
+        let Some(to) = self.dest else { return };
+        let mut data = Vec::with_capacity(12 + payload.len());
+        packet::write_rtp(&mut data, pt, marker, self.seq, ts, self.ssrc, payload);
+        self.seq = self.seq.wrapping_add(1);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += payload.len() as u64;
+        self.sent_since_report = true;
+        self.transmits.push_back(Transmit {
+            to,
+            data,
+            rtcp: false,
+        });
+    }
+
+    fn send_rtcp(&mut self, now: Instant) {
+        let Some(dest) = self.dest else { return };
+        let to = if self.cfg.rtcp_mux {
+            dest
+        } else {
+            SocketAddr::new(dest.ip(), dest.port().wrapping_add(1))
+        };
+        let sender = self.sent_since_report.then(|| {
+            let elapsed = now.duration_since(self.epoch);
+            let ts = self
+                .ts0
+                .wrapping_add((elapsed.as_micros() * u128::from(SAMPLE_RATE) / 1_000_000) as u32);
+            SenderInfo {
+                ntp: self.ntp(now),
+                rtp_timestamp: ts,
+                packets: self.stats.packets_sent as u32,
+                octets: self.stats.bytes_sent as u32,
+            }
+        });
+        self.sent_since_report = false;
+        let block = match (self.latched(), self.recv.base, self.recv.highest) {
+            (Some((_, ssrc)), Some(base), Some(highest)) => {
+                let r = &mut self.recv;
+                let expected = highest + 1 - base;
+                let lost = expected as i64 - r.received as i64;
+                let exp_int = expected - r.expected_prior;
+                let rec_int = r.received - r.received_prior;
+                r.expected_prior = expected;
+                r.received_prior = r.received;
+                let lost_int = exp_int as i64 - rec_int as i64;
+                let fraction = if exp_int == 0 || lost_int <= 0 {
+                    0
+                } else {
+                    ((lost_int << 8) / exp_int as i64).min(255) as u8
+                };
+                let (lsr, dlsr) = match r.last_sr {
+                    Some((mid, at)) => (mid, (now.duration_since(at).as_micros() * 65536 / 1_000_000) as u32),
+                    None => (0, 0),
+                };
+                Some(ReportBlock {
+                    ssrc,
+                    fraction_lost: fraction,
+                    cumulative_lost: lost.clamp(-0x80_0000, 0x7F_FFFF) as i32,
+                    highest_seq: highest.wrapping_sub(1 << 32) as u32,
+                    jitter: r.jitter as u32,
+                    last_sr: lsr,
+                    delay_since_last_sr: dlsr,
+                })
+            }
+            _ => None,
+        };
+        let data = rtcp::build(self.ssrc, sender, block, &self.cfg.cname);
+        self.stats.rtcp_sent += 1;
+        self.transmits.push_back(Transmit {
+            to,
+            data,
+            rtcp: true,
+        });
+    }
+}
