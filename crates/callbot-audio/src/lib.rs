@@ -8,6 +8,8 @@
 //! - [`g711`]: µ-law and A-law, bit-exact to the ITU-T G.191 reference on all inputs.
 //! - [`resample`]: streaming [`Resampler`] (rubato FFT) in 20 ms chunks with bounded,
 //!   documented latency and the filter delay trimmed so output stays time-aligned.
+//! - [`wav`]: a tolerant WAV reader (any rate, channels, bit depth; downmixed to mono) and
+//!   a streaming [`wav::WavWriter`] that writes as it goes.
 //!
 //! ```
 //! use callbot_audio::{AudioFrame, g711::Law};
@@ -22,6 +24,7 @@ pub mod error;
 pub mod frame;
 pub mod g711;
 pub mod resample;
+pub mod wav;
 
 pub use error::AudioError;
 pub use frame::AudioFrame;
