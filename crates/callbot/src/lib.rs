@@ -11,6 +11,9 @@
 //!   noise guard, silence prompt and hang-up, maximum duration, DTMF actions, goodbye
 //!   before BYE, caller hang-up at any stage, per-turn stage timings. No threads,
 //!   no clock: time is passed in.
+//! - [`components`]: the lifecycle of the shared STT/LLM/TTS components: build new
+//!   first, swap atomically, shut the old down when no live call holds it; on a failed
+//!   build nothing changes and the half-built ones are cleaned up.
 //! - [`transcript`]: the per-call JSON-lines transcript file, one fsynced line per
 //!   finished turn and a summary line at the end.
 //!
@@ -18,6 +21,7 @@
 //! over the layer handles, `Bot::start` / `reconfigure` / `shutdown`, the `callbot`
 //! program and the demo.
 
+pub mod components;
 pub mod dialogue;
 pub mod settings;
 pub mod transcript;

@@ -470,7 +470,8 @@ impl Settings {
                 ),
             ));
         }
-        let pairs = (usize::from(m.rtp_port_max) - usize::from(m.rtp_port_min) + 1) / 2;
+        let ports = usize::from(m.rtp_port_max) - usize::from(m.rtp_port_min) + 1;
+        let pairs = ports / 2;
         if pairs < self.dialogue.max_calls {
             return Err(SettingsError::new(
                 "media.rtp_port_max",
