@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod harness;
+pub mod ollama;
 pub mod ports;
 pub mod process;
 pub mod sipp;
