@@ -17,6 +17,7 @@ pub mod ollama;
 pub mod ports;
 pub mod process;
 pub mod sipp;
+pub mod speech;
 pub mod tools;
 
 pub use tempfile::TempDir;

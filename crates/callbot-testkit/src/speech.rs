@@ -1,0 +1,581 @@
+//! Test speech: espeak-ng utterances, telephone-band simulation, labelled audio for VAD
+//! tests, and word error rate.
+//!
+//! - [`espeak`] / [`espeak_with`]: run the `espeak-ng` CLI (`-v VOICE -s WPM -w out.wav`)
+//!   and return mono 16-bit PCM at [`ESPEAK_RATE`] (22,050 Hz). `None` (with a SKIP line)
+//!   when espeak-ng is not installed, a panic under `CALLBOT_REQUIRE_PEERS=1`.
+//! - [`to_16k`]: 22,050 Hz i16 -> 16 kHz f32 (what Whisper wants), through
+//!   `callbot_audio::resample`.
+//! - [`telephone_8k`] / [`telephone_16k`]: the same speech as a phone call carries it:
+//!   resampled to 8 kHz, band-limited to 300-3400 Hz (4th-order Butterworth high-pass and
+//!   low-pass), optionally through G.711, and for `telephone_16k` back up to 16 kHz f32.
+//! - [`SENTENCES`]: a fixed list of 12 phone-bot sentences over five espeak voices.
+//! - [`wer`]: word errors (Levenshtein over words) after lowercasing, dropping
+//!   punctuation and spelling out numbers.
+//! - [`labelled_in_noise`]: utterances placed at known offsets in white noise, with the
+//!   true speech intervals, for measuring VAD edge errors.
+
+use std::ops::Range;
+use std::process::Command;
+use std::time::Duration;
+
+use callbot_audio::g711::Law;
+use callbot_audio::resample::resample;
+use callbot_audio::{AudioFrame, frame};
+
+/// espeak-ng's output rate (Hz) for its built-in voices.
+pub const ESPEAK_RATE: u32 = 22_050;
+
+/// The speaking rate [`espeak`] uses (words per minute; espeak-ng's default is 175).
+pub const DEFAULT_WPM: u32 = 160;
+
+/// One test utterance and the espeak-ng voice that speaks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestSentence {
+    /// espeak-ng voice name (`espeak-ng --voices=en`).
+    pub voice: &'static str,
+    /// What is said.
+    pub text: &'static str,
+}
+
+/// Twelve things callers say to a phone bot, spoken by five different voices.
+pub const SENTENCES: &[TestSentence] = &[
+    TestSentence {
+        voice: "en-us",
+        text: "Hello, I would like to book a table for two people tonight.",
+    },
+    TestSentence {
+        voice: "en",
+        text: "Can you tell me the opening hours of the pharmacy on Main Street?",
+    },
+    TestSentence {
+        voice: "en-gb-x-rp",
+        text: "My account number is four five six seven eight.",
+    },
+    TestSentence {
+        voice: "en-us",
+        text: "Please transfer me to the billing department.",
+    },
+    TestSentence {
+        voice: "en-gb-scotland",
+        text: "The weather in Edinburgh is cold and rainy today.",
+    },
+    TestSentence {
+        voice: "en",
+        text: "I need to cancel my appointment on Friday morning.",
+    },
+    TestSentence {
+        voice: "en-us",
+        text: "What time does the last train leave for Boston?",
+    },
+    TestSentence {
+        voice: "en-gb-x-rp",
+        text: "Thank you very much, that is all I needed.",
+    },
+    TestSentence {
+        voice: "en-029",
+        text: "My parcel was delivered to the wrong house yesterday.",
+    },
+    TestSentence {
+        voice: "en",
+        text: "Could you repeat the address more slowly, please?",
+    },
+    TestSentence {
+        voice: "en-us",
+        text: "I would like to speak to a human operator.",
+    },
+    TestSentence {
+        voice: "en-gb-scotland",
+        text: "Is there a doctor available on Saturday afternoon?",
+    },
+];
+
+/// Speaks `text` with espeak-ng `voice` at [`DEFAULT_WPM`]: mono i16 at 22,050 Hz.
+/// `None` when espeak-ng is missing (see [`crate::tools::require`]).
+pub fn espeak(text: &str, voice: &str) -> Option<Vec<i16>> {
+    espeak_with(text, voice, DEFAULT_WPM)
+}
+
+/// [`espeak`] with an explicit speaking rate (words per minute, 80..=450).
+///
+/// Panics when espeak-ng fails (unknown voice, no output) or runs over 30 s.
+pub fn espeak_with(text: &str, voice: &str, wpm: u32) -> Option<Vec<i16>> {
+    let program = crate::tools::require("espeak-ng")?;
+    let dir = crate::temp_dir("callbot-espeak");
+    let wav = dir.path().join("speech.wav");
+    let log = dir.path().join("espeak.log");
+    let mut cmd = Command::new(program);
+    cmd.arg("-v")
+        .arg(voice)
+        .arg("-s")
+        .arg(wpm.clamp(80, 450).to_string())
+        .arg("-w")
+        .arg(&wav)
+        .arg("--")
+        .arg(text);
+    let mut child = crate::process::Child::spawn("espeak-ng", cmd, &log).expect("spawn espeak-ng");
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("wait for espeak-ng")
+        .unwrap_or_else(|| panic!("espeak-ng did not finish within 30 s"));
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "espeak-ng -v {voice} failed ({status}): {log_text}"
+    );
+    let frame = callbot_audio::wav::read_wav(&wav).expect("read espeak-ng output");
+    assert!(
+        !frame.is_empty(),
+        "espeak-ng -v {voice} produced no audio: {log_text}"
+    );
+    let pcm = if frame.sample_rate == ESPEAK_RATE {
+        frame.samples
+    } else {
+        callbot_audio::resample::resample_frame(&frame, ESPEAK_RATE)
+            .expect("resample espeak output")
+            .samples
+    };
+    Some(pcm)
+}
+
+/// 22,050 Hz i16 speech -> 16 kHz f32 in `[-1, 1)` (for Whisper).
+pub fn to_16k(pcm_22050: &[i16]) -> Vec<f32> {
+    resample(&frame::i16_to_f32(pcm_22050), ESPEAK_RATE, 16_000).expect("resample to 16 kHz")
+}
+
+/// 22,050 Hz i16 speech as a phone line carries it: 8 kHz, band-limited to 300-3400 Hz,
+/// and through G.711 `law` when given (encode + decode). Mono i16 at 8 kHz.
+pub fn telephone_8k(pcm_22050: &[i16], law: Option<Law>) -> Vec<i16> {
+    let at8k = resample(&frame::i16_to_f32(pcm_22050), ESPEAK_RATE, 8_000).expect("resample");
+    let band = telephone_band_8k(&at8k);
+    let pcm = frame::f32_to_i16(&band);
+    match law {
+        None => pcm,
+        Some(law) => {
+            let mut coded = Vec::with_capacity(pcm.len());
+            law.encode_into(&pcm, &mut coded);
+            let mut back = Vec::with_capacity(pcm.len());
+            law.decode_into(&coded, &mut back);
+            back
+        }
+    }
+}
+
+/// [`telephone_8k`] resampled back to 16 kHz f32: what speech recognition hears in a call.
+pub fn telephone_16k(pcm_22050: &[i16], law: Option<Law>) -> Vec<f32> {
+    let pcm8 = telephone_8k(pcm_22050, law);
+    resample(&frame::i16_to_f32(&pcm8), 8_000, 16_000).expect("resample to 16 kHz")
+}
+
+/// A 300-3400 Hz band-pass at 8 kHz: 4th-order Butterworth high-pass at 300 Hz and
+/// 4th-order Butterworth low-pass at 3400 Hz (cascaded biquads, RBJ cookbook).
+pub fn telephone_band_8k(x: &[f32]) -> Vec<f32> {
+    // Q of the two sections of a 4th-order Butterworth filter.
+    const Q4: [f64; 2] = [0.541_196_1, 1.306_563];
+    let mut sections: Vec<Biquad> = Q4
+        .iter()
+        .map(|&q| Biquad::high_pass(8000.0, 300.0, q))
+        .chain(Q4.iter().map(|&q| Biquad::low_pass(8000.0, 3400.0, q)))
+        .collect();
+    x.iter()
+        .map(|&v| {
+            let mut y = f64::from(v);
+            for s in &mut sections {
+                y = s.run(y);
+            }
+            y as f32
+        })
+        .collect()
+}
+
+/// A direct-form-I biquad.
+#[derive(Debug, Clone)]
+struct Biquad {
+    b: [f64; 3],
+    a: [f64; 2],
+    x: [f64; 2],
+    y: [f64; 2],
+}
+
+impl Biquad {
+    fn new(b: [f64; 3], a0: f64, a: [f64; 2]) -> Self {
+        Self {
+            b: [b[0] / a0, b[1] / a0, b[2] / a0],
+            a: [a[0] / a0, a[1] / a0],
+            x: [0.0; 2],
+            y: [0.0; 2],
+        }
+    }
+
+    fn coeffs(rate: f64, f0: f64, q: f64) -> (f64, f64) {
+        let w0 = 2.0 * std::f64::consts::PI * f0 / rate;
+        (w0.cos(), w0.sin() / (2.0 * q))
+    }
+
+    fn low_pass(rate: f64, f0: f64, q: f64) -> Self {
+        let (c, alpha) = Self::coeffs(rate, f0, q);
+        Self::new(
+            [(1.0 - c) / 2.0, 1.0 - c, (1.0 - c) / 2.0],
+            1.0 + alpha,
+            [-2.0 * c, 1.0 - alpha],
+        )
+    }
+
+    fn high_pass(rate: f64, f0: f64, q: f64) -> Self {
+        let (c, alpha) = Self::coeffs(rate, f0, q);
+        Self::new(
+            [(1.0 + c) / 2.0, -(1.0 + c), (1.0 + c) / 2.0],
+            1.0 + alpha,
+            [-2.0 * c, 1.0 - alpha],
+        )
+    }
+
+    fn run(&mut self, x: f64) -> f64 {
+        let y = self.b[0] * x + self.b[1] * self.x[0] + self.b[2] * self.x[1]
+            - self.a[0] * self.y[0]
+            - self.a[1] * self.y[1];
+        self.x = [x, self.x[0]];
+        self.y = [y, self.y[0]];
+        y
+    }
+}
+
+/// The part of `pcm` that is speech: from the first to the last sample whose magnitude
+/// reaches 2 % of the clip's peak (espeak-ng pads its output with silence).
+pub fn speech_bounds(pcm: &[i16]) -> Range<usize> {
+    let peak = pcm.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+    let threshold = (u32::from(peak) * 2 / 100) as u16;
+    let start = pcm.iter().position(|s| s.unsigned_abs() > threshold);
+    let end = pcm.iter().rposition(|s| s.unsigned_abs() > threshold);
+    match (start, end) {
+        (Some(s), Some(e)) => s..e + 1,
+        _ => 0..0,
+    }
+}
+
+/// Audio with speech at known places, for VAD tests.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    /// The mixture (speech + noise).
+    pub audio: AudioFrame,
+    /// Where each utterance's speech really is (sample ranges of `audio`, sorted).
+    pub speech: Vec<Range<usize>>,
+}
+
+/// Places each `(offset, utterance)` (utterances at `rate`) into `total` of white noise
+/// whose level is `snr_db` below the utterances' average speech RMS (deterministic noise
+/// from `seed`). The labels are [`speech_bounds`] of each utterance, shifted by its
+/// offset. Utterances must not overlap and must fit.
+pub fn labelled_in_noise(
+    rate: u32,
+    total: Duration,
+    utterances: &[(Duration, Vec<i16>)],
+    snr_db: f64,
+    seed: u64,
+) -> Labelled {
+    let n = frame::samples_for(rate, total);
+    let mut mix = vec![0.0f64; n];
+    let mut speech = Vec::new();
+    let mut power = 0.0;
+    let mut count = 0usize;
+    for (offset, pcm) in utterances {
+        let at = frame::samples_for(rate, *offset);
+        assert!(at + pcm.len() <= n, "utterance at {offset:?} does not fit");
+        let bounds = speech_bounds(pcm);
+        for (i, &s) in pcm.iter().enumerate() {
+            mix[at + i] += f64::from(s);
+        }
+        for &s in &pcm[bounds.clone()] {
+            power += f64::from(s) * f64::from(s);
+        }
+        count += bounds.len();
+        speech.push(at + bounds.start..at + bounds.end);
+    }
+    speech.sort_by_key(|r| r.start);
+    for w in speech.windows(2) {
+        assert!(w[0].end <= w[1].start, "utterances overlap");
+    }
+    let speech_rms = (power / count.max(1) as f64).sqrt();
+    let noise_rms = speech_rms / 10f64.powf(snr_db / 20.0);
+    // Uniform white noise in [-a, a] has RMS a / sqrt(3).
+    let amp = noise_rms * 3f64.sqrt();
+    let mut state = seed | 1;
+    for v in &mut mix {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        let u = r as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        *v += amp * u;
+    }
+    let samples = mix
+        .iter()
+        .map(|&v| v.round().clamp(-32768.0, 32767.0) as i16)
+        .collect();
+    Labelled {
+        audio: AudioFrame::new(rate, samples),
+        speech,
+    }
+}
+
+/// Word errors between `reference` and `hypothesis`: `(errors, reference_words)`, where
+/// errors are substitutions + insertions + deletions (word-level Levenshtein) after
+/// [`normalize`]. WER is `errors / reference_words`.
+pub fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
+    let r = normalize(reference);
+    let h = normalize(hypothesis);
+    let mut prev: Vec<usize> = (0..=h.len()).collect();
+    let mut cur = vec![0; h.len() + 1];
+    for (i, rw) in r.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, hw) in h.iter().enumerate() {
+            let sub = prev[j] + usize::from(rw != hw);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    (prev[h.len()], r.len())
+}
+
+/// The words of `text` as [`wer`] compares them: lowercase, apostrophes removed
+/// ("don't" -> "dont"), other punctuation a word break, hyphens a word break, digits
+/// spelled out ("42" -> "forty two", "3.5" -> "three point five", "10:30" -> "ten thirty").
+pub fn normalize(text: &str) -> Vec<String> {
+    let lower = text.to_lowercase();
+    let chars: Vec<char> = lower.chars().collect();
+    let mut cleaned = String::with_capacity(lower.len());
+    for (i, &c) in chars.iter().enumerate() {
+        let digit_before = i > 0 && chars[i - 1].is_ascii_digit();
+        let digit_after = chars.get(i + 1).is_some_and(|c| c.is_ascii_digit());
+        match c {
+            '\'' | '’' => {}
+            '.' if digit_before && digit_after => cleaned.push_str(" point "),
+            ',' if digit_before && digit_after => {} // 1,000
+            c if c.is_alphanumeric() => {
+                // Split letters from digits: "2nd" stays one token only if all digits.
+                if let Some(p) = cleaned.chars().last()
+                    && p.is_ascii_digit() != c.is_ascii_digit()
+                    && p.is_alphanumeric()
+                {
+                    cleaned.push(' ');
+                }
+                cleaned.push(c);
+            }
+            _ => cleaned.push(' '),
+        }
+    }
+    let mut words = Vec::new();
+    for token in cleaned.split_whitespace() {
+        if token.bytes().all(|b| b.is_ascii_digit()) {
+            match token.parse::<u64>() {
+                Ok(n) if token.len() <= 12 && !(token.len() > 1 && token.starts_with('0')) => {
+                    words.extend(number_words(n).split(' ').map(str::to_string));
+                }
+                // Long or zero-led digit strings are read digit by digit.
+                _ => words.extend(token.bytes().map(|b| number_words(u64::from(b - b'0')))),
+            }
+        } else {
+            words.push(token.to_string());
+        }
+    }
+    words
+}
+
+/// English words for `n` ("one hundred twenty three"; no "and").
+pub fn number_words(n: u64) -> String {
+    const ONES: [&str; 20] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: [&str; 10] = [
+        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    fn below_thousand(n: u64, out: &mut Vec<String>) {
+        let (h, rest) = (n / 100, n % 100);
+        if h > 0 {
+            out.push(ONES[h as usize].to_string());
+            out.push("hundred".into());
+        }
+        if rest >= 20 {
+            out.push(TENS[(rest / 10) as usize].to_string());
+            if rest % 10 > 0 {
+                out.push(ONES[(rest % 10) as usize].to_string());
+            }
+        } else if rest > 0 || h == 0 {
+            out.push(ONES[rest as usize].to_string());
+        }
+    }
+    if n == 0 {
+        return "zero".into();
+    }
+    let mut out = Vec::new();
+    let scales = [
+        (1_000_000_000_000, "trillion"),
+        (1_000_000_000, "billion"),
+        (1_000_000, "million"),
+        (1_000, "thousand"),
+    ];
+    let mut rest = n;
+    for (size, name) in scales {
+        if rest >= size {
+            below_thousand(rest / size % 1000, &mut out);
+            if rest / size >= 1000 {
+                // Beyond trillions: fall back to digits.
+                return n.to_string();
+            }
+            out.push(name.into());
+            rest %= size;
+        }
+    }
+    if rest > 0 {
+        below_thousand(rest, &mut out);
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wer_counts_substitutions_insertions_deletions() {
+        assert_eq!(wer("the cat sat", "the cat sat"), (0, 3));
+        assert_eq!(wer("the cat sat", "the dog sat"), (1, 3));
+        assert_eq!(wer("the cat sat", "the cat"), (1, 3));
+        assert_eq!(wer("the cat sat", "the big cat sat down"), (2, 3));
+        assert_eq!(wer("", "hello"), (1, 0));
+        assert_eq!(wer("a b c d", ""), (4, 4));
+    }
+
+    #[test]
+    fn normalization_ignores_case_punctuation_and_digits() {
+        assert_eq!(
+            wer(
+                "My account number is four five six seven eight.",
+                "my account number is 4 5 6 7 8"
+            ),
+            (0, 9)
+        );
+        assert_eq!(
+            wer("Table for two, at 7:30.", "table for 2 at seven thirty"),
+            (0, 6)
+        );
+        assert_eq!(wer("I don't know!", "i dont know"), (0, 3));
+        assert_eq!(wer("forty-two", "42"), (0, 2));
+        assert_eq!(
+            normalize("It costs 3.5 or 1,250 and code 007"),
+            [
+                "it", "costs", "three", "point", "five", "or", "one", "thousand", "two", "hundred", "fifty",
+                "and", "code", "zero", "zero", "seven"
+            ]
+        );
+        assert_eq!(normalize("the 2nd"), ["the", "two", "nd"]);
+        assert_eq!(number_words(1_000_001), "one million one");
+        assert_eq!(number_words(115), "one hundred fifteen");
+    }
+
+    #[test]
+    fn telephone_band_filter_passes_voice_band_only() {
+        let tone = |f: f64| -> Vec<f32> {
+            (0..8000)
+                .map(|i| (0.5 * (2.0 * std::f64::consts::PI * f * i as f64 / 8000.0).sin()) as f32)
+                .collect()
+        };
+        let gain_db = |f: f64| {
+            let x = tone(f);
+            let y = telephone_band_8k(&x);
+            let rms = |v: &[f32]| {
+                (v.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / v.len() as f64).sqrt()
+            };
+            20.0 * (rms(&y[2000..]) / rms(&x[2000..])).log10()
+        };
+        assert!(gain_db(1000.0).abs() < 0.5);
+        assert!((gain_db(300.0) + 3.0).abs() < 0.5, "-3 dB at the corner");
+        assert!(gain_db(100.0) < -30.0);
+        assert!(gain_db(3900.0) < -20.0);
+    }
+
+    #[test]
+    fn espeak_makes_speech_and_the_telephone_versions_have_the_right_lengths() {
+        let s = SENTENCES[0];
+        let Some(pcm) = espeak(s.text, s.voice) else {
+            return;
+        };
+        let secs = pcm.len() as f64 / f64::from(ESPEAK_RATE);
+        assert!((1.5..8.0).contains(&secs), "{secs} s");
+        let bounds = speech_bounds(&pcm);
+        assert!(bounds.len() as f64 > 0.8 * f64::from(ESPEAK_RATE));
+        let w16 = to_16k(&pcm);
+        assert_eq!(w16.len(), (pcm.len() * 16000 + 11025) / 22050);
+        let t8 = telephone_8k(&pcm, Some(Law::Ulaw));
+        assert_eq!(t8.len(), (pcm.len() * 8000 + 11025) / 22050);
+        let t16 = telephone_16k(&pcm, Some(Law::Alaw));
+        assert_eq!(t16.len(), 2 * t8.len());
+        // All voices of the list exist.
+        let voices: std::collections::BTreeSet<_> = SENTENCES.iter().map(|s| s.voice).collect();
+        assert!(voices.len() >= 4);
+        for v in voices {
+            let p = espeak("yes", v).unwrap();
+            assert!(!speech_bounds(&p).is_empty(), "voice {v}");
+        }
+    }
+
+    #[test]
+    fn labelled_mix_places_speech_and_sets_noise_level() {
+        let burst: Vec<i16> = (0..8000)
+            .map(|i| {
+                if (1000..7000).contains(&i) {
+                    ((i % 50) as i16 - 25) * 400
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let l = labelled_in_noise(
+            16000,
+            Duration::from_secs(3),
+            &[
+                (Duration::from_millis(500), burst.clone()),
+                (Duration::from_secs(2), burst),
+            ],
+            20.0,
+            7,
+        );
+        assert_eq!(l.audio.len(), 48000);
+        assert_eq!(l.speech, vec![9000..15000, 33000..39000]);
+        let noise: f64 = (l.audio.samples[..8000]
+            .iter()
+            .map(|&s| f64::from(s).powi(2))
+            .sum::<f64>()
+            / 8000.0)
+            .sqrt();
+        let speech_rms = (burst_rms() * 10f64.powf(-20.0 / 20.0), noise);
+        assert!((speech_rms.0 / speech_rms.1 - 1.0).abs() < 0.05, "{speech_rms:?}");
+    }
+
+    fn burst_rms() -> f64 {
+        let v: Vec<f64> = (1000..7000)
+            .map(|i| f64::from(((i % 50) as i16 - 25) * 400))
+            .collect();
+        (v.iter().map(|x| x * x).sum::<f64>() / v.len() as f64).sqrt()
+    }
+}
