@@ -11,3 +11,14 @@
 
 pub mod digest;
 pub mod sdp;
+
+mod core;
+mod media;
+mod message;
+mod transaction;
+
+pub use crate::core::{
+    ALLOW, CallId, CommandError, CoreConfig, CoreStats, EndReason, RegistrationConfig, RegistrationState,
+    SipEvent, Transmit, UserAgentCore,
+};
+pub use crate::transaction::Timers;

@@ -1,0 +1,1800 @@
+//! The sans-IO user agent core: transactions, dialogs, registration, UAS and UAC logic.
+//!
+//! No socket, no thread, no clock: datagrams and time go in through
+//! [`UserAgentCore::handle_datagram`] and [`UserAgentCore::handle_timeout`], datagrams
+//! to send come out of [`UserAgentCore::poll_transmit`], application events out of
+//! [`UserAgentCore::poll_event`], and [`UserAgentCore::poll_timeout`] says when to call
+//! `handle_timeout` next.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::digest::{DigestChallenge, DigestCredentials};
+use crate::media::{self, MediaError, NegotiatedMedia, Offer};
+use crate::message::{self, EchoHeaders, Method, Parsed, SipMsg, StartLine};
+use crate::transaction::{
+    ClientState, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout, ServerTx, Timers,
+};
+
+/// Methods this UA implements (the `Allow` header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
+const ACCEPT: &str = "application/sdp";
+const BRANCH_COOKIE: &str = "z9hG4bK";
+
+/// Identifies one call (one INVITE dialog) for the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallId(pub u64);
+
+impl std::fmt::Display for CallId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "call-{}", self.0)
+    }
+}
+
+/// Configuration of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// The address written in Via and Contact (the bound socket address).
+    pub local_addr: SocketAddr,
+    /// User part of our Contact and From URIs.
+    pub user: String,
+    /// Maximum simultaneous calls; further INVITEs get 486 Busy Here.
+    pub max_calls: usize,
+    /// Largest datagram accepted (bigger ones are dropped and counted).
+    pub max_message_size: usize,
+    /// RFC 3261 timers.
+    pub timers: Timers,
+    /// `User-Agent` / `Server` header value.
+    pub user_agent: String,
+    /// Retry-After seconds on 503 while shutting down.
+    pub retry_after_secs: u32,
+    /// Credentials used for digest challenges on INVITE (and REGISTER when registering).
+    pub credentials: Option<DigestCredentials>,
+    /// Register with a registrar, if set.
+    pub registration: Option<RegistrationConfig>,
+}
+
+impl CoreConfig {
+    /// A configuration with defaults for everything but the local address.
+    pub fn new(local_addr: SocketAddr) -> CoreConfig {
+        CoreConfig {
+            local_addr,
+            user: "callbot".into(),
+            max_calls: 100,
+            max_message_size: 65_535,
+            timers: Timers::default(),
+            user_agent: concat!("callbot-sip/", env!("CARGO_PKG_VERSION")).into(),
+            retry_after_secs: 5,
+            credentials: None,
+            registration: None,
+        }
+    }
+}
+
+/// Where and how to register.
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// Registrar address (requests are sent there).
+    pub registrar: SocketAddr,
+    /// Domain of the address of record (`sip:user@domain`); also the Request-URI host.
+    pub domain: String,
+    /// Requested expiry in seconds.
+    pub expires: u32,
+    /// First retry delay after a failure (doubles up to `retry_max`).
+    pub retry_min: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl RegistrationConfig {
+    /// Registration at `registrar` for `sip:USER@domain` with 3600 s expiry and 2..300 s backoff.
+    pub fn new(registrar: SocketAddr, domain: impl Into<String>) -> RegistrationConfig {
+        RegistrationConfig {
+            registrar,
+            domain: domain.into(),
+            expires: 3600,
+            retry_min: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Registration status, reported through [`SipEvent::Registration`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// A REGISTER is in flight.
+    Registering,
+    /// The registrar accepted; `expires` is what it granted (seconds).
+    Registered {
+        /// Granted expiry in seconds.
+        expires: u32,
+    },
+    /// The attempt failed; another follows after `retry_in` (with backoff).
+    Failed {
+        /// Why (status line or timeout).
+        reason: String,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// The binding was removed (Expires: 0 answered) or registration was never made.
+    Unregistered,
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The remote party sent BYE.
+    RemoteHangup,
+    /// We hung up (BYE answered, or timed out) or cancelled our own INVITE.
+    LocalHangup,
+    /// The caller cancelled before we answered (we sent 487).
+    CallerCancelled,
+    /// We rejected the incoming call with this status.
+    Rejected {
+        /// Status we sent.
+        code: u16,
+    },
+    /// The callee refused our INVITE with this status.
+    Refused {
+        /// Status received.
+        code: u16,
+        /// Its reason phrase.
+        reason: String,
+    },
+    /// We answered but no ACK arrived within 64*T1 (we sent BYE).
+    NoAck,
+    /// No response to our INVITE or BYE in time.
+    Timeout,
+    /// The remote answer was unusable (no codec, bad SDP); we sent BYE.
+    MediaFailed(String),
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::RemoteHangup => write!(f, "remote hangup"),
+            EndReason::LocalHangup => write!(f, "local hangup"),
+            EndReason::CallerCancelled => write!(f, "caller cancelled"),
+            EndReason::Rejected { code } => write!(f, "rejected {code}"),
+            EndReason::Refused { code, reason } => write!(f, "refused {code} {reason}"),
+            EndReason::NoAck => write!(f, "no ACK"),
+            EndReason::Timeout => write!(f, "timeout"),
+            EndReason::MediaFailed(r) => write!(f, "media failed: {r}"),
+        }
+    }
+}
+
+/// Something the application should know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SipEvent {
+    /// An INVITE with a usable offer arrived. Answer, reject or ring.
+    IncomingCall {
+        /// The call.
+        call: CallId,
+        /// From header value.
+        from: String,
+        /// To header value.
+        to: String,
+        /// Media negotiated from the offer.
+        media: NegotiatedMedia,
+    },
+    /// Our 200 was acknowledged: the call is up (UAS).
+    CallConfirmed {
+        /// The call.
+        call: CallId,
+    },
+    /// A provisional response to our INVITE (UAC).
+    CallProgress {
+        /// The call.
+        call: CallId,
+        /// Status code (180, 183...).
+        code: u16,
+    },
+    /// Our INVITE was answered with 200 and ACKed (UAC).
+    CallAnswered {
+        /// The call.
+        call: CallId,
+        /// Media negotiated from the answer.
+        media: NegotiatedMedia,
+    },
+    /// A re-INVITE changed the media (hold, new address); it was answered 200.
+    MediaUpdated {
+        /// The call.
+        call: CallId,
+        /// The new media.
+        media: NegotiatedMedia,
+    },
+    /// The call is over and forgotten. Exactly one per call.
+    CallEnded {
+        /// The call.
+        call: CallId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// Registration status changed.
+    Registration(RegistrationState),
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: SocketAddr,
+    /// The SIP message.
+    pub payload: Vec<u8>,
+}
+
+/// Errors of the command methods.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// No such call (ended, or never existed).
+    #[error("no such call: {0}")]
+    UnknownCall(CallId),
+    /// The call is not in a state where this command applies.
+    #[error("{call} cannot {command} now")]
+    WrongState {
+        /// The call.
+        call: CallId,
+        /// The command.
+        command: &'static str,
+    },
+    /// The status code is not a final error status (300-699).
+    #[error("invalid reject status {0}")]
+    InvalidStatus(u16),
+    /// The user agent is shutting down.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Too many calls.
+    #[error("max_calls reached")]
+    TooManyCalls,
+    /// The target URI is not a usable SIP URI.
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+}
+
+/// Counters and table sizes, for tests and monitoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Live calls (dialogs and pending INVITEs).
+    pub calls: usize,
+    /// Dialog index entries.
+    pub dialogs: usize,
+    /// Live server transactions.
+    pub server_transactions: usize,
+    /// Live client transactions.
+    pub client_transactions: usize,
+    /// Datagrams dropped without an answer (unparseable, too big, stray responses).
+    pub dropped: u64,
+    /// Requests answered with an error by the message layer (400, 501, 505, 416).
+    pub rejected: u64,
+    /// Request retransmissions absorbed by a server transaction.
+    pub retransmissions_absorbed: u64,
+}
+
+/// Who owns a client transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxOwner {
+    /// The call's INVITE.
+    Invite(CallId),
+    /// The call's BYE.
+    Bye(CallId),
+    /// A CANCEL for the call's INVITE.
+    Cancel(CallId),
+    /// A REGISTER.
+    Register,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// UAS: INVITE received, not answered yet.
+    Incoming,
+    /// UAS: 200 sent, waiting for ACK.
+    Answered,
+    /// UAC: INVITE sent.
+    Outgoing,
+    /// Dialog confirmed.
+    Confirmed,
+    /// BYE or CANCEL sent, waiting for the answer.
+    Terminating,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: CallState,
+    sip_call_id: String,
+    local_tag: String,
+    remote_tag: Option<String>,
+    /// Our From/To value (with tag).
+    local_party: String,
+    /// Their From/To value (with tag once known).
+    remote_party: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    /// Where in-dialog requests go.
+    peer: SocketAddr,
+    local_cseq: u32,
+    remote_cseq: u32,
+    /// UAS: the INVITE server transaction and the request's echo headers.
+    invite_tx: Option<ServerKey>,
+    invite_echo: Option<EchoHeaders>,
+    /// UAS: the negotiated offer, until answered.
+    offer: Option<Offer>,
+    /// Our RTP address once answered / offered.
+    local_rtp: Option<SocketAddr>,
+    sdp_version: u64,
+    sdp_session: u64,
+    media: Option<NegotiatedMedia>,
+    /// UAC: the INVITE request's URI, branch and body, for CANCEL and auth retries.
+    invite_uri: String,
+    invite_branch: Option<String>,
+    invite_body: Vec<u8>,
+    auth_tried: bool,
+    provisional_seen: bool,
+    cancel_pending: bool,
+    /// UAC: the ACK for the 2xx, resent on 2xx retransmissions.
+    ack: Option<Vec<u8>>,
+    /// Reason to report once a BYE/CANCEL we sent completes.
+    end_reason: Option<EndReason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RegPhase {
+    Idle,
+    Registering,
+    Registered,
+    Failed,
+    Unregistering,
+    Done,
+}
+
+#[derive(Debug)]
+struct Registration {
+    cfg: RegistrationConfig,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    phase: RegPhase,
+    next_at: Option<Instant>,
+    backoff: Duration,
+    challenge: Option<(DigestChallenge, bool)>,
+    nc: u32,
+    auth_attempts: u32,
+    branch: Option<String>,
+    granted: u32,
+}
+
+/// The sans-IO SIP user agent.
+#[derive(Debug)]
+pub struct UserAgentCore {
+    cfg: CoreConfig,
+    server_tx: HashMap<ServerKey, ServerTx>,
+    client_tx: HashMap<String, ClientTx>,
+    calls: HashMap<CallId, Call>,
+    dialogs: HashMap<(String, String), CallId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<SipEvent>,
+    registration: Option<Registration>,
+    next_call: u64,
+    shutting_down: bool,
+    stats: CoreStats,
+}
+
+fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| {
+            let i = rng.random_range(0..CHARS.len());
+            char::from(CHARS.get(i).copied().unwrap_or(b'x'))
+        })
+        .collect()
+}
+
+fn new_branch() -> String {
+    format!("{BRANCH_COOKIE}{}", random_token(16))
+}
+
+/// The socket address named by a SIP URI whose host is an IP literal.
+pub(crate) fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
+    let rest = uri.split_once(':')?.1;
+    let hostport = match rest.rsplit_once('@') {
+        Some((_, hp)) => hp,
+        None => rest,
+    };
+    let hostport = hostport.split([';', '?', '>']).next()?;
+    let (host, port) = message::split_host_port(hostport)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().ok()?;
+    Some(SocketAddr::new(ip, port.unwrap_or(5060)))
+}
+
+/// Where a response to a request goes (RFC 3261 18.2.2 and RFC 3581).
+fn response_destination(via: &message::Via, source: SocketAddr) -> SocketAddr {
+    if via.rport {
+        source
+    } else {
+        SocketAddr::new(source.ip(), via.port.unwrap_or(5060))
+    }
+}
+
+impl UserAgentCore {
+    /// A new core. Registration (if configured) starts at the first `handle_timeout`.
+    pub fn new(cfg: CoreConfig, now: Instant) -> UserAgentCore {
+        let registration = cfg.registration.clone().map(|r| Registration {
+            backoff: r.retry_min,
+            cfg: r,
+            call_id: format!("{}@callbot", random_token(20)),
+            from_tag: random_token(10),
+            cseq: 0,
+            phase: RegPhase::Idle,
+            next_at: Some(now),
+            challenge: None,
+            nc: 0,
+            auth_attempts: 0,
+            branch: None,
+            granted: 0,
+        });
+        UserAgentCore {
+            cfg,
+            server_tx: HashMap::new(),
+            client_tx: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            registration,
+            next_call: 1,
+            shutting_down: false,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    /// Table sizes and counters.
+    pub fn stats(&self) -> CoreStats {
+        CoreStats {
+            calls: self.calls.len(),
+            dialogs: self.dialogs.len(),
+            server_transactions: self.server_tx.len(),
+            client_transactions: self.client_tx.len(),
+            ..self.stats
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next application event.
+    pub fn poll_event(&mut self) -> Option<SipEvent> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let s = self.server_tx.values().filter_map(ServerTx::next_deadline);
+        let c = self.client_tx.values().filter_map(ClientTx::next_deadline);
+        let r = self.registration.as_ref().and_then(|r| r.next_at);
+        s.chain(c).chain(r).min()
+    }
+
+    /// Live call ids.
+    pub fn calls(&self) -> Vec<CallId> {
+        let mut v: Vec<CallId> = self.calls.keys().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// True once shutdown was requested and every call and the unregistration are done.
+    pub fn is_shutdown_complete(&self) -> bool {
+        self.shutting_down
+            && self.calls.is_empty()
+            && self
+                .registration
+                .as_ref()
+                .is_none_or(|r| matches!(r.phase, RegPhase::Done))
+    }
+
+    /// True when the registration ended with the binding removed (after shutdown).
+    pub fn is_unregistered(&self) -> bool {
+        self.registration
+            .as_ref()
+            .is_some_and(|r| r.phase == RegPhase::Done && r.granted == 0)
+    }
+
+    fn send(&mut self, destination: SocketAddr, payload: Vec<u8>) {
+        self.transmits.push_back(Transmit { destination, payload });
+    }
+
+    fn local_host_port(&self) -> String {
+        message::host_port(self.cfg.local_addr)
+    }
+
+    fn contact(&self) -> String {
+        format!("<sip:{}@{}>", self.cfg.user, self.local_host_port())
+    }
+
+    fn via(&self, branch: &str) -> String {
+        format!("SIP/2.0/UDP {};branch={branch};rport", self.local_host_port())
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// Handles one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        match message::parse(bytes, self.cfg.max_message_size) {
+            Parsed::KeepAlive => {}
+            Parsed::Drop(reason) => {
+                self.stats.dropped += 1;
+                tracing::debug!(%from, reason, "dropped datagram");
+            }
+            Parsed::Reject {
+                code,
+                reason,
+                headers,
+            } => {
+                self.stats.rejected += 1;
+                tracing::debug!(%from, code, reason, "rejected request");
+                let dest = headers
+                    .vias
+                    .first()
+                    .and_then(|v| message::Via::parse(v))
+                    .map_or(from, |v| response_destination(&v, from));
+                let mut extra = vec![("Warning", format!("399 callbot \"{reason}\""))];
+                if code == 501 || code == 405 {
+                    extra.push(("Allow", ALLOW.into()));
+                }
+                let tag = random_token(10);
+                let resp = message::build_response(code, &headers, Some(&tag), &extra, b"");
+                self.send(dest, resp);
+            }
+            Parsed::Message(msg) => match msg.start {
+                StartLine::Request { .. } => self.handle_request(now, from, *msg),
+                StartLine::Response { code, .. } => self.handle_response(now, code, *msg),
+            },
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, from: SocketAddr, msg: SipMsg) {
+        let Some(method) = msg.method().cloned() else {
+            return;
+        };
+        let dest = response_destination(&msg.top_via, from);
+        // Add received/rport to the top Via copy used in responses.
+        let mut msg = msg;
+        if let Some(top) = msg.vias.first_mut() {
+            if msg.top_via.rport {
+                let stripped: Vec<&str> = top
+                    .split(';')
+                    .filter(|p| !p.trim().to_ascii_lowercase().starts_with("rport"))
+                    .collect();
+                *top = format!(
+                    "{};received={};rport={}",
+                    stripped.join(";"),
+                    from.ip(),
+                    from.port()
+                );
+            } else if msg.top_via.received.is_none() {
+                top.push_str(&format!(";received={}", from.ip()));
+            }
+        }
+        let key = ServerKey {
+            branch: msg
+                .top_via
+                .branch
+                .clone()
+                .filter(|b| b.starts_with(BRANCH_COOKIE))
+                .unwrap_or_else(|| {
+                    format!(
+                        "2543:{}:{}:{}",
+                        msg.call_id,
+                        msg.cseq,
+                        msg.from_tag.as_deref().unwrap_or("")
+                    )
+                }),
+            sent_by: msg.top_via.sent_by(),
+            method: match method {
+                Method::Ack => "INVITE".to_string(),
+                ref m => m.as_str().to_string(),
+            },
+        };
+        if method == Method::Ack {
+            self.handle_ack(now, &key, &msg);
+            return;
+        }
+        if let Some(tx) = self.server_tx.get(&key) {
+            self.stats.retransmissions_absorbed += 1;
+            if let Some(resp) = tx.on_retransmission().map(<[u8]>::to_vec) {
+                let d = tx.dest;
+                self.send(d, resp);
+            }
+            return;
+        }
+        let invite = method == Method::Invite;
+        self.server_tx.insert(key.clone(), ServerTx::new(invite, dest));
+        // RFC 3261 8.2.2.3: Require with extensions we do not support.
+        if method != Method::Cancel {
+            let unsupported: Vec<String> = msg
+                .header_all("Require")
+                .flat_map(message::split_commas)
+                .map(str::to_string)
+                .collect();
+            if !unsupported.is_empty() {
+                let extra = [("Unsupported", unsupported.join(", "))];
+                self.respond(now, &key, &msg, 420, &extra, b"", None);
+                return;
+            }
+        }
+        match method {
+            Method::Invite => self.handle_invite(now, &key, msg),
+            Method::Cancel => self.handle_cancel(now, &key, &msg),
+            Method::Bye => self.handle_bye(now, &key, &msg),
+            Method::Options => {
+                let extra = [
+                    ("Allow", ALLOW.to_string()),
+                    ("Accept", ACCEPT.to_string()),
+                    ("Supported", String::new()),
+                ];
+                self.respond(now, &key, &msg, 200, &extra, b"", None);
+            }
+            Method::Register | Method::NotAllowed(_) => {
+                let extra = [("Allow", ALLOW.to_string())];
+                self.respond(now, &key, &msg, 405, &extra, b"", None);
+            }
+            Method::Ack => {}
+        }
+    }
+
+    /// Sends a response through the server transaction `key`.
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        now: Instant,
+        key: &ServerKey,
+        msg: &SipMsg,
+        code: u16,
+        extra: &[(&str, String)],
+        body: &[u8],
+        to_tag: Option<&str>,
+    ) {
+        let generated;
+        let tag = match to_tag {
+            Some(t) => Some(t),
+            None if code > 100 && msg.to_tag.is_none() => {
+                generated = random_token(10);
+                Some(generated.as_str())
+            }
+            None => None,
+        };
+        let mut extra = extra.to_vec();
+        extra.push(("Server", self.cfg.user_agent.clone()));
+        let bytes = message::build_response(code, &msg.echo(), tag, &extra, body);
+        self.respond_bytes(now, key, code, bytes);
+    }
+
+    fn respond_bytes(&mut self, now: Instant, key: &ServerKey, code: u16, bytes: Vec<u8>) {
+        let timers = self.cfg.timers;
+        if let Some(tx) = self.server_tx.get_mut(key) {
+            tx.send_response(now, code, bytes.clone(), &timers);
+            let d = tx.dest;
+            self.send(d, bytes);
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {
+        let timers = self.cfg.timers;
+        // ACK for a non-2xx: same branch as the INVITE.
+        if let Some(tx) = self.server_tx.get_mut(key) {
+            if tx.state == ServerState::Completed {
+                tx.on_ack(now, &timers);
+                return;
+            }
+        }
+        // ACK for a 2xx: matched to the dialog.
+        let Some(tag) = msg.to_tag.clone() else { return };
+        let Some(&call_id) = self.dialogs.get(&(msg.call_id.clone(), tag)) else {
+            return;
+        };
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return;
+        };
+        if call.state != CallState::Answered {
+            return;
+        }
+        call.state = CallState::Confirmed;
+        if let Some(k) = call.invite_tx.clone() {
+            if let Some(tx) = self.server_tx.get_mut(&k) {
+                tx.on_ack(now, &timers);
+            }
+        }
+        self.events.push_back(SipEvent::CallConfirmed { call: call_id });
+    }
+
+    fn handle_invite(&mut self, now: Instant, key: &ServerKey, msg: SipMsg) {
+        if let Some(tag) = msg.to_tag.clone() {
+            self.handle_reinvite(now, key, msg, tag);
+            return;
+        }
+        self.respond(now, key, &msg, 100, &[], b"", None);
+        if self.shutting_down {
+            let extra = [("Retry-After", self.cfg.retry_after_secs.to_string())];
+            self.respond(now, key, &msg, 503, &extra, b"", None);
+            return;
+        }
+        if self.calls.len() >= self.cfg.max_calls {
+            self.respond(now, key, &msg, 486, &[], b"", None);
+            return;
+        }
+        let content_type = msg.header("Content-Type").unwrap_or("");
+        if msg.body.is_empty() {
+            // No offer (delayed offer) is not supported: say so.
+            let extra = [("Warning", "399 callbot \"an SDP offer is required\"".to_string())];
+            self.respond(now, key, &msg, 488, &extra, b"", None);
+            return;
+        }
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        if !ct.eq_ignore_ascii_case("application/sdp") {
+            let extra = [("Accept", ACCEPT.to_string())];
+            self.respond(now, key, &msg, 415, &extra, b"", None);
+            return;
+        }
+        let offer = match media::negotiate_offer(&msg.body) {
+            Ok(o) => o,
+            Err(MediaError::NoUsableCodec(why)) => {
+                let extra = [("Warning", format!("304 callbot \"{why}\""))];
+                self.respond(now, key, &msg, 488, &extra, b"", None);
+                return;
+            }
+            Err(MediaError::Malformed(why)) => {
+                let extra = [("Warning", format!("399 callbot \"bad SDP: {why}\""))];
+                self.respond(now, key, &msg, 400, &extra, b"", None);
+                return;
+            }
+        };
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let local_tag = random_token(12);
+        let remote_target = msg.contact_uri().unwrap_or_default();
+        let peer = match uri_socket_addr(&remote_target) {
+            Some(a) if msg.header("Record-Route").is_none() => a,
+            _ => self.server_tx.get(key).map_or(self.cfg.local_addr, |t| t.dest),
+        };
+        let route_set: Vec<String> = msg
+            .header_all("Record-Route")
+            .flat_map(message::split_commas)
+            .map(str::to_string)
+            .collect();
+        let local_party = format!("{};tag={local_tag}", msg.to);
+        let media = offer.media.clone();
+        let call = Call {
+            state: CallState::Incoming,
+            sip_call_id: msg.call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag: msg.from_tag.clone(),
+            local_party,
+            remote_party: msg.from.clone(),
+            remote_target,
+            route_set,
+            peer,
+            local_cseq: rand_cseq(),
+            remote_cseq: msg.cseq,
+            invite_tx: Some(key.clone()),
+            invite_echo: Some(msg.echo()),
+            offer: Some(offer),
+            local_rtp: None,
+            sdp_version: 1,
+            sdp_session: u64::from(rand_cseq()),
+            media: Some(media.clone()),
+            invite_uri: String::new(),
+            invite_branch: None,
+            invite_body: Vec::new(),
+            auth_tried: false,
+            provisional_seen: false,
+            cancel_pending: false,
+            ack: None,
+            end_reason: None,
+        };
+        self.dialogs.insert((msg.call_id.clone(), local_tag), id);
+        self.calls.insert(id, call);
+        if let Some(tx) = self.server_tx.get_mut(key) {
+            tx.call = Some(id);
+        }
+        self.events.push_back(SipEvent::IncomingCall {
+            call: id,
+            from: msg.from.clone(),
+            to: msg.to.clone(),
+            media,
+        });
+    }
+
+    fn handle_reinvite(&mut self, now: Instant, key: &ServerKey, msg: SipMsg, tag: String) {
+        let Some(&id) = self.dialogs.get(&(msg.call_id.clone(), tag.clone())) else {
+            self.respond(now, key, &msg, 481, &[], b"", None);
+            return;
+        };
+        let pending = self
+            .calls
+            .get(&id)
+            .is_none_or(|c| c.state != CallState::Confirmed || msg.cseq <= c.remote_cseq);
+        if pending {
+            let code = if self.calls.get(&id).is_some_and(|c| msg.cseq <= c.remote_cseq) {
+                500
+            } else {
+                491
+            };
+            self.respond(now, key, &msg, code, &[], b"", Some(&tag));
+            return;
+        }
+        let offer = if msg.body.is_empty() {
+            None
+        } else {
+            match media::negotiate_offer(&msg.body) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    let code = if matches!(e, MediaError::NoUsableCodec(_)) {
+                        488
+                    } else {
+                        400
+                    };
+                    self.respond(now, key, &msg, code, &[], b"", Some(&tag));
+                    return;
+                }
+            }
+        };
+        let contact = self.contact();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.remote_cseq = msg.cseq;
+        if let Some(t) = msg.contact_uri() {
+            if call.route_set.is_empty() {
+                if let Some(a) = uri_socket_addr(&t) {
+                    call.peer = a;
+                }
+            }
+            call.remote_target = t;
+        }
+        let local_rtp = call.local_rtp.unwrap_or(self.cfg.local_addr);
+        call.sdp_version += 1;
+        let body = match &offer {
+            Some(o) => {
+                call.media = Some(o.media.clone());
+                media::answer_body(o, local_rtp, call.sdp_session, call.sdp_version)
+            }
+            None => media::offer_body(local_rtp, call.sdp_session, call.sdp_version),
+        };
+        let extra = [
+            ("Contact", contact),
+            ("Allow", ALLOW.to_string()),
+            ("Content-Type", "application/sdp".to_string()),
+        ];
+        // The re-INVITE's 2xx is retransmitted until its ACK like the first one.
+        call.state = CallState::Answered;
+        call.invite_tx = Some(key.clone());
+        self.respond(now, key, &msg, 200, &extra, &body, Some(&tag));
+        if let Some(tx) = self.server_tx.get_mut(key) {
+            tx.call = Some(id);
+        }
+        if let Some(o) = offer {
+            self.events.push_back(SipEvent::MediaUpdated {
+                call: id,
+                media: o.media,
+            });
+        }
+    }
+
+    fn handle_cancel(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {
+        let invite_key = ServerKey {
+            method: "INVITE".into(),
+            ..key.clone()
+        };
+        let target = self.server_tx.get(&invite_key).map(|tx| (tx.state, tx.call));
+        let Some((state, call)) = target else {
+            self.respond(now, key, msg, 481, &[], b"", None);
+            return;
+        };
+        let call_tag = call.and_then(|c| self.calls.get(&c)).map(|c| c.local_tag.clone());
+        self.respond(now, key, msg, 200, &[], b"", call_tag.as_deref());
+        if state != ServerState::Proceeding {
+            return;
+        }
+        if let Some(id) = call {
+            if let Some(echo) = self.calls.get(&id).and_then(|c| c.invite_echo.clone()) {
+                let bytes = message::build_response(487, &echo, call_tag.as_deref(), &[], b"");
+                self.respond_bytes(now, &invite_key, 487, bytes);
+            }
+            self.end_call(id, EndReason::CallerCancelled);
+        }
+    }
+
+    fn handle_bye(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {
+        let found = msg
+            .to_tag
+            .clone()
+            .and_then(|t| self.dialogs.get(&(msg.call_id.clone(), t)).copied());
+        let Some(id) = found else {
+            self.respond(now, key, msg, 481, &[], b"", None);
+            return;
+        };
+        self.respond(now, key, msg, 200, &[], b"", None);
+        // A BYE on an early dialog also ends the pending INVITE.
+        if let Some(call) = self.calls.get(&id) {
+            if call.state == CallState::Incoming {
+                if let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone()) {
+                    let tag = call.local_tag.clone();
+                    let bytes = message::build_response(487, &echo, Some(&tag), &[], b"");
+                    self.respond_bytes(now, &k, 487, bytes);
+                }
+            }
+        }
+        self.end_call(id, EndReason::RemoteHangup);
+    }
+
+    /// Removes a call from every table and reports it ended.
+    fn end_call(&mut self, id: CallId, reason: EndReason) {
+        if let Some(call) = self.calls.remove(&id) {
+            self.dialogs
+                .remove(&(call.sip_call_id.clone(), call.local_tag.clone()));
+            // Detach server transactions (they finish on their own timers).
+            if let Some(k) = call.invite_tx {
+                if let Some(tx) = self.server_tx.get_mut(&k) {
+                    tx.call = None;
+                }
+            }
+            tracing::debug!(%id, %reason, "call ended");
+            self.events.push_back(SipEvent::CallEnded { call: id, reason });
+        }
+    }
+
+    // ------------------------------------------------------------ responses
+
+    fn handle_response(&mut self, now: Instant, code: u16, msg: SipMsg) {
+        let Some(branch) = msg.top_via.branch.clone() else {
+            self.stats.dropped += 1;
+            return;
+        };
+        let timers = self.cfg.timers;
+        let branch = if msg.cseq_method == "CANCEL" {
+            format!("{branch}#cancel")
+        } else {
+            branch
+        };
+        let Some(tx) = self.client_tx.get_mut(&branch) else {
+            // A 2xx retransmission after the INVITE transaction ended: re-ACK.
+            self.reack(&msg);
+            return;
+        };
+        if !msg
+            .cseq_method
+            .eq_ignore_ascii_case(if tx.invite { "INVITE" } else { method_of(tx.owner) })
+        {
+            self.stats.dropped += 1;
+            return;
+        }
+        let was_completed = tx.state == ClientState::Completed;
+        let fresh = tx.on_response(now, code, &timers);
+        let owner = tx.owner;
+        if !fresh {
+            // Retransmitted final: INVITE non-2xx gets its ACK again, 2xx re-ACKed by the TU.
+            if was_completed && tx.invite {
+                if code >= 300 {
+                    if let Some(ack) = tx.ack.clone() {
+                        let d = tx.dest;
+                        self.send(d, ack);
+                    }
+                } else {
+                    self.reack(&msg);
+                }
+            }
+            return;
+        }
+        if tx.invite && code >= 300 {
+            // ACK for non-2xx: same branch, To from the response.
+            let ack = self.build_non2xx_ack(&branch, &msg);
+            if let Some(tx) = self.client_tx.get_mut(&branch) {
+                tx.ack = Some(ack.clone());
+                let d = tx.dest;
+                self.send(d, ack);
+            }
+        }
+        match owner {
+            TxOwner::Register => self.on_register_response(now, code, &msg),
+            TxOwner::Invite(id) => self.on_invite_response(now, id, code, &msg),
+            TxOwner::Bye(id) | TxOwner::Cancel(id) => {
+                if code >= 200 && matches!(owner, TxOwner::Bye(_)) {
+                    let reason = self
+                        .calls
+                        .get(&id)
+                        .and_then(|c| c.end_reason.clone())
+                        .unwrap_or(EndReason::LocalHangup);
+                    self.end_call(id, reason);
+                }
+            }
+        }
+    }
+
+    fn reack(&mut self, msg: &SipMsg) {
+        if msg.status().is_some_and(|c| (200..300).contains(&c)) && msg.cseq_method == "INVITE" {
+            if let Some(tag) = &msg.from_tag {
+                if let Some(id) = self.dialogs.get(&(msg.call_id.clone(), tag.clone())) {
+                    if let Some(call) = self.calls.get(id) {
+                        if let Some(ack) = call.ack.clone() {
+                            let d = call.peer;
+                            self.send(d, ack);
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        self.stats.dropped += 1;
+    }
+
+    fn build_non2xx_ack(&self, branch: &str, resp: &SipMsg) -> Vec<u8> {
+        let uri = self
+            .client_tx
+            .get(branch)
+            .and_then(|tx| request_uri(&tx.request))
+            .unwrap_or_default();
+        let headers = [
+            ("Via", self.via(branch)),
+            ("Max-Forwards", "70".to_string()),
+            ("From", resp.from.clone()),
+            ("To", resp.to.clone()),
+            ("Call-ID", resp.call_id.clone()),
+            ("CSeq", format!("{} ACK", resp.cseq)),
+        ];
+        message::build_request("ACK", &uri, &headers, b"")
+    }
+
+    // ------------------------------------------------------------- commands
+
+    /// Sends 180 Ringing for an incoming call.
+    pub fn ring(&mut self, now: Instant, call: CallId) -> Result<(), CommandError> {
+        self.uas_provisional(now, call, 180)
+    }
+
+    fn uas_provisional(&mut self, now: Instant, id: CallId, code: u16) -> Result<(), CommandError> {
+        let contact = self.contact();
+        let call = self.calls.get(&id).ok_or(CommandError::UnknownCall(id))?;
+        if call.state != CallState::Incoming {
+            return Err(CommandError::WrongState {
+                call: id,
+                command: "ring",
+            });
+        }
+        let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone()) else {
+            return Err(CommandError::WrongState {
+                call: id,
+                command: "ring",
+            });
+        };
+        let bytes = message::build_response(code, &echo, Some(&call.local_tag), &[("Contact", contact)], b"");
+        self.respond_bytes(now, &k, code, bytes);
+        Ok(())
+    }
+
+    /// Answers an incoming call with 200 and an SDP answer naming `local_rtp`.
+    pub fn answer(&mut self, now: Instant, id: CallId, local_rtp: SocketAddr) -> Result<(), CommandError> {
+        let contact = self.contact();
+        let call = self.calls.get_mut(&id).ok_or(CommandError::UnknownCall(id))?;
+        if call.state != CallState::Incoming {
+            return Err(CommandError::WrongState {
+                call: id,
+                command: "answer",
+            });
+        }
+        let (Some(k), Some(echo), Some(offer)) = (
+            call.invite_tx.clone(),
+            call.invite_echo.clone(),
+            call.offer.take(),
+        ) else {
+            return Err(CommandError::WrongState {
+                call: id,
+                command: "answer",
+            });
+        };
+        let body = media::answer_body(&offer, local_rtp, call.sdp_session, call.sdp_version);
+        call.local_rtp = Some(local_rtp);
+        call.state = CallState::Answered;
+        let extra = [
+            ("Contact", contact),
+            ("Allow", ALLOW.to_string()),
+            ("Content-Type", "application/sdp".to_string()),
+        ];
+        let bytes = message::build_response(200, &echo, Some(&call.local_tag), &extra, &body);
+        self.respond_bytes(now, &k, 200, bytes);
+        Ok(())
+    }
+
+    /// Rejects an incoming call (486 Busy Here, 603 Decline, any 300-699).
+    pub fn reject(&mut self, now: Instant, id: CallId, code: u16) -> Result<(), CommandError> {
+        if !(300..700).contains(&code) {
+            return Err(CommandError::InvalidStatus(code));
+        }
+        let call = self.calls.get(&id).ok_or(CommandError::UnknownCall(id))?;
+        if call.state != CallState::Incoming {
+            return Err(CommandError::WrongState {
+                call: id,
+                command: "reject",
+            });
+        }
+        if let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone()) {
+            let tag = call.local_tag.clone();
+            let bytes = message::build_response(code, &echo, Some(&tag), &[], b"");
+            self.respond_bytes(now, &k, code, bytes);
+        }
+        self.end_call(id, EndReason::Rejected { code });
+        Ok(())
+    }
+
+    /// Hangs up: BYE on an established call, CANCEL on our unanswered INVITE,
+    /// 603 on an unanswered incoming call. `CallEnded` follows.
+    pub fn hang_up(&mut self, now: Instant, id: CallId) -> Result<(), CommandError> {
+        let call = self.calls.get(&id).ok_or(CommandError::UnknownCall(id))?;
+        match call.state {
+            CallState::Incoming => self.reject(now, id, 603),
+            CallState::Answered | CallState::Confirmed => {
+                self.send_bye(now, id, EndReason::LocalHangup);
+                Ok(())
+            }
+            CallState::Outgoing => {
+                self.cancel_invite(now, id);
+                Ok(())
+            }
+            CallState::Terminating => Ok(()),
+        }
+    }
+
+    fn in_dialog_headers(
+        &self,
+        call: &Call,
+        branch: &str,
+        method: &str,
+        cseq: u32,
+    ) -> Vec<(&'static str, String)> {
+        let mut h = vec![("Via", self.via(branch)), ("Max-Forwards", "70".to_string())];
+        for r in &call.route_set {
+            h.push(("Route", r.clone()));
+        }
+        h.push(("From", call.local_party.clone()));
+        h.push(("To", call.remote_party.clone()));
+        h.push(("Call-ID", call.sip_call_id.clone()));
+        h.push(("CSeq", format!("{cseq} {method}")));
+        h.push(("User-Agent", self.cfg.user_agent.clone()));
+        h
+    }
+
+    fn send_bye(&mut self, now: Instant, id: CallId, reason: EndReason) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.local_cseq = call.local_cseq.wrapping_add(1);
+        call.state = CallState::Terminating;
+        call.end_reason = Some(reason);
+        let cseq = call.local_cseq;
+        let Some(call) = self.calls.get(&id) else { return };
+        let branch = new_branch();
+        let headers = self.in_dialog_headers(call, &branch, "BYE", cseq);
+        let uri = if call.remote_target.is_empty() {
+            format!("sip:{}", message::host_port(call.peer))
+        } else {
+            call.remote_target.clone()
+        };
+        let bytes = message::build_request("BYE", &uri, &headers, b"");
+        let dest = call.peer;
+        self.start_client_tx(now, branch, false, bytes, dest, TxOwner::Bye(id));
+    }
+
+    fn start_client_tx(
+        &mut self,
+        now: Instant,
+        branch: String,
+        invite: bool,
+        bytes: Vec<u8>,
+        dest: SocketAddr,
+        owner: TxOwner,
+    ) {
+        let tx = ClientTx::new(now, invite, bytes.clone(), dest, owner, &self.cfg.timers);
+        self.client_tx.insert(branch, tx);
+        self.send(dest, bytes);
+    }
+
+    /// Places a call to `target` (a SIP URI), sending the INVITE to `dest`, offering
+    /// PCMU/PCMA/telephone-event on `local_rtp`.
+    pub fn call(
+        &mut self,
+        now: Instant,
+        target: &str,
+        dest: SocketAddr,
+        local_rtp: SocketAddr,
+    ) -> Result<CallId, CommandError> {
+        if self.shutting_down {
+            return Err(CommandError::ShuttingDown);
+        }
+        if self.calls.len() >= self.cfg.max_calls {
+            return Err(CommandError::TooManyCalls);
+        }
+        if !(target.starts_with("sip:") || target.starts_with("sips:"))
+            || target.contains(['\r', '\n', '<', '>', ' '])
+        {
+            return Err(CommandError::InvalidTarget(target.to_string()));
+        }
+        let id = CallId(self.next_call);
+        self.next_call += 1;
+        let local_tag = random_token(12);
+        let local_party = format!(
+            "<sip:{}@{}>;tag={local_tag}",
+            self.cfg.user,
+            message::host_port(self.cfg.local_addr)
+        );
+        let sdp_session = u64::from(rand_cseq());
+        let body = media::offer_body(local_rtp, sdp_session, 1);
+        let call = Call {
+            state: CallState::Outgoing,
+            sip_call_id: format!("{}@callbot", random_token(20)),
+            local_tag: local_tag.clone(),
+            remote_tag: None,
+            local_party,
+            remote_party: format!("<{target}>"),
+            remote_target: target.to_string(),
+            route_set: Vec::new(),
+            peer: dest,
+            local_cseq: rand_cseq(),
+            remote_cseq: 0,
+            invite_tx: None,
+            invite_echo: None,
+            offer: None,
+            local_rtp: Some(local_rtp),
+            sdp_version: 1,
+            sdp_session,
+            media: None,
+            invite_uri: target.to_string(),
+            invite_branch: None,
+            invite_body: body,
+            auth_tried: false,
+            provisional_seen: false,
+            cancel_pending: false,
+            ack: None,
+            end_reason: None,
+        };
+        self.dialogs.insert((call.sip_call_id.clone(), local_tag), id);
+        self.calls.insert(id, call);
+        self.send_invite(now, id, None);
+        Ok(id)
+    }
+
+    fn send_invite(&mut self, now: Instant, id: CallId, auth: Option<(&'static str, String)>) {
+        let contact = self.contact();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let branch = new_branch();
+        call.invite_branch = Some(branch.clone());
+        let cseq = call.local_cseq;
+        let Some(call) = self.calls.get(&id) else { return };
+        let mut headers = self.in_dialog_headers(call, &branch, "INVITE", cseq);
+        headers.push(("Contact", contact));
+        headers.push(("Allow", ALLOW.to_string()));
+        headers.push(("Content-Type", "application/sdp".to_string()));
+        if let Some(a) = auth {
+            headers.push(a);
+        }
+        let bytes = message::build_request("INVITE", &call.invite_uri, &headers, &call.invite_body);
+        let dest = call.peer;
+        self.start_client_tx(now, branch, true, bytes, dest, TxOwner::Invite(id));
+    }
+
+    fn cancel_invite(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.end_reason = Some(EndReason::LocalHangup);
+        if !call.provisional_seen {
+            // RFC 3261 9.1: no CANCEL before a provisional; send it when one arrives.
+            call.cancel_pending = true;
+            return;
+        }
+        call.state = CallState::Terminating;
+        let Some(branch) = call.invite_branch.clone() else {
+            return;
+        };
+        let Some(call) = self.calls.get(&id) else { return };
+        let headers = [
+            ("Via", self.via(&branch)),
+            ("Max-Forwards", "70".to_string()),
+            ("From", call.local_party.clone()),
+            ("To", format!("<{}>", call.invite_uri)),
+            ("Call-ID", call.sip_call_id.clone()),
+            ("CSeq", format!("{} CANCEL", call.local_cseq)),
+        ];
+        let bytes = message::build_request("CANCEL", &call.invite_uri, &headers, b"");
+        let dest = call.peer;
+        // The CANCEL's own transaction uses the INVITE's branch with a suffix key.
+        self.start_client_tx(
+            now,
+            format!("{branch}#cancel"),
+            false,
+            bytes,
+            dest,
+            TxOwner::Cancel(id),
+        );
+    }
+
+    fn on_invite_response(&mut self, now: Instant, id: CallId, code: u16, msg: &SipMsg) {
+        let creds = self.cfg.credentials.clone();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if code < 200 {
+            if code > 100 {
+                self.events.push_back(SipEvent::CallProgress { call: id, code });
+            }
+            let first = !call.provisional_seen;
+            call.provisional_seen = true;
+            if first && call.cancel_pending {
+                call.cancel_pending = false;
+                self.cancel_invite(now, id);
+            }
+            return;
+        }
+        if code >= 300 {
+            if (code == 401 || code == 407) && !call.auth_tried && call.state == CallState::Outgoing {
+                let header = if code == 401 {
+                    "WWW-Authenticate"
+                } else {
+                    "Proxy-Authenticate"
+                };
+                let auth = msg.header(header).and_then(|v| DigestChallenge::parse(v).ok());
+                if let (Some(ch), Some(creds)) = (auth, creds) {
+                    call.auth_tried = true;
+                    call.local_cseq = call.local_cseq.wrapping_add(1);
+                    let cnonce = random_token(16);
+                    if let Ok(value) = ch.respond(&creds, "INVITE", &call.invite_uri, 1, &cnonce) {
+                        let name = if code == 401 {
+                            "Authorization"
+                        } else {
+                            "Proxy-Authorization"
+                        };
+                        self.send_invite(now, id, Some((name, value)));
+                        return;
+                    }
+                }
+            }
+            let reason = match call.end_reason.clone() {
+                Some(r) if code == 487 => r,
+                _ => EndReason::Refused {
+                    code,
+                    reason: match &msg.start {
+                        StartLine::Response { reason, .. } => reason.clone(),
+                        StartLine::Request { .. } => String::new(),
+                    },
+                },
+            };
+            self.end_call(id, reason);
+            return;
+        }
+        // 2xx: the dialog is confirmed; ACK it (new branch, to the remote target).
+        call.remote_tag = msg.to_tag.clone();
+        call.remote_party = msg.to.clone();
+        if let Some(t) = msg.contact_uri() {
+            call.remote_target = t;
+        }
+        call.route_set = msg
+            .header_all("Record-Route")
+            .flat_map(message::split_commas)
+            .map(str::to_string)
+            .collect();
+        call.route_set.reverse();
+        if call.route_set.is_empty() {
+            if let Some(a) = uri_socket_addr(&call.remote_target) {
+                call.peer = a;
+            }
+        } else if let Some(a) = call
+            .route_set
+            .first()
+            .and_then(|r| message::name_addr_uri(r))
+            .and_then(|u| uri_socket_addr(&u))
+        {
+            call.peer = a;
+        }
+        let was_terminating = call.state == CallState::Terminating || call.cancel_pending;
+        call.state = CallState::Confirmed;
+        let cseq = call.local_cseq;
+        let branch = new_branch();
+        let Some(call) = self.calls.get(&id) else { return };
+        let headers = self.in_dialog_headers(call, &branch, "ACK", cseq);
+        let ack = message::build_request("ACK", &call.remote_target, &headers, b"");
+        let dest = call.peer;
+        self.send(dest, ack.clone());
+        let media = media::parse_answer(&msg.body);
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.ack = Some(ack);
+        }
+        if was_terminating {
+            self.send_bye(now, id, EndReason::LocalHangup);
+            return;
+        }
+        match media {
+            Ok(m) => {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.media = Some(m.clone());
+                }
+                self.events
+                    .push_back(SipEvent::CallAnswered { call: id, media: m });
+            }
+            Err(e) => self.send_bye(now, id, EndReason::MediaFailed(e.to_string())),
+        }
+    }
+
+    // --------------------------------------------------------- registration
+
+    fn send_register(&mut self, now: Instant, expires: u32) {
+        let contact = self.contact();
+        let local = self.local_host_port();
+        let user = self.cfg.user.clone();
+        let creds = self.cfg.credentials.clone();
+        let ua = self.cfg.user_agent.clone();
+        let Some(reg) = self.registration.as_mut() else {
+            return;
+        };
+        reg.cseq = reg.cseq.wrapping_add(1);
+        let branch = new_branch();
+        let aor = format!("<sip:{user}@{}>", reg.cfg.domain);
+        let uri = format!("sip:{}", reg.cfg.domain);
+        let mut headers = vec![
+            ("Via", format!("SIP/2.0/UDP {local};branch={branch};rport")),
+            ("Max-Forwards", "70".to_string()),
+            ("From", format!("{aor};tag={}", reg.from_tag)),
+            ("To", aor),
+            ("Call-ID", reg.call_id.clone()),
+            ("CSeq", format!("{} REGISTER", reg.cseq)),
+            ("Contact", contact),
+            ("Expires", expires.to_string()),
+            ("User-Agent", ua),
+        ];
+        if let (Some((ch, proxy)), Some(creds)) = (&reg.challenge, creds) {
+            reg.nc = reg.nc.saturating_add(1);
+            let cnonce = random_token(16);
+            if let Ok(v) = ch.respond(&creds, "REGISTER", &uri, reg.nc, &cnonce) {
+                headers.push((
+                    if *proxy {
+                        "Proxy-Authorization"
+                    } else {
+                        "Authorization"
+                    },
+                    v,
+                ));
+            }
+        }
+        let bytes = message::build_request("REGISTER", &uri, &headers, b"");
+        reg.branch = Some(branch.clone());
+        reg.next_at = None;
+        let dest = reg.cfg.registrar;
+        self.start_client_tx(now, branch, false, bytes, dest, TxOwner::Register);
+    }
+
+    fn on_register_response(&mut self, now: Instant, code: u16, msg: &SipMsg) {
+        let local_contact = format!("sip:{}@{}", self.cfg.user, self.local_host_port());
+        let has_creds = self.cfg.credentials.is_some();
+        let Some(reg) = self.registration.as_mut() else {
+            return;
+        };
+        if code < 200 {
+            return;
+        }
+        reg.branch = None;
+        let unregistering = reg.phase == RegPhase::Unregistering;
+        if code == 401 || code == 407 {
+            let header = if code == 401 {
+                "WWW-Authenticate"
+            } else {
+                "Proxy-Authenticate"
+            };
+            let ch = msg.header(header).and_then(|v| DigestChallenge::parse(v).ok());
+            // Retry once per fresh challenge (again only if the nonce was stale).
+            let retry = match &ch {
+                Some(c) => has_creds && (reg.auth_attempts == 0 || c.stale) && reg.auth_attempts < 3,
+                None => false,
+            };
+            if let (true, Some(c)) = (retry, ch) {
+                reg.challenge = Some((c, code == 407));
+                reg.nc = 0;
+                reg.auth_attempts += 1;
+                let expires = if unregistering { 0 } else { reg.cfg.expires };
+                self.send_register(now, expires);
+                return;
+            }
+            let reason = if has_creds {
+                format!("{code} authentication rejected")
+            } else {
+                format!("{code} credentials required")
+            };
+            self.register_failed(now, reason);
+            return;
+        }
+        reg.auth_attempts = 0;
+        if unregistering {
+            reg.phase = RegPhase::Done;
+            reg.granted = if (200..300).contains(&code) {
+                0
+            } else {
+                reg.granted
+            };
+            reg.next_at = None;
+            if (200..300).contains(&code) {
+                self.events
+                    .push_back(SipEvent::Registration(RegistrationState::Unregistered));
+            }
+            return;
+        }
+        if (200..300).contains(&code) {
+            // The granted expiry: our Contact's expires param, else Expires header.
+            let mut granted = None;
+            for c in msg.header_all("Contact").flat_map(message::split_commas) {
+                let uri = message::name_addr_uri(c).unwrap_or_default();
+                if uri.eq_ignore_ascii_case(&local_contact) || uri.starts_with(&local_contact) {
+                    granted = message::header_param(c, "expires").and_then(|e| e.parse::<u32>().ok());
+                }
+            }
+            let granted = granted
+                .or_else(|| msg.header("Expires").and_then(|e| e.trim().parse::<u32>().ok()))
+                .unwrap_or(reg.cfg.expires);
+            if granted == 0 {
+                self.register_failed(now, "registrar granted expires=0".into());
+                return;
+            }
+            reg.granted = granted;
+            reg.phase = RegPhase::Registered;
+            reg.backoff = reg.cfg.retry_min;
+            // Refresh before expiry: at half for short grants, else 30 s before.
+            let g = Duration::from_secs(u64::from(granted));
+            let lead = if granted <= 60 {
+                g / 2
+            } else {
+                Duration::from_secs(30).max(g / 10)
+            };
+            reg.next_at = Some(now + g.saturating_sub(lead));
+            self.events
+                .push_back(SipEvent::Registration(RegistrationState::Registered {
+                    expires: granted,
+                }));
+            return;
+        }
+        if code == 423 {
+            if let Some(min) = msg
+                .header("Min-Expires")
+                .and_then(|m| m.trim().parse::<u32>().ok())
+            {
+                reg.cfg.expires = min;
+                self.send_register(now, min);
+                return;
+            }
+        }
+        let reason = match &msg.start {
+            StartLine::Response { reason, .. } => format!("{code} {reason}"),
+            StartLine::Request { .. } => code.to_string(),
+        };
+        self.register_failed(now, reason);
+    }
+
+    fn register_failed(&mut self, now: Instant, reason: String) {
+        let Some(reg) = self.registration.as_mut() else {
+            return;
+        };
+        reg.branch = None;
+        reg.challenge = None;
+        reg.auth_attempts = 0;
+        if reg.phase == RegPhase::Unregistering {
+            reg.phase = RegPhase::Done;
+            reg.next_at = None;
+            return;
+        }
+        let retry_in = reg.backoff;
+        reg.backoff = (reg.backoff * 2).min(reg.cfg.retry_max);
+        reg.phase = RegPhase::Failed;
+        reg.granted = 0;
+        reg.next_at = Some(now + retry_in);
+        tracing::warn!(%reason, ?retry_in, "registration failed");
+        self.events
+            .push_back(SipEvent::Registration(RegistrationState::Failed {
+                reason,
+                retry_in,
+            }));
+    }
+
+    /// Starts a registration now (also done automatically at start and on refresh).
+    fn register_now(&mut self, now: Instant) {
+        let Some(reg) = self.registration.as_mut() else {
+            return;
+        };
+        reg.phase = RegPhase::Registering;
+        let expires = reg.cfg.expires;
+        self.events
+            .push_back(SipEvent::Registration(RegistrationState::Registering));
+        self.send_register(now, expires);
+    }
+
+    // ------------------------------------------------------------- timers
+
+    /// Runs every timer that is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timers = self.cfg.timers;
+        let due: Vec<ServerKey> = self
+            .server_tx
+            .iter()
+            .filter(|(_, t)| t.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            let Some(tx) = self.server_tx.get_mut(&k) else {
+                continue;
+            };
+            match tx.on_timeout(now, &timers) {
+                Some(ServerTimeout::Retransmit) => {
+                    if let Some(r) = tx.last_response.clone() {
+                        let d = tx.dest;
+                        self.send(d, r);
+                    }
+                }
+                Some(ServerTimeout::Terminated) => {
+                    self.server_tx.remove(&k);
+                }
+                Some(ServerTimeout::NoAck) => {
+                    let call = tx.call;
+                    let state = tx.state;
+                    self.server_tx.remove(&k);
+                    if let (Some(id), ServerState::Accepted) = (call, state) {
+                        // 2xx never acknowledged: end the dialog with BYE (RFC 3261 13.3.1.4).
+                        self.send_bye(now, id, EndReason::NoAck);
+                    }
+                }
+                None => {}
+            }
+        }
+        let due: Vec<String> = self
+            .client_tx
+            .iter()
+            .filter(|(_, t)| t.next_deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            let Some(tx) = self.client_tx.get_mut(&k) else {
+                continue;
+            };
+            match tx.on_timeout(now, &timers) {
+                Some(ClientTimeout::Retransmit) => {
+                    let (d, r) = (tx.dest, tx.request.clone());
+                    self.send(d, r);
+                }
+                Some(ClientTimeout::Terminated) => {
+                    self.client_tx.remove(&k);
+                }
+                Some(ClientTimeout::TimedOut) => {
+                    let owner = tx.owner;
+                    self.client_tx.remove(&k);
+                    match owner {
+                        TxOwner::Register => {
+                            self.register_failed(now, "408 no response from registrar".into())
+                        }
+                        TxOwner::Invite(id) => {
+                            let reason = self
+                                .calls
+                                .get(&id)
+                                .and_then(|c| c.end_reason.clone())
+                                .unwrap_or(EndReason::Timeout);
+                            self.end_call(id, reason);
+                        }
+                        TxOwner::Bye(id) => {
+                            let reason = self
+                                .calls
+                                .get(&id)
+                                .and_then(|c| c.end_reason.clone())
+                                .unwrap_or(EndReason::Timeout);
+                            self.end_call(id, reason);
+                        }
+                        TxOwner::Cancel(_) => {}
+                    }
+                }
+                None => {}
+            }
+        }
+        let reg_due = self
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.next_at.is_some_and(|t| t <= now) && r.branch.is_none());
+        if reg_due && !self.shutting_down {
+            self.register_now(now);
+        } else if reg_due {
+            if let Some(r) = self.registration.as_mut() {
+                r.next_at = None;
+            }
+        }
+    }
+
+    /// Stops taking calls: new INVITEs get 503 with Retry-After; every live call is
+    /// hung up (BYE, CANCEL or 603) and the registration is removed (Expires: 0).
+    /// Drive the core until [`is_shutdown_complete`](Self::is_shutdown_complete).
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        for id in self.calls() {
+            let _ = self.hang_up(now, id);
+        }
+        let Some(reg) = self.registration.as_mut() else {
+            return;
+        };
+        let in_flight = reg.branch.take();
+        if let Some(b) = in_flight {
+            self.client_tx.remove(&b);
+        }
+        let Some(reg) = self.registration.as_mut() else {
+            return;
+        };
+        reg.next_at = None;
+        match reg.phase {
+            RegPhase::Registered | RegPhase::Registering => {
+                reg.phase = RegPhase::Unregistering;
+                reg.auth_attempts = 0;
+                self.send_register(now, 0);
+            }
+            _ => reg.phase = RegPhase::Done,
+        }
+    }
+
+    /// Forgets everything still in flight (after the shutdown deadline): every call gets
+    /// its `CallEnded` (reason `Timeout`) and every table is cleared. Returns the number
+    /// of calls that were still live.
+    pub fn abandon(&mut self) -> usize {
+        let live = self.calls();
+        for id in &live {
+            self.end_call(*id, EndReason::Timeout);
+        }
+        self.server_tx.clear();
+        self.client_tx.clear();
+        if let Some(r) = self.registration.as_mut() {
+            r.phase = RegPhase::Done;
+            r.next_at = None;
+            r.branch = None;
+        }
+        live.len()
+    }
+
+    /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+}
+
+fn method_of(owner: TxOwner) -> &'static str {
+    match owner {
+        TxOwner::Invite(_) => "INVITE",
+        TxOwner::Bye(_) => "BYE",
+        TxOwner::Cancel(_) => "CANCEL",
+        TxOwner::Register => "REGISTER",
+    }
+}
+
+fn rand_cseq() -> u32 {
+    use rand::Rng;
+    rand::rng().random_range(1..10_000)
+}
+
+fn request_uri(request: &[u8]) -> Option<String> {
+    let line_end = request.iter().position(|&b| b == b'\r')?;
+    let line = std::str::from_utf8(request.get(..line_end)?).ok()?;
+    line.split(' ').nth(1).map(str::to_string)
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

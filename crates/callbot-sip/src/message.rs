@@ -1,0 +1,833 @@
+//! The message layer: normalise a datagram, parse it with `rsip`, extract what the
+//! transaction and dialog layers need, and build messages.
+//!
+//! rsip 0.4 ignores `Content-Length`, does not know compact header names and fails on
+//! folded lines and LF-only endings, so every datagram is first normalised here:
+//! lines are unfolded, endings become CRLF, compact names are expanded, and the body is
+//! cut to the `Content-Length` this layer checked (a length that is negative, not a
+//! number, duplicated with another value or larger than the datagram is rejected).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+/// What the message layer made of one datagram.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// A keep-alive (CRLF) or an empty datagram: ignore silently.
+    KeepAlive,
+    /// A well-formed message.
+    Message(Box<SipMsg>),
+    /// A request that cannot be processed but can be answered with this status.
+    Reject {
+        /// Status code to answer with (400, 501, 505, 416...).
+        code: u16,
+        /// Why.
+        reason: &'static str,
+        /// The surviving headers to echo (Via, From, To, Call-ID, CSeq).
+        headers: Box<EchoHeaders>,
+    },
+    /// Nothing can be answered: drop and count.
+    Drop(&'static str),
+}
+
+/// The headers a response must echo, taken from a request that failed to parse.
+#[derive(Debug, Clone)]
+pub(crate) struct EchoHeaders {
+    pub(crate) vias: Vec<String>,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) call_id: String,
+    pub(crate) cseq: String,
+}
+
+/// SIP request methods the UA knows about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    /// Known to SIP (and rsip) but not allowed by this UA: answered 405.
+    NotAllowed(String),
+}
+
+impl Method {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::NotAllowed(m) => m,
+        }
+    }
+
+    fn from_rsip(m: rsip::Method) -> Method {
+        match m {
+            rsip::Method::Invite => Method::Invite,
+            rsip::Method::Ack => Method::Ack,
+            rsip::Method::Bye => Method::Bye,
+            rsip::Method::Cancel => Method::Cancel,
+            rsip::Method::Options => Method::Options,
+            rsip::Method::Register => Method::Register,
+            other => Method::NotAllowed(other.to_string()),
+        }
+    }
+}
+
+/// Start line of a parsed message.
+#[derive(Debug, Clone)]
+pub(crate) enum StartLine {
+    Request { method: Method },
+    Response { code: u16, reason: String },
+}
+
+/// The top Via of a message, split into the parts routing and matching use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Via {
+    pub(crate) host: String,
+    pub(crate) port: Option<u16>,
+    pub(crate) branch: Option<String>,
+    pub(crate) rport: bool,
+    pub(crate) received: Option<String>,
+}
+
+impl Via {
+    /// Parses one Via value (`SIP/2.0/UDP host:port;branch=..;rport`).
+    pub(crate) fn parse(value: &str) -> Option<Via> {
+        let mut parts = value.split(';');
+        let first = parts.next()?.trim();
+        let mut it = first.split_whitespace();
+        let proto = it.next()?;
+        if !proto.to_ascii_uppercase().starts_with("SIP/2.0/") {
+            return None;
+        }
+        let sent_by = it.next()?;
+        let (host, port) = split_host_port(sent_by)?;
+        let mut via = Via {
+            host,
+            port,
+            ..Via::default()
+        };
+        for p in parts {
+            let p = p.trim();
+            let (k, v) = match p.split_once('=') {
+                Some((k, v)) => (k.trim(), Some(v.trim())),
+                None => (p, None),
+            };
+            if k.eq_ignore_ascii_case("branch") {
+                via.branch = v.map(str::to_string);
+            } else if k.eq_ignore_ascii_case("rport") {
+                via.rport = true;
+            } else if k.eq_ignore_ascii_case("received") {
+                via.received = v.map(str::to_string);
+            }
+        }
+        Some(via)
+    }
+
+    /// `host:port` of the sent-by part, as used in transaction matching.
+    pub(crate) fn sent_by(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.host),
+            None => self.host.clone(),
+        }
+    }
+}
+
+/// Splits `host[:port]` / `[v6][:port]`.
+pub(crate) fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p.parse().ok()?),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        return Some((format!("[{h}]"), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), Some(p.parse().ok()?))),
+        None if !s.is_empty() => Some((s.to_string(), None)),
+        None => None,
+    }
+}
+
+/// Formats an address as a SIP host:port (`[v6]:port` for IPv6).
+pub(crate) fn host_port(addr: SocketAddr) -> String {
+    match addr.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+    }
+}
+
+/// A parsed, validated SIP message.
+#[derive(Debug, Clone)]
+pub(crate) struct SipMsg {
+    pub(crate) start: StartLine,
+    /// Every header (name canonical, value trimmed), in order; Via values split per hop.
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) vias: Vec<String>,
+    pub(crate) top_via: Via,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) from_tag: Option<String>,
+    pub(crate) to_tag: Option<String>,
+    pub(crate) call_id: String,
+    pub(crate) cseq: u32,
+    pub(crate) cseq_method: String,
+    pub(crate) body: Vec<u8>,
+}
+
+impl SipMsg {
+    /// The first value of a header (case-insensitive name).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header.
+    pub(crate) fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn method(&self) -> Option<&Method> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub(crate) fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { code, .. } => Some(*code),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    /// The URI inside the first Contact header.
+    pub(crate) fn contact_uri(&self) -> Option<String> {
+        self.header("Contact").and_then(|c| name_addr_uri(c))
+    }
+
+    /// The echo headers of this message (for building a response).
+    pub(crate) fn echo(&self) -> EchoHeaders {
+        EchoHeaders {
+            vias: self.vias.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            call_id: self.call_id.clone(),
+            cseq: format!("{} {}", self.cseq, self.cseq_method),
+        }
+    }
+}
+
+/// The URI of a name-addr (`"Bob" <sip:bob@host>;tag=x`) or addr-spec (`sip:bob@host;tag=x`).
+pub(crate) fn name_addr_uri(value: &str) -> Option<String> {
+    if let Some(start) = value.find('<') {
+        let rest = value.get(start + 1..)?;
+        let end = rest.find('>')?;
+        return rest.get(..end).map(|s| s.trim().to_string());
+    }
+    let v = value.trim();
+    let uri = v.split(';').next().unwrap_or(v).trim();
+    (!uri.is_empty()).then(|| uri.to_string())
+}
+
+/// The `tag` parameter of a From/To value.
+pub(crate) fn tag_param(value: &str) -> Option<String> {
+    let params = match value.rfind('>') {
+        Some(i) => value.get(i + 1..)?,
+        None => value,
+    };
+    params.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("tag").then(|| v.trim().to_string())
+    })
+}
+
+/// A generic `;name=value` parameter of a header value (outside `<>`).
+pub(crate) fn header_param(value: &str, name: &str) -> Option<String> {
+    let params = match value.rfind('>') {
+        Some(i) => value.get(i + 1..)?,
+        None => value,
+    };
+    params.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+fn expand_compact(name: &str) -> &str {
+    if name.len() != 1 {
+        return name;
+    }
+    match name.to_ascii_lowercase().as_str() {
+        "v" => "Via",
+        "i" => "Call-ID",
+        "f" => "From",
+        "t" => "To",
+        "l" => "Content-Length",
+        "m" => "Contact",
+        "c" => "Content-Type",
+        "k" => "Supported",
+        "s" => "Subject",
+        "e" => "Content-Encoding",
+        "o" => "Event",
+        "r" => "Refer-To",
+        "b" => "Referred-By",
+        "u" => "Allow-Events",
+        "x" => "Session-Expires",
+        _ => name,
+    }
+}
+
+/// Splits a header value on commas that are outside quotes and angle brackets.
+pub(crate) fn split_commas(value: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut start) = (false, false, 0usize);
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                if let Some(part) = value.get(start..i) {
+                    out.push(part.trim());
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if let Some(part) = value.get(start..) {
+        out.push(part.trim());
+    }
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// Parses one datagram. `max_size` bounds the datagram length.
+pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
+    if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t')) {
+        return Parsed::KeepAlive;
+    }
+    if bytes.len() > max_size {
+        return Parsed::Drop("message too large");
+    }
+    // Skip leading CRLFs (RFC 3261 7.5).
+    let start = bytes
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(0);
+    let bytes = bytes.get(start..).unwrap_or_default();
+    let (head_end, body_start) = match (find_subslice(bytes, b"\r\n\r\n"), find_subslice(bytes, b"\n\n")) {
+        (Some(a), Some(b)) if b + 1 < a => (b, b + 2),
+        (Some(a), _) => (a, a + 4),
+        (None, Some(b)) => (b, b + 2),
+        (None, None) => (bytes.len(), bytes.len()),
+    };
+    let complete_head = body_start > head_end;
+    let head = bytes.get(..head_end).unwrap_or_default();
+    let rest = bytes.get(body_start..).unwrap_or_default();
+
+    let Ok(head) = std::str::from_utf8(head) else {
+        return parse_lossy_for_reject(head);
+    };
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let Some(start_line) = lines.next() else {
+        return Parsed::Drop("empty");
+    };
+    // Unfold and split headers.
+    let mut raw: Vec<String> = Vec::new();
+    for line in lines {
+        if line.starts_with([' ', '\t']) {
+            match raw.last_mut() {
+                Some(last) => {
+                    last.push(' ');
+                    last.push_str(line.trim());
+                }
+                None => return Parsed::Drop("folded first line"),
+            }
+        } else {
+            raw.push(line.to_string());
+        }
+    }
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(raw.len() + 1);
+    let mut bad_header = false;
+    for line in &raw {
+        match line.split_once(':') {
+            Some((n, v)) => {
+                let n = n.trim();
+                let v_bad = !clean_value(v);
+                if n.is_empty() || !n.bytes().all(is_token_char) || v_bad {
+                    // Never echo a value with control characters.
+                    bad_header = true;
+                    continue;
+                }
+                headers.push((expand_compact(n).to_string(), v.trim().to_string()));
+            }
+            None => bad_header = true,
+        }
+    }
+    let echo = echo_from(&headers);
+    let is_request = !start_line.starts_with("SIP/");
+    let reject = |code: u16, reason: &'static str| -> Parsed {
+        match (&echo, is_request) {
+            (Some(e), true) => Parsed::Reject {
+                code,
+                reason,
+                headers: Box::new(e.clone()),
+            },
+            _ => Parsed::Drop(reason),
+        }
+    };
+    if !complete_head {
+        return reject(400, "truncated message");
+    }
+    if bad_header {
+        return reject(400, "malformed header line");
+    }
+    // Content-Length: checked here (rsip ignores it).
+    let mut content_length: Option<usize> = None;
+    for (n, v) in &headers {
+        if n.eq_ignore_ascii_case("Content-Length") {
+            let Ok(len) = v.parse::<usize>() else {
+                return reject(400, "bad Content-Length");
+            };
+            if content_length.is_some_and(|c| c != len) {
+                return reject(400, "conflicting Content-Length");
+            }
+            content_length = Some(len);
+        }
+    }
+    let body = match content_length {
+        Some(len) if len > rest.len() => return reject(400, "Content-Length larger than the body"),
+        Some(len) => rest.get(..len).unwrap_or_default(),
+        None => rest,
+    };
+    // Single-valued headers must be single.
+    for name in ["Call-ID", "From", "To", "CSeq"] {
+        let mut vals = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v);
+        let first = vals.next();
+        if first.is_none() {
+            return reject(400, "missing mandatory header");
+        }
+        if vals.any(|v| Some(v) != first) {
+            return reject(400, "duplicate header with different values");
+        }
+    }
+    // Start line checks before rsip (which cannot represent unknown methods).
+    if is_request {
+        let mut parts = start_line.split(' ');
+        let method = parts.next().unwrap_or_default();
+        let uri = parts.next().unwrap_or_default();
+        let version = parts.next().unwrap_or_default();
+        if method.is_empty() || !method.bytes().all(is_token_char) || uri.is_empty() || parts.next().is_some()
+        {
+            return reject(400, "malformed request line");
+        }
+        if !version.eq_ignore_ascii_case("SIP/2.0") {
+            return if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/")) {
+                reject(505, "unsupported SIP version")
+            } else {
+                reject(400, "malformed request line")
+            };
+        }
+        if method.parse::<rsip::Method>().is_err() {
+            return reject(501, "unknown method");
+        }
+        let scheme = uri.split(':').next().unwrap_or_default();
+        if !(scheme.eq_ignore_ascii_case("sip")
+            || scheme.eq_ignore_ascii_case("sips")
+            || scheme.eq_ignore_ascii_case("tel"))
+        {
+            return reject(416, "unsupported URI scheme");
+        }
+    }
+    if headers.iter().all(|(n, _)| !n.eq_ignore_ascii_case("Via")) {
+        return Parsed::Drop("no Via");
+    }
+
+    // Rebuild a canonical message and let rsip parse it.
+    let mut canon = String::with_capacity(head.len() + 32);
+    canon.push_str(start_line);
+    canon.push_str("\r\n");
+    for (n, v) in &headers {
+        if n.eq_ignore_ascii_case("Content-Length") {
+            continue;
+        }
+        let _ = write!(canon, "{n}: {v}\r\n");
+    }
+    let _ = write!(canon, "Content-Length: {}\r\n\r\n", body.len());
+    let mut canon = canon.into_bytes();
+    canon.extend_from_slice(body);
+    let msg = match rsip::SipMessage::try_from(canon.as_slice()) {
+        Ok(m) => m,
+        Err(_) => return reject(400, "unparseable message"),
+    };
+    let start = match msg {
+        rsip::SipMessage::Request(r) => StartLine::Request {
+            method: Method::from_rsip(r.method),
+        },
+        rsip::SipMessage::Response(r) => {
+            let code = r.status_code.code();
+            if !(100..700).contains(&code) {
+                return Parsed::Drop("bad status code");
+            }
+            let reason = start_line.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
+            StartLine::Response { code, reason }
+        }
+    };
+    let Some(e) = echo.clone() else {
+        return Parsed::Drop("missing mandatory header");
+    };
+    let Some(top_via) = e.vias.first().and_then(|v| Via::parse(v)) else {
+        return reject(400, "malformed Via");
+    };
+    let mut cseq_parts = e.cseq.split_whitespace();
+    let cseq = cseq_parts.next().and_then(|n| n.parse::<u32>().ok());
+    let cseq_method = cseq_parts.next().map(str::to_string);
+    let (Some(cseq), Some(cseq_method)) = (cseq, cseq_method) else {
+        return reject(400, "malformed CSeq");
+    };
+    if cseq_parts.next().is_some() {
+        return reject(400, "malformed CSeq");
+    }
+    if let StartLine::Request { method, .. } = &start {
+        let m = method.as_str();
+        let matches = cseq_method.eq_ignore_ascii_case(m)
+            || (matches!(method, Method::Ack | Method::Cancel) && cseq_method.eq_ignore_ascii_case(m));
+        if !matches {
+            return reject(400, "CSeq method does not match the request");
+        }
+    }
+    if e.call_id.is_empty() {
+        return reject(400, "empty Call-ID");
+    }
+    let from_tag = tag_param(&e.from);
+    let to_tag = tag_param(&e.to);
+    Parsed::Message(Box::new(SipMsg {
+        start,
+        top_via,
+        from_tag,
+        to_tag,
+        from: e.from,
+        to: e.to,
+        call_id: e.call_id,
+        cseq,
+        cseq_method: cseq_method.to_ascii_uppercase(),
+        vias: e.vias,
+        headers,
+        body: body.to_vec(),
+    }))
+}
+
+/// No control characters (other than HT) in a header value.
+fn clean_value(v: &str) -> bool {
+    !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// Collects the echo headers, if all of them are present.
+fn echo_from(headers: &[(String, String)]) -> Option<EchoHeaders> {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let vias: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("Via"))
+        .flat_map(|(_, v)| split_commas(v).into_iter().map(str::to_string))
+        .collect();
+    // Only answer what can be routed back: the top Via must parse.
+    Via::parse(vias.first()?)?;
+    let e = EchoHeaders {
+        vias,
+        from: get("From")?,
+        to: get("To")?,
+        call_id: get("Call-ID")?,
+        cseq: get("CSeq")?,
+    };
+    let all_present = [&e.from, &e.to, &e.call_id].iter().all(|v| !v.is_empty());
+    let mut cseq = e.cseq.split_whitespace();
+    let cseq_ok = cseq.next().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        && cseq.next().is_some_and(|m| m.bytes().all(is_token_char))
+        && cseq.next().is_none();
+    (all_present && cseq_ok).then_some(e)
+}
+
+/// A head with bytes that are not UTF-8: answer 400 if the echo headers are clean.
+fn parse_lossy_for_reject(head: &[u8]) -> Parsed {
+    let text = String::from_utf8_lossy(head);
+    if text.starts_with("SIP/") {
+        return Parsed::Drop("non-UTF-8 response");
+    }
+    let mut headers = Vec::new();
+    for line in text.split('\n').skip(1) {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if let Some((n, v)) = line.split_once(':') {
+            if !v.contains('\u{FFFD}') && clean_value(v) {
+                headers.push((expand_compact(n.trim()).to_string(), v.trim().to_string()));
+            }
+        }
+    }
+    match echo_from(&headers) {
+        Some(e) => Parsed::Reject {
+            code: 400,
+            reason: "non-UTF-8 header",
+            headers: Box::new(e),
+        },
+        None => Parsed::Drop("non-UTF-8 message"),
+    }
+}
+
+/// Standard reason phrases.
+pub(crate) fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "Version Not Supported",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+/// Builds a response with rsip: echo headers, extra headers, body (Content-Length set here).
+pub(crate) fn build_response(
+    code: u16,
+    echo: &EchoHeaders,
+    to_tag: Option<&str>,
+    extra: &[(&str, String)],
+    body: &[u8],
+) -> Vec<u8> {
+    use rsip::headers::UntypedHeader;
+    let mut headers = rsip::Headers::default();
+    for v in &echo.vias {
+        headers.push(rsip::headers::Via::new(v.clone()).into());
+    }
+    headers.push(rsip::headers::From::new(echo.from.clone()).into());
+    let to = match to_tag {
+        Some(tag) if tag_param(&echo.to).is_none() => format!("{};tag={tag}", echo.to),
+        _ => echo.to.clone(),
+    };
+    headers.push(rsip::headers::To::new(to).into());
+    headers.push(rsip::headers::CallId::new(echo.call_id.clone()).into());
+    headers.push(rsip::headers::CSeq::new(echo.cseq.clone()).into());
+    for (n, v) in extra {
+        headers.push(rsip::Header::Other((*n).to_string(), v.clone()));
+    }
+    headers.push(rsip::headers::ContentLength::new(body.len().to_string()).into());
+    let resp = rsip::Response {
+        status_code: rsip::StatusCode::Other(code, reason_phrase(code).to_string()),
+        version: rsip::Version::V2,
+        headers,
+        body: Vec::new(),
+    };
+    let mut out = resp.to_string().into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// Builds a request. `headers` are written in order after the request line; Content-Length is set here.
+pub(crate) fn build_request(method: &str, uri: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    // rsip's Request needs a typed Method and Uri; both come from our own code, but fall
+    // back to plain formatting rather than fail if rsip rejects a URI.
+    let mut hs = rsip::Headers::default();
+    for (n, v) in headers {
+        hs.push(rsip::Header::Other((*n).to_string(), v.clone()));
+    }
+    hs.push(rsip::Header::Other(
+        "Content-Length".into(),
+        body.len().to_string(),
+    ));
+    let parsed = (method.parse::<rsip::Method>(), rsip::Uri::try_from(uri));
+    let mut out = match parsed {
+        (Ok(m), Ok(u)) => rsip::Request {
+            method: m,
+            uri: u,
+            version: rsip::Version::V2,
+            headers: hs,
+            body: Vec::new(),
+        }
+        .to_string()
+        .into_bytes(),
+        _ => format!("{method} {uri} SIP/2.0\r\n{hs}\r\n").into_bytes(),
+    };
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &str = "OPTIONS sip:bot@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;rport\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bot@127.0.0.1>\r\nCall-ID: c1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+
+    fn msg(s: &str) -> SipMsg {
+        match parse(s.as_bytes(), 65535) {
+            Parsed::Message(m) => *m,
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_plain_options() {
+        let m = msg(OPTIONS);
+        assert_eq!(m.method(), Some(&Method::Options));
+        assert_eq!(m.call_id, "c1");
+        assert_eq!(m.cseq, 1);
+        assert_eq!(m.from_tag.as_deref(), Some("1"));
+        assert_eq!(m.to_tag, None);
+        assert_eq!(m.top_via.branch.as_deref(), Some("z9hG4bK1"));
+        assert!(m.top_via.rport);
+        assert_eq!(m.top_via.port, Some(5070));
+    }
+
+    #[test]
+    fn compact_folded_and_lf_only() {
+        let s = "OPTIONS sip:bot@127.0.0.1 SIP/2.0\nv: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK2\nf: <sip:a@127.0.0.1>\n ;tag=9\nt: <sip:bot@127.0.0.1>\ni: c2\nCSeq  :  7 OPTIONS\nl: 0\n\n";
+        let m = msg(s);
+        assert_eq!(m.call_id, "c2");
+        assert_eq!(m.from_tag.as_deref(), Some("9"));
+        assert_eq!(m.cseq, 7);
+    }
+
+    #[test]
+    fn content_length_cuts_and_rejects() {
+        let two = format!("{OPTIONS}{OPTIONS}");
+        let m = msg(&two);
+        assert!(m.body.is_empty());
+        let big = OPTIONS.replace("Content-Length: 0", "Content-Length: 5000");
+        assert!(matches!(
+            parse(big.as_bytes(), 65535),
+            Parsed::Reject { code: 400, .. }
+        ));
+        let neg = OPTIONS.replace("Content-Length: 0", "Content-Length: -3");
+        assert!(matches!(
+            parse(neg.as_bytes(), 65535),
+            Parsed::Reject { code: 400, .. }
+        ));
+        let dup = OPTIONS.replace("Content-Length: 0", "Content-Length: 0\r\nContent-Length: 4");
+        assert!(matches!(
+            parse(dup.as_bytes(), 65535),
+            Parsed::Reject { code: 400, .. }
+        ));
+    }
+
+    #[test]
+    fn missing_headers_and_keepalive() {
+        let no_via = OPTIONS.replace("Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1;rport\r\n", "");
+        assert!(matches!(parse(no_via.as_bytes(), 65535), Parsed::Drop(_)));
+        let no_cid = OPTIONS.replace("Call-ID: c1\r\n", "");
+        assert!(matches!(parse(no_cid.as_bytes(), 65535), Parsed::Drop(_)));
+        assert!(matches!(parse(b"\r\n\r\n", 65535), Parsed::KeepAlive));
+        assert!(matches!(parse(b"", 65535), Parsed::KeepAlive));
+        assert!(matches!(parse(OPTIONS.as_bytes(), 10), Parsed::Drop(_)));
+    }
+
+    #[test]
+    fn unknown_method_version_and_scheme() {
+        let foo = OPTIONS
+            .replace("OPTIONS sip", "FOOBAR sip")
+            .replace("1 OPTIONS", "1 FOOBAR");
+        assert!(matches!(
+            parse(foo.as_bytes(), 65535),
+            Parsed::Reject { code: 501, .. }
+        ));
+        let v7 = OPTIONS.replace("5060 SIP/2.0", "5060 SIP/7.0");
+        assert!(matches!(
+            parse(v7.as_bytes(), 65535),
+            Parsed::Reject { code: 505, .. }
+        ));
+        let nope = OPTIONS.replace("OPTIONS sip:", "OPTIONS nope:");
+        assert!(matches!(
+            parse(nope.as_bytes(), 65535),
+            Parsed::Reject { code: 416, .. }
+        ));
+        let mismatch = OPTIONS.replace("1 OPTIONS", "1 INVITE");
+        assert!(matches!(
+            parse(mismatch.as_bytes(), 65535),
+            Parsed::Reject { code: 400, .. }
+        ));
+        let big = OPTIONS.replace("CSeq: 1 ", "CSeq: 4294967296 ");
+        assert!(matches!(
+            parse(big.as_bytes(), 65535),
+            Parsed::Reject { code: 400, .. }
+        ));
+    }
+
+    #[test]
+    fn response_round_trip_echoes_everything() {
+        let m = msg(OPTIONS);
+        let out = build_response(200, &m.echo(), Some("abc"), &[("Allow", "INVITE".into())], b"");
+        let r = msg(std::str::from_utf8(&out).unwrap());
+        assert_eq!(r.status(), Some(200));
+        assert_eq!(r.to_tag.as_deref(), Some("abc"));
+        assert_eq!(r.vias, m.vias);
+        assert_eq!(r.header("Allow"), Some("INVITE"));
+    }
+
+    #[test]
+    fn via_and_name_addr_helpers() {
+        let v = Via::parse("SIP/2.0/UDP [::1]:5080;branch=z9hG4bKx;received=::1;rport=5").unwrap();
+        assert_eq!(v.host, "[::1]");
+        assert_eq!(v.port, Some(5080));
+        assert!(v.rport);
+        assert_eq!(
+            name_addr_uri("\"A, B\" <sip:a@h;lr>;tag=1").as_deref(),
+            Some("sip:a@h;lr")
+        );
+        assert_eq!(tag_param("<sip:a@h;tag=no>;tag=yes").as_deref(), Some("yes"));
+        assert_eq!(
+            split_commas("a, \"b,c\" <x,y>, d"),
+            vec!["a", "\"b,c\" <x,y>", "d"]
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! RFC 3261 section 17 transaction state machines (UDP), sans-IO.
+//!
+//! Server transactions keep the last response so a retransmitted request is answered
+//! from the transaction and never reaches the application twice. Client transactions
+//! retransmit their request (timers A/E) and time out (timers B/F). Every state that
+//! waits has a deadline; `next_deadline` tells the core when to call back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// RFC 3261 timer values. Defaults: T1 500 ms, T2 4 s, T4 5 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// RTT estimate (T1).
+    pub t1: Duration,
+    /// Maximum retransmit interval for non-INVITE requests and INVITE responses (T2).
+    pub t2: Duration,
+    /// Maximum time a message stays in the network (T4).
+    pub t4: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Timers {
+    /// 64*T1: timers B, F, H, J, L, M.
+    pub fn t64(&self) -> Duration {
+        self.t1.saturating_mul(64)
+    }
+}
+
+/// Server transaction key: branch, sent-by and method (ACK matches INVITE).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ServerKey {
+    pub(crate) branch: String,
+    pub(crate) sent_by: String,
+    pub(crate) method: String,
+}
+
+/// Server transaction states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerState {
+    /// INVITE: provisional sent; non-INVITE: no final yet.
+    Proceeding,
+    /// Final non-2xx (INVITE) or any final (non-INVITE) sent.
+    Completed,
+    /// INVITE: ACK for the non-2xx received (timer I running).
+    Confirmed,
+    /// INVITE: 2xx sent, retransmitted until ACK (timer L / H-like give-up).
+    Accepted,
+}
+
+/// What a server transaction timer produced.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ServerTimeout {
+    /// Retransmit this response (timer G or 2xx retransmission).
+    Retransmit,
+    /// The transaction is over; remove it.
+    Terminated,
+    /// No ACK arrived (timer H, or the 2xx give-up): remove it and tell the TU.
+    NoAck,
+}
+
+/// One server transaction.
+#[derive(Debug)]
+pub(crate) struct ServerTx {
+    pub(crate) invite: bool,
+    pub(crate) state: ServerState,
+    pub(crate) last_response: Option<Vec<u8>>,
+    pub(crate) dest: SocketAddr,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    timeout_at: Option<Instant>,
+    acked: bool,
+    /// The call this INVITE transaction belongs to.
+    pub(crate) call: Option<crate::core::CallId>,
+}
+
+impl ServerTx {
+    pub(crate) fn new(invite: bool, dest: SocketAddr) -> ServerTx {
+        ServerTx {
+            invite,
+            state: ServerState::Proceeding,
+            last_response: None,
+            dest,
+            retransmit_at: None,
+            interval: Duration::ZERO,
+            timeout_at: None,
+            acked: false,
+            call: None,
+        }
+    }
+
+    /// Records a response the TU sends through this transaction.
+    pub(crate) fn send_response(&mut self, now: Instant, code: u16, bytes: Vec<u8>, timers: &Timers) {
+        self.last_response = Some(bytes);
+        if code < 200 {
+            return;
+        }
+        if self.invite {
+            self.interval = timers.t1;
+            self.retransmit_at = Some(now + timers.t1);
+            self.timeout_at = Some(now + timers.t64());
+            self.state = if code < 300 {
+                ServerState::Accepted
+            } else {
+                ServerState::Completed
+            };
+        } else {
+            self.state = ServerState::Completed;
+            // Timer J: 64*T1 for unreliable transports.
+            self.timeout_at = Some(now + timers.t64());
+        }
+    }
+
+    /// A retransmission of the request arrived: the response to resend, if any.
+    pub(crate) fn on_retransmission(&self) -> Option<&[u8]> {
+        match self.state {
+            ServerState::Confirmed => None,
+            _ => self.last_response.as_deref(),
+        }
+    }
+
+    /// An ACK arrived (for the non-2xx, or for the 2xx via the dialog).
+    pub(crate) fn on_ack(&mut self, now: Instant, timers: &Timers) -> bool {
+        match self.state {
+            ServerState::Completed => {
+                self.state = ServerState::Confirmed;
+                self.retransmit_at = None;
+                // Timer I: T4 for unreliable transports.
+                self.timeout_at = Some(now + timers.t4);
+                true
+            }
+            ServerState::Accepted if !self.acked => {
+                self.acked = true;
+                self.retransmit_at = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.retransmit_at, self.timeout_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn on_timeout(&mut self, now: Instant, timers: &Timers) -> Option<ServerTimeout> {
+        if self.timeout_at.is_some_and(|t| t <= now) {
+            self.timeout_at = None;
+            self.retransmit_at = None;
+            let no_ack = self.invite
+                && match self.state {
+                    ServerState::Completed => true,
+                    ServerState::Accepted => !self.acked,
+                    _ => false,
+                };
+            return Some(if no_ack {
+                ServerTimeout::NoAck
+            } else {
+                ServerTimeout::Terminated
+            });
+        }
+        if self.retransmit_at.is_some_and(|t| t <= now) {
+            // Timer G (non-2xx) and the 2xx retransmission both double up to T2.
+            self.interval = (self.interval * 2).min(timers.t2);
+            self.retransmit_at = Some(now + self.interval);
+            return Some(ServerTimeout::Retransmit);
+        }
+        None
+    }
+}
+
+/// Client transaction states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientState {
+    /// Request sent, nothing heard (Calling / Trying).
+    Calling,
+    /// A provisional response arrived.
+    Proceeding,
+    /// A final response arrived (timer D / K running).
+    Completed,
+}
+
+/// What a client transaction timer produced.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClientTimeout {
+    /// Retransmit the request (timer A / E).
+    Retransmit,
+    /// No final response in time (timer B / F): tell the TU, remove.
+    TimedOut,
+    /// Timer D / K / M fired: remove quietly.
+    Terminated,
+}
+
+/// One client transaction.
+#[derive(Debug)]
+pub(crate) struct ClientTx {
+    pub(crate) invite: bool,
+    pub(crate) state: ClientState,
+    pub(crate) request: Vec<u8>,
+    pub(crate) dest: SocketAddr,
+    /// For INVITE: the ACK sent for a non-2xx final (resent on retransmitted finals).
+    pub(crate) ack: Option<Vec<u8>>,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    timeout_at: Option<Instant>,
+    /// Who to tell about responses.
+    pub(crate) owner: crate::core::TxOwner,
+}
+
+impl ClientTx {
+    pub(crate) fn new(
+        now: Instant,
+        invite: bool,
+        request: Vec<u8>,
+        dest: SocketAddr,
+        owner: crate::core::TxOwner,
+        timers: &Timers,
+    ) -> ClientTx {
+        ClientTx {
+            invite,
+            state: ClientState::Calling,
+            request,
+            dest,
+            ack: None,
+            retransmit_at: Some(now + timers.t1),
+            interval: timers.t1,
+            timeout_at: Some(now + timers.t64()),
+            owner,
+        }
+    }
+
+    /// A response arrived. Returns true when the TU should see it (false: absorbed
+    /// retransmission of a final response).
+    pub(crate) fn on_response(&mut self, now: Instant, code: u16, timers: &Timers) -> bool {
+        if self.state == ClientState::Completed {
+            return false;
+        }
+        if code < 200 {
+            if self.state == ClientState::Calling {
+                self.state = ClientState::Proceeding;
+                if self.invite {
+                    // RFC 3261 17.1.1.2: timers A and B only run in Calling; in
+                    // Proceeding the TU bounds the wait (it CANCELs).
+                    self.retransmit_at = None;
+                    self.timeout_at = None;
+                } else {
+                    // Timer E continues at T2.
+                    self.interval = timers.t2;
+                    self.retransmit_at = Some(now + timers.t2);
+                }
+            }
+            return true;
+        }
+        self.state = ClientState::Completed;
+        self.retransmit_at = None;
+        self.timeout_at = Some(if self.invite {
+            if code < 300 {
+                // RFC 6026 Accepted: timer M absorbs 2xx retransmissions (the TU ACKs them).
+                now + timers.t64()
+            } else {
+                // Timer D: at least 32 s for unreliable transports.
+                now + Duration::from_secs(32).max(timers.t64() / 2)
+            }
+        } else {
+            // Timer K: T4.
+            now + timers.t4
+        });
+        true
+    }
+
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match (self.retransmit_at, self.timeout_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn on_timeout(&mut self, now: Instant, timers: &Timers) -> Option<ClientTimeout> {
+        if self.timeout_at.is_some_and(|t| t <= now) {
+            self.timeout_at = None;
+            self.retransmit_at = None;
+            return Some(if self.state == ClientState::Completed {
+                ClientTimeout::Terminated
+            } else {
+                ClientTimeout::TimedOut
+            });
+        }
+        if self.retransmit_at.is_some_and(|t| t <= now) {
+            self.interval = if self.invite {
+                self.interval * 2
+            } else {
+                (self.interval * 2).min(timers.t2)
+            };
+            self.retransmit_at = Some(now + self.interval);
+            return Some(ClientTimeout::Retransmit);
+        }
+        None
+    }
+}
