@@ -13,12 +13,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod harness;
-pub mod ollama;
+pub mod kamailio;
 pub mod ports;
 pub mod process;
 pub mod sipp;
-pub mod speech;
+pub mod sipsak;
 pub mod tools;
+pub mod torture;
 
 pub use tempfile::TempDir;
 
