@@ -14,10 +14,12 @@
 
 pub mod harness;
 pub mod kamailio;
+pub mod ollama;
 pub mod ports;
 pub mod process;
 pub mod sipp;
 pub mod sipsak;
+pub mod speech;
 pub mod tools;
 pub mod torture;
 
