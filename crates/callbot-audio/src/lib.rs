@@ -8,6 +8,9 @@
 //! - [`g711`]: µ-law and A-law, bit-exact to the ITU-T G.191 reference on all inputs.
 //! - [`resample`]: streaming [`Resampler`] (rubato FFT) in 20 ms chunks with bounded,
 //!   documented latency and the filter delay trimmed so output stays time-aligned.
+//! - [`vad`]: voice activity detection and endpointing ([`vad::Endpointer`], earshot, no
+//!   model download): speech-start / speech-end events with hangover and minimum speech
+//!   length, at 16 kHz natively or any other rate through the resampler.
 //! - [`wav`]: a tolerant WAV reader (any rate, channels, bit depth; downmixed to mono) and
 //!   a streaming [`wav::WavWriter`] that writes as it goes.
 //!
@@ -24,6 +27,7 @@ pub mod error;
 pub mod frame;
 pub mod g711;
 pub mod resample;
+pub mod vad;
 pub mod wav;
 
 pub use error::AudioError;

@@ -166,7 +166,8 @@ impl Resampler {
     /// Resamples `input` and appends the output to `out`.
     ///
     /// Output comes in whole chunks: between calls up to one chunk of input is held (see
-    /// [`latency`](Resampler::latency)). Never allocates once `out` has room.
+    /// [`latency`](Resampler::latency)). Never allocates once `out` has room. NaN and
+    /// infinite samples are replaced by 0 (they would poison the FFT).
     pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
         self.consumed += input.len() as u64;
         let Some(engine) = self.engine.as_mut() else {
@@ -178,7 +179,10 @@ impl Resampler {
         while !rest.is_empty() {
             let take = (engine.chunk_in - engine.pending.len()).min(rest.len());
             let (now, later) = rest.split_at(take);
-            engine.pending.extend_from_slice(now);
+            // NaN or infinity would make rubato's FFT panic: they become silence.
+            engine
+                .pending
+                .extend(now.iter().map(|&v| if v.is_finite() { v } else { 0.0 }));
             rest = later;
             if engine.pending.len() == engine.chunk_in {
                 self.produced += engine.run_chunk(self.from, self.to, out) as u64;
@@ -458,6 +462,18 @@ mod tests {
         let mut out = Vec::new();
         r.flush(&mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn non_finite_input_becomes_silence() {
+        let mut input = vec![0.0f32; 1600];
+        input[100] = f32::NAN;
+        input[200] = f32::INFINITY;
+        input[300] = f32::NEG_INFINITY;
+        for (from, to) in [(8000, 16000), (16000, 8000)] {
+            let out = stream(from, to, &input, 160);
+            assert!(out.iter().all(|v| *v == 0.0 || v.abs() < 1e-6), "{from}->{to}");
+        }
     }
 
     #[test]

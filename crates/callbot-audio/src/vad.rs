@@ -1,0 +1,565 @@
+//! Voice activity detection and endpointing with `earshot` (a small built-in neural
+//! network, no model download).
+//!
+//! [`Endpointer`] takes a mono stream at any supported rate (8 kHz telephone audio is
+//! resampled to 16 kHz internally with [`Resampler`]), scores 16 ms frames with
+//! `earshot::Detector`, and turns the scores into [`VadEvent::SpeechStart`] and
+//! [`VadEvent::SpeechEnd`] events with a small state machine:
+//!
+//! - a frame is *speech* when its score is at least [`VadConfig::threshold`] (or
+//!   [`VadConfig::release_threshold`] once an utterance is under way: hysteresis);
+//! - an utterance **starts** once speech has lasted [`VadConfig::min_speech`] (shorter
+//!   bursts, such as a click or a cough, are dropped and counted in
+//!   [`VadStats::rejected_short`]); the event carries the time of the first speech frame;
+//! - an utterance **ends** after [`VadConfig::hangover`] without speech; the event carries
+//!   the end of the last speech frame, so pauses shorter than the hangover (between words,
+//!   at commas) do not cut an utterance;
+//! - an utterance longer than [`VadConfig::max_speech`] is ended there (forced), and a new
+//!   one starts at once if speech goes on.
+//!
+//! Times are positions in the input stream (audio time since the first sample or the last
+//! [`Endpointer::reset`]). Events are *reported* later than the times they carry: the
+//! start after `min_speech` (+ one 16 ms frame, + the resampler's latency at 8 kHz), the
+//! end after `hangover`.
+//!
+//! Measured on espeak-ng speech placed at known offsets in white noise (the
+//! `vad_labelled` integration test prints the figures): see the crate README/report.
+//!
+//! ```
+//! use callbot_audio::vad::{Endpointer, VadConfig, VadEvent};
+//! let mut ep = Endpointer::new(8000, VadConfig::default())?;
+//! let mut events = Vec::new();
+//! ep.process(&vec![0.0f32; 8000], &mut events); // one second of silence
+//! ep.finish(&mut events);
+//! assert!(events.is_empty());
+//! # Ok::<(), callbot_audio::AudioError>(())
+//! ```
+
+use std::time::Duration;
+
+use crate::error::AudioError;
+use crate::frame::{duration_of, i16_to_f32};
+use crate::resample::Resampler;
+
+/// earshot's rate (Hz).
+pub const VAD_RATE: u32 = 16_000;
+/// earshot's frame: 256 samples = 16 ms at 16 kHz.
+pub const VAD_FRAME: usize = 256;
+
+/// Endpointing parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VadConfig {
+    /// Score (0..1) at or above which a frame counts as speech when idle. Default 0.5.
+    pub threshold: f32,
+    /// Score at or above which a frame still counts as speech during an utterance
+    /// (hysteresis; at most `threshold`). Default 0.35.
+    pub release_threshold: f32,
+    /// Speech shorter than this never becomes an utterance. Default 120 ms.
+    pub min_speech: Duration,
+    /// Silence that ends an utterance. Default 600 ms.
+    pub hangover: Duration,
+    /// Longest utterance; a longer one is ended (and a new one begun). Default 30 s.
+    pub max_speech: Duration,
+}
+
+impl Default for VadConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            release_threshold: 0.35,
+            min_speech: Duration::from_millis(120),
+            hangover: Duration::from_millis(600),
+            max_speech: Duration::from_secs(30),
+        }
+    }
+}
+
+impl VadConfig {
+    fn validate(&self) -> Result<(), AudioError> {
+        let bad = |m: &str| Err(AudioError::InvalidConfig(m.to_string()));
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return bad("threshold must be within 0..=1");
+        }
+        if !(0.0..=self.threshold).contains(&self.release_threshold) {
+            return bad("release_threshold must be within 0..=threshold");
+        }
+        if self.hangover > Duration::from_secs(60) || self.min_speech > Duration::from_secs(60) {
+            return bad("hangover and min_speech must be at most 60 s");
+        }
+        if self.max_speech <= self.min_speech {
+            return bad("max_speech must exceed min_speech");
+        }
+        Ok(())
+    }
+}
+
+/// An endpointing event. Times are positions in the input stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VadEvent {
+    /// An utterance began at `at` (the first speech frame).
+    SpeechStart {
+        /// Start of the first speech frame.
+        at: Duration,
+    },
+    /// The utterance that began at `start` ended at `at` (end of its last speech frame).
+    SpeechEnd {
+        /// When the utterance began (same as its `SpeechStart`).
+        start: Duration,
+        /// End of the last speech frame.
+        at: Duration,
+        /// True when ended by [`VadConfig::max_speech`] rather than by silence.
+        forced: bool,
+    },
+}
+
+/// Counters since creation (not cleared by [`Endpointer::reset`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VadStats {
+    /// 16 ms frames scored.
+    pub frames: u64,
+    /// Frames scored as speech.
+    pub speech_frames: u64,
+    /// Utterances started.
+    pub utterances: u64,
+    /// Speech bursts shorter than `min_speech`, dropped.
+    pub rejected_short: u64,
+    /// Utterances ended by `max_speech`.
+    pub forced_ends: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Idle,
+    /// Speech seen since `onset` (frame index), not yet `min_speech` long.
+    Pending {
+        onset: u64,
+        last_speech: u64,
+    },
+    Speaking {
+        onset: u64,
+        last_speech: u64,
+    },
+}
+
+/// Streaming VAD + endpointer for one audio stream. Owns an `earshot::Detector` (about
+/// 8 KB, boxed) and, for rates other than 16 kHz, a [`Resampler`]. No threads.
+pub struct Endpointer {
+    config: VadConfig,
+    detector: Box<earshot::Detector>,
+    resampler: Option<Resampler>,
+    input_rate: u32,
+    /// 16 kHz samples waiting for a whole frame.
+    pending: Vec<f32>,
+    /// Resampler output scratch.
+    scratch: Vec<f32>,
+    /// Frames scored since the last reset.
+    frame_index: u64,
+    state: State,
+    last_score: f32,
+    stats: VadStats,
+    // Frame counts derived from the config.
+    min_speech_frames: u64,
+    hangover_frames: u64,
+    max_speech_frames: u64,
+}
+
+impl std::fmt::Debug for Endpointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpointer")
+            .field("input_rate", &self.input_rate)
+            .field("config", &self.config)
+            .field("state", &self.state)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+fn frames_in(d: Duration) -> u64 {
+    // 16 ms frames, rounded up.
+    (d.as_micros() as u64).div_ceil(16_000)
+}
+
+fn frame_time(index: u64) -> Duration {
+    duration_of(VAD_RATE, usize::try_from(index).unwrap_or(usize::MAX) * VAD_FRAME)
+}
+
+impl Endpointer {
+    /// An endpointer for a mono stream at `input_rate` Hz.
+    pub fn new(input_rate: u32, config: VadConfig) -> Result<Self, AudioError> {
+        config.validate()?;
+        let resampler = if input_rate == VAD_RATE {
+            None
+        } else {
+            Some(Resampler::new(input_rate, VAD_RATE)?)
+        };
+        Ok(Self {
+            min_speech_frames: frames_in(config.min_speech).max(1),
+            hangover_frames: frames_in(config.hangover).max(1),
+            max_speech_frames: frames_in(config.max_speech),
+            config,
+            detector: earshot::Detector::default_boxed(),
+            resampler,
+            input_rate,
+            pending: Vec::with_capacity(VAD_FRAME),
+            scratch: Vec::with_capacity(2 * VAD_FRAME),
+            frame_index: 0,
+            state: State::Idle,
+            last_score: 0.0,
+            stats: VadStats::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VadConfig {
+        &self.config
+    }
+
+    /// The input rate given at creation.
+    pub fn input_rate(&self) -> u32 {
+        self.input_rate
+    }
+
+    /// True while an utterance is under way (after its `SpeechStart`).
+    pub fn in_speech(&self) -> bool {
+        matches!(self.state, State::Speaking { .. })
+    }
+
+    /// The score of the last 16 ms frame (0..1).
+    pub fn last_score(&self) -> f32 {
+        self.last_score
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> VadStats {
+        self.stats
+    }
+
+    /// Audio time consumed since the last reset (in whole 16 ms frames scored).
+    pub fn position(&self) -> Duration {
+        frame_time(self.frame_index)
+    }
+
+    /// Feeds `f32` samples (in `[-1, 1]`, at the input rate); appends events to `events`.
+    pub fn process(&mut self, samples: &[f32], events: &mut Vec<VadEvent>) {
+        match self.resampler.as_mut() {
+            None => self.feed_16k(samples, events),
+            Some(r) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                r.process(samples, &mut scratch);
+                self.feed_16k(&scratch, events);
+                self.scratch = scratch;
+            }
+        }
+    }
+
+    /// Feeds 16-bit samples (at the input rate); appends events to `events`.
+    pub fn process_i16(&mut self, samples: &[i16], events: &mut Vec<VadEvent>) {
+        self.process(&i16_to_f32(samples), events);
+    }
+
+    /// Ends the stream: scores what the resampler holds and closes an open utterance
+    /// (its `SpeechEnd` is emitted even though the hangover has not elapsed). Then
+    /// resets, ready for a new stream.
+    pub fn finish(&mut self, events: &mut Vec<VadEvent>) {
+        if let Some(r) = self.resampler.as_mut() {
+            let mut tail = Vec::new();
+            r.flush(&mut tail);
+            self.feed_16k(&tail, events);
+        }
+        if let State::Speaking { onset, last_speech } = self.state {
+            events.push(VadEvent::SpeechEnd {
+                start: frame_time(onset),
+                at: frame_time(last_speech + 1),
+                forced: false,
+            });
+        }
+        self.reset();
+    }
+
+    /// Forgets the stream (detector state, held samples, open utterance) without events.
+    pub fn reset(&mut self) {
+        self.detector.reset();
+        if let Some(r) = self.resampler.as_mut() {
+            r.reset();
+        }
+        self.pending.clear();
+        self.frame_index = 0;
+        self.state = State::Idle;
+        self.last_score = 0.0;
+    }
+
+    fn feed_16k(&mut self, mut samples: &[f32], events: &mut Vec<VadEvent>) {
+        while !samples.is_empty() {
+            let take = (VAD_FRAME - self.pending.len()).min(samples.len());
+            let (now, later) = samples.split_at(take);
+            // earshot expects [-1, 1] (it debug-asserts it); NaN becomes silence.
+            self.pending.extend(
+                now.iter()
+                    .map(|&s| if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) }),
+            );
+            samples = later;
+            if self.pending.len() == VAD_FRAME {
+                let score = self.detector.predict_f32(&self.pending);
+                self.pending.clear();
+                self.on_frame(score, events);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, score: f32, events: &mut Vec<VadEvent>) {
+        let i = self.frame_index;
+        self.frame_index += 1;
+        self.last_score = score;
+        self.stats.frames += 1;
+        let limit = match self.state {
+            State::Idle => self.config.threshold,
+            _ => self.config.release_threshold,
+        };
+        let speech = score >= limit;
+        if speech {
+            self.stats.speech_frames += 1;
+        }
+        self.state = match self.state {
+            State::Idle if speech => self.pending_or_start(i, i, events),
+            State::Idle => State::Idle,
+            State::Pending { onset, .. } if speech => self.pending_or_start(onset, i, events),
+            State::Pending { last_speech, .. } => {
+                if i - last_speech >= self.hangover_frames.min(self.min_speech_frames.max(4)) {
+                    self.stats.rejected_short += 1;
+                    State::Idle
+                } else {
+                    self.state
+                }
+            }
+            State::Speaking { onset, .. } if speech => {
+                if i + 1 - onset >= self.max_speech_frames {
+                    self.stats.forced_ends += 1;
+                    events.push(VadEvent::SpeechEnd {
+                        start: frame_time(onset),
+                        at: frame_time(i + 1),
+                        forced: true,
+                    });
+                    // Speech goes on: a new utterance from the next frame.
+                    State::Pending {
+                        onset: i + 1,
+                        last_speech: i + 1,
+                    }
+                } else {
+                    State::Speaking {
+                        onset,
+                        last_speech: i,
+                    }
+                }
+            }
+            State::Speaking { onset, last_speech } => {
+                if i - last_speech >= self.hangover_frames {
+                    events.push(VadEvent::SpeechEnd {
+                        start: frame_time(onset),
+                        at: frame_time(last_speech + 1),
+                        forced: false,
+                    });
+                    State::Idle
+                } else {
+                    self.state
+                }
+            }
+        };
+    }
+
+    fn pending_or_start(&mut self, onset: u64, i: u64, events: &mut Vec<VadEvent>) -> State {
+        if i + 1 - onset >= self.min_speech_frames {
+            self.stats.utterances += 1;
+            events.push(VadEvent::SpeechStart {
+                at: frame_time(onset),
+            });
+            State::Speaking {
+                onset,
+                last_speech: i,
+            }
+        } else {
+            State::Pending {
+                onset,
+                last_speech: i,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives the state machine with scripted scores (no audio), one per 16 ms frame.
+    fn run(config: VadConfig, scores: &[f32]) -> (Vec<VadEvent>, VadStats) {
+        let mut ep = Endpointer::new(16000, config).unwrap();
+        let mut events = Vec::new();
+        for &s in scores {
+            ep.on_frame(s, &mut events);
+        }
+        if let State::Speaking { onset, last_speech } = ep.state {
+            events.push(VadEvent::SpeechEnd {
+                start: frame_time(onset),
+                at: frame_time(last_speech + 1),
+                forced: false,
+            });
+        }
+        (events, ep.stats())
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn script(parts: &[(f32, usize)]) -> Vec<f32> {
+        parts
+            .iter()
+            .flat_map(|&(s, n)| std::iter::repeat_n(s, n))
+            .collect()
+    }
+
+    #[test]
+    fn start_and_end_with_hangover() {
+        let cfg = VadConfig {
+            min_speech: ms(48), // 3 frames
+            hangover: ms(160),  // 10 frames
+            ..VadConfig::default()
+        };
+        // 10 idle, 20 speech, 5 quiet (shorter than hangover), 10 speech, 30 quiet.
+        let s = script(&[(0.1, 10), (0.9, 20), (0.1, 5), (0.9, 10), (0.1, 30)]);
+        let (ev, stats) = run(cfg, &s);
+        assert_eq!(
+            ev,
+            vec![
+                VadEvent::SpeechStart { at: ms(160) },
+                VadEvent::SpeechEnd {
+                    start: ms(160),
+                    at: ms(16 * 45),
+                    forced: false
+                }
+            ]
+        );
+        assert_eq!(stats.utterances, 1);
+    }
+
+    #[test]
+    fn short_bursts_are_rejected_and_long_pauses_cut() {
+        let cfg = VadConfig {
+            min_speech: ms(80), // 5 frames
+            hangover: ms(160),
+            ..VadConfig::default()
+        };
+        let s = script(&[(0.9, 3), (0.1, 20), (0.9, 8), (0.1, 11), (0.9, 8), (0.1, 20)]);
+        let (ev, stats) = run(cfg, &s);
+        assert_eq!(stats.rejected_short, 1);
+        assert_eq!(
+            ev,
+            vec![
+                VadEvent::SpeechStart { at: ms(16 * 23) },
+                VadEvent::SpeechEnd {
+                    start: ms(16 * 23),
+                    at: ms(16 * 31),
+                    forced: false
+                },
+                VadEvent::SpeechStart { at: ms(16 * 42) },
+                VadEvent::SpeechEnd {
+                    start: ms(16 * 42),
+                    at: ms(16 * 50),
+                    forced: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn hysteresis_keeps_an_utterance_through_weaker_frames() {
+        let cfg = VadConfig {
+            min_speech: ms(32),
+            hangover: ms(64),
+            ..VadConfig::default()
+        };
+        // 0.4 is below threshold (0.5) but above release (0.35).
+        let s = script(&[(0.4, 5), (0.9, 3), (0.4, 20), (0.1, 10)]);
+        let (ev, _) = run(cfg, &s);
+        assert_eq!(
+            ev,
+            vec![
+                VadEvent::SpeechStart { at: ms(80) },
+                VadEvent::SpeechEnd {
+                    start: ms(80),
+                    at: ms(16 * 28),
+                    forced: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn max_speech_forces_an_end_and_restarts() {
+        let cfg = VadConfig {
+            min_speech: ms(32),
+            hangover: ms(64),
+            max_speech: ms(320), // 20 frames
+            ..VadConfig::default()
+        };
+        let s = script(&[(0.9, 50), (0.1, 10)]);
+        let (ev, stats) = run(cfg, &s);
+        assert_eq!(stats.forced_ends, 2);
+        assert_eq!(ev.len(), 6);
+        assert_eq!(
+            ev[1],
+            VadEvent::SpeechEnd {
+                start: Duration::ZERO,
+                at: ms(320),
+                forced: true
+            }
+        );
+        assert_eq!(ev[2], VadEvent::SpeechStart { at: ms(320) });
+    }
+
+    #[test]
+    fn invalid_configs_are_rejected() {
+        for cfg in [
+            VadConfig {
+                threshold: 1.5,
+                ..VadConfig::default()
+            },
+            VadConfig {
+                release_threshold: 0.9,
+                ..VadConfig::default()
+            },
+            VadConfig {
+                max_speech: ms(10),
+                ..VadConfig::default()
+            },
+        ] {
+            assert!(matches!(
+                Endpointer::new(16000, cfg),
+                Err(AudioError::InvalidConfig(_))
+            ));
+        }
+        assert!(Endpointer::new(0, VadConfig::default()).is_err());
+    }
+
+    #[test]
+    fn silence_and_noise_give_no_events_at_8k_and_16k() {
+        for rate in [8000u32, 16000] {
+            let mut ep = Endpointer::new(rate, VadConfig::default()).unwrap();
+            let mut events = Vec::new();
+            let mut state = 12345u32;
+            let noise: Vec<f32> = (0..rate * 3)
+                .map(|_| {
+                    state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    ((state >> 16) as f32 / 32768.0 - 1.0) * 0.01
+                })
+                .collect();
+            for chunk in noise.chunks(rate as usize / 50) {
+                ep.process(chunk, &mut events);
+            }
+            ep.process(&[f32::NAN, 5.0, -5.0], &mut events);
+            ep.finish(&mut events);
+            assert!(events.is_empty(), "{rate}: {events:?}");
+            assert!(ep.stats().frames >= 185, "{:?}", ep.stats());
+        }
+    }
+}
