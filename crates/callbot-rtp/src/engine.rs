@@ -794,3 +794,281 @@ impl MediaEngine {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    struct Pair {
+        a: MediaEngine,
+        b: MediaEngine,
+        a_addr: SocketAddr,
+        b_addr: SocketAddr,
+        t0: Instant,
+        now: Instant,
+        b_frames: Vec<ReceivedFrame>,
+        b_events: Vec<MediaEvent>,
+        a_events: Vec<MediaEvent>,
+        a_packets: Vec<RtpPacket>,
+    }
+
+    impl Pair {
+        fn new(law: Law) -> Pair {
+            let t0 = Instant::now();
+            let a_addr = addr("127.0.0.1:4000");
+            let b_addr = addr("127.0.0.1:5000");
+            let mut ca = MediaConfig::new(law, Some(b_addr));
+            ca.send_silence = false;
+            let cb = MediaConfig::new(law, Some(a_addr));
+            let wall = SystemTime::now();
+            Pair {
+                a: MediaEngine::new(ca, t0, wall, [1, 65500, 4_294_967_000]),
+                b: MediaEngine::new(cb, t0 + Duration::from_millis(7), wall, [2, 3, 4]),
+                a_addr,
+                b_addr,
+                t0,
+                now: t0,
+                b_frames: Vec::new(),
+                b_events: Vec::new(),
+                a_events: Vec::new(),
+                a_packets: Vec::new(),
+            }
+        }
+
+        /// Advances time in 1 ms steps, delivering packets at once (`filter` may drop).
+        fn run_for(&mut self, d: Duration, mut filter: impl FnMut(&Transmit) -> bool) {
+            let end = self.now + d;
+            while self.now < end {
+                self.now += Duration::from_millis(1);
+                let now = self.now;
+                self.a.handle_timeout(now);
+                self.b.handle_timeout(now);
+                while let Some(t) = self.a.poll_transmit() {
+                    if !t.rtcp && let Classified::Rtp(p) = packet::classify(&t.data) {
+                        self.a_packets.push(p);
+                    }
+                    if filter(&t) {
+                        if t.rtcp {
+                            self.b.handle_rtcp(now, self.a_addr, &t.data);
+                        } else {
+                            self.b.handle_rtp(now, self.a_addr, &t.data);
+                        }
+                    }
+                }
+                while let Some(t) = self.b.poll_transmit() {
+                    if t.rtcp {
+                        self.a.handle_rtcp(now, self.b_addr, &t.data);
+                    } else {
+                        self.a.handle_rtp(now, self.b_addr, &t.data);
+                    }
+                }
+                while let Some(ev) = self.b.poll_event() {
+                    match ev {
+                        MediaEvent::Frame(f) => self.b_frames.push(f),
+                        other => self.b_events.push(other),
+                    }
+                }
+                while let Some(ev) = self.a.poll_event() {
+                    if !matches!(ev, MediaEvent::Frame(_)) {
+                        self.a_events.push(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    fn tone(n: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| ((i as f64 * 0.3).sin() * 8000.0 + (i as f64 * 0.031).sin() * 3000.0) as i16)
+            .collect()
+    }
+
+    fn audio_of(frames: &[ReceivedFrame]) -> Vec<i16> {
+        frames.iter().flat_map(|f| f.audio.samples.iter().copied()).collect()
+    }
+
+    #[test]
+    fn played_audio_arrives_intact_with_correct_headers() {
+        for law in [Law::Ulaw, Law::Alaw] {
+            let mut p = Pair::new(law);
+            let pcm = tone(8000 + 80); // 1.01 s: the last frame is padded
+            let id = p.a.play(pcm.clone()).unwrap();
+            p.run_for(Duration::from_millis(1500), |_| true);
+            // sent packets: contiguous seq (wrapping), ts +160, one marker at the start
+            let pk = &p.a_packets;
+            assert_eq!(pk.len(), 51);
+            for w in pk.windows(2) {
+                assert_eq!(w[1].sequence, w[0].sequence.wrapping_add(1));
+                assert_eq!(w[1].timestamp, w[0].timestamp.wrapping_add(160));
+                assert!(!w[1].marker);
+            }
+            assert!(pk[0].marker);
+            assert_eq!(pk[0].payload_type, law.payload_type());
+            // received audio = G.711 round trip of what was played, after the jitter delay
+            let got = audio_of(&p.b_frames);
+            let mut enc = Vec::new();
+            law.encode_into(&pcm, &mut enc);
+            let mut want = Vec::new();
+            law.decode_into(&enc, &mut want);
+            assert_eq!(p.b_frames[0].kind, FrameKind::Audio);
+            assert!(got.len() >= want.len());
+            assert!(got[..want.len()] == want[..], "received audio differs");
+            assert!(p.a_events.contains(&MediaEvent::PlaybackFinished(PlaybackFinished {
+                id,
+                played_samples: 8080,
+                dropped_samples: 0,
+                completed: true
+            })));
+            let s = p.b.stats();
+            assert_eq!((s.packets_received, s.packets_lost, s.late, s.foreign_source), (51, 0, 0, 0));
+            assert!(s.jitter_ms < 1.0, "{}", s.jitter_ms);
+        }
+    }
+
+    #[test]
+    fn talkspurts_get_a_marker_and_timestamps_follow_the_clock() {
+        let mut p = Pair::new(Law::Ulaw);
+        p.a.play(tone(1600)).unwrap();
+        p.run_for(Duration::from_millis(500), |_| true);
+        p.a.play(tone(1600)).unwrap();
+        p.run_for(Duration::from_millis(500), |_| true);
+        let pk = &p.a_packets;
+        assert_eq!(pk.len(), 20);
+        assert!(pk[0].marker && pk[10].marker);
+        assert_eq!(pk.iter().filter(|p| p.marker).count(), 2);
+        assert_eq!(pk[10].sequence, pk[9].sequence.wrapping_add(1));
+        // the gap in time shows in the timestamp
+        let gap = pk[10].timestamp.wrapping_sub(pk[9].timestamp);
+        assert!(gap > 160 * 10, "{gap}");
+    }
+
+    #[test]
+    fn stop_playback_reports_played_and_dropped() {
+        let mut p = Pair::new(Law::Ulaw);
+        let id1 = p.a.play(tone(8000)).unwrap();
+        let id2 = p.a.play(tone(8000)).unwrap();
+        p.run_for(Duration::from_millis(205), |_| true);
+        let stopped = p.a.stop_playback();
+        assert_eq!(stopped.cancelled, 2);
+        assert_eq!(stopped.played, Duration::from_millis(220)); // ticks at 0,20..200 ms
+        assert_eq!(stopped.dropped, Duration::from_millis(2000 - 220));
+        assert!(!p.a.is_playing());
+        let sent = p.a_packets.len();
+        p.run_for(Duration::from_millis(200), |_| true);
+        assert_eq!(p.a_packets.len(), sent, "nothing more is sent");
+        let finished: Vec<_> = p
+            .a_events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::PlaybackFinished(f) => Some((f.id, f.completed)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(finished, vec![(id1, false), (id2, false)]);
+    }
+
+    #[test]
+    fn loss_is_concealed_and_counted_in_stats() {
+        let mut p = Pair::new(Law::Ulaw);
+        p.a.play(tone(16000)).unwrap();
+        let mut n = 0;
+        p.run_for(Duration::from_millis(2500), |t| {
+            n += 1;
+            t.rtcp || n % 10 != 5
+        });
+        let s = p.b.stats();
+        assert_eq!(s.packets_lost, 10);
+        assert!(s.concealed >= 10);
+        let kinds: Vec<_> = p.b_frames.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == FrameKind::Concealed).count(), 10 + 3);
+    }
+
+    #[test]
+    fn latching_counts_foreign_sources_and_retarget_accepts_a_new_ssrc() {
+        let mut p = Pair::new(Law::Ulaw);
+        let t = p.t0;
+        let mut data = Vec::new();
+        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
+        p.b.handle_rtp(t, p.a_addr, &data);
+        assert_eq!(p.b.latched(), Some((p.a_addr, 77)));
+        p.b.handle_rtp(t, addr("127.0.0.1:6666"), &data);
+        packet::write_rtp(&mut data, 0, false, 11, 1760, 78, &[0xFF; 160]);
+        p.b.handle_rtp(t, p.a_addr, &data);
+        packet::write_rtp(&mut data, 96, false, 11, 1760, 77, &[0xFF; 160]);
+        p.b.handle_rtp(t, p.a_addr, &data);
+        p.b.handle_rtp(t, p.a_addr, &[0x80, 200, 0, 0]);
+        let s = p.b.stats();
+        assert_eq!((s.packets_received, s.foreign_source, s.discarded_payload, s.discarded_non_rtp), (1, 2, 1, 1));
+        // re-INVITE: new SSRC from a new port
+        p.b.retarget(Some(addr("127.0.0.1:7000")), Law::Ulaw, 0, Some(101));
+        packet::write_rtp(&mut data, 0, false, 5000, 1, 99, &[0xFF; 160]);
+        p.b.handle_rtp(t, addr("127.0.0.1:7000"), &data);
+        assert_eq!(p.b.latched(), Some((addr("127.0.0.1:7000"), 99)));
+        assert_eq!(p.b.stats().ssrc_changes, 1);
+        assert_eq!(p.b.destination(), Some(addr("127.0.0.1:7000")));
+    }
+
+    #[test]
+    fn sdp_latching_ignores_other_addresses() {
+        let t0 = Instant::now();
+        let mut cfg = MediaConfig::new(Law::Ulaw, Some(addr("127.0.0.1:4000")));
+        cfg.latching = Latching::SdpAddress;
+        let mut e = MediaEngine::new(cfg, t0, SystemTime::now(), [1, 2, 3]);
+        let mut data = Vec::new();
+        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
+        e.handle_rtp(t0, addr("127.0.0.1:4001"), &data);
+        assert_eq!(e.latched(), None);
+        e.handle_rtp(t0, addr("127.0.0.1:4000"), &data);
+        assert_eq!(e.latched(), Some((addr("127.0.0.1:4000"), 77)));
+        assert_eq!(e.stats().foreign_source, 1);
+    }
+
+    #[test]
+    fn dtmf_goes_across_once_per_key() {
+        let mut p = Pair::new(Law::Ulaw);
+        p.a.play(tone(800)).unwrap();
+        for d in "12#".chars() {
+            p.a.send_dtmf(d, Duration::from_millis(80)).unwrap();
+        }
+        assert_eq!(p.a.send_dtmf('x', Duration::from_millis(80)), Err(MediaError::NotADtmfKey('x')));
+        p.run_for(Duration::from_millis(1000), |_| true);
+        let digits: String = p
+            .b_events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Dtmf(d) => Some(d.digit),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(digits, "12#");
+        assert_eq!(p.a.stats().dtmf_sent, 3);
+        // 3 keys x (3 updates + 3 end packets), all with PT 101
+        assert_eq!(p.a_packets.iter().filter(|p| p.payload_type == 101).count(), 18);
+        // audio resumed after DTMF
+        assert_eq!(p.a_packets.iter().filter(|p| p.payload_type == 0).count(), 5);
+    }
+
+    #[test]
+    fn rtcp_reports_flow_both_ways() {
+        let mut p = Pair::new(Law::Ulaw);
+        p.a.play(tone(8000 * 12)).unwrap();
+        let mut n = 0;
+        p.run_for(Duration::from_millis(11_000), |t| {
+            n += 1;
+            t.rtcp || n % 20 != 0
+        });
+        let a = p.a.stats();
+        let b = p.b.stats();
+        assert_eq!(a.rtcp_sent, 2);
+        assert_eq!(b.rtcp_received, 2);
+        assert_eq!(a.rtcp_received, 2);
+        // B reports ~5 % loss of A's stream back to A
+        let f = a.remote_fraction_lost.unwrap();
+        assert!((0.03..0.07).contains(&f), "{f}");
+        assert!(a.round_trip.is_some());
+    }
+}

@@ -182,6 +182,10 @@ impl JitterBuffer {
         let ext = self.extend(packet.sequence);
         if let Some(next) = self.next {
             if ext < next {
+                if next - ext >= u64::from(self.cfg.window) {
+                    // Far behind: the peer restarted its sequence lower.
+                    return self.probation(now, ext, packet);
+                }
                 self.stats.late += 1;
                 return PushOutcome::Late;
             }
@@ -346,7 +350,7 @@ mod tests {
     fn reordering_within_depth_is_repaired() {
         let mut jb = JitterBuffer::new(JitterConfig::default());
         let arr = [(0, 0), (1, 2), (1, 1), (2, 4), (3, 3), (3, 5), (4, 6), (5, 7)];
-        let out = run(&mut jb, &arr, 9);
+        let out = run(&mut jb, &arr, 12);
         assert_eq!(out[..8], (0..8).map(Some).collect::<Vec<_>>()[..]);
         assert_eq!(jb.stats().lost, 0);
     }

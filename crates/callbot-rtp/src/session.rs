@@ -157,6 +157,8 @@ pub struct RtpSession {
     events: Receiver<RtpEvent>,
     thread: Option<JoinHandle<ThreadExit>>,
     done: Receiver<()>,
+    /// A handle on the RTP socket used only to wake the thread at shutdown.
+    waker: Option<UdpSocket>,
     report: Option<RtpReport>,
 }
 
@@ -208,6 +210,7 @@ impl RtpSession {
     pub fn start(mut config: RtpSessionConfig) -> Result<RtpSession, RtpError> {
         let (rtp, rtcp) = bind_pair(config.bind_ip, &config.ports, config.media.rtcp_mux)?;
         let local = rtp.local_addr().map_err(RtpError::Socket)?;
+        let waker = rtp.try_clone().map_err(RtpError::Socket)?;
         let rtcp_local = match &rtcp {
             Some(s) => Some(s.local_addr().map_err(RtpError::Socket)?),
             None => None,
@@ -259,6 +262,7 @@ impl RtpSession {
             events,
             thread: Some(thread),
             done,
+            waker: Some(waker),
             report: None,
         })
     }
@@ -360,6 +364,15 @@ impl RtpSession {
         }
         let t0 = Instant::now();
         self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the thread out of its read timeout: an empty datagram to our own port.
+        if let Some(w) = &self.waker {
+            let ip = match self.local.ip() {
+                IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            let _ = w.send_to(&[], SocketAddr::new(ip, self.local.port()));
+        }
         let timeout = deadline.saturating_duration_since(t0);
         let finished = self.done.recv_timeout(timeout).is_ok();
         let mut recording = None;
@@ -383,6 +396,7 @@ impl RtpSession {
         tracing::info!(local = %self.local, packets_in = report.stats.packets_received,
             packets_out = report.stats.packets_sent, took = ?report.took, "RTP session shutdown complete");
         if joined {
+            self.waker = None; // closes our copy of the socket: the port is free now
             self.report = Some(report.clone());
         }
         report
@@ -435,6 +449,7 @@ impl Driver {
                 .clamp(Duration::from_millis(1), max_wait);
             let _ = self.rtp.set_read_timeout(Some(wait));
             match self.rtp.recv_from(&mut buf) {
+                Ok(_) if self.shared.stop.load(Ordering::SeqCst) => break,
                 Ok((n, from)) => {
                     let data = buf.get(..n).unwrap_or_default();
                     lock(&self.shared.engine).handle_rtp(Instant::now(), from, data);

@@ -1,0 +1,239 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! RtpSession on real loopback sockets.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use callbot_audio::AudioFrame;
+use callbot_audio::g711::Law;
+use callbot_rtp::{FrameKind, RecordTo, RtpEvent, RtpSession, RtpSessionConfig};
+
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn tone(n: usize, f: f64, amp: f64) -> Vec<i16> {
+    (0..n)
+        .map(|i| ((i as f64 * f * 2.0 * std::f64::consts::PI / 8000.0).sin() * amp + (i as f64 * 0.013).sin() * amp / 3.0) as i16)
+        .collect()
+}
+
+fn roundtrip(law: Law, pcm: &[i16]) -> Vec<i16> {
+    let mut enc = Vec::new();
+    law.encode_into(pcm, &mut enc);
+    let mut out = Vec::new();
+    law.decode_into(&enc, &mut out);
+    out
+}
+
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(2)
+}
+
+#[test]
+fn thousand_sessions_reuse_ten_ports() {
+    let base = callbot_testkit::ports::free_udp_port_range(10);
+    let t0 = Instant::now();
+    for i in 0..1000 {
+        let mut cfg = RtpSessionConfig::new(LO, Law::Ulaw, None);
+        cfg.ports = base..=base + 9;
+        let mut s = RtpSession::start(cfg).unwrap_or_else(|e| panic!("session {i}: {e}"));
+        let port = s.local_addr().port();
+        assert!((base..=base + 8).contains(&port) && port % 2 == 0);
+        let r = s.shutdown(deadline());
+        assert!(r.thread_joined);
+        // the port is free again at once
+        if i % 100 == 0 {
+            UdpSocket::bind((LO, port)).unwrap();
+            UdpSocket::bind((LO, port + 1)).unwrap();
+        }
+    }
+    eprintln!("1000 sessions opened and shut down in {:?}", t0.elapsed());
+}
+
+#[test]
+fn range_exhaustion_is_an_error_not_a_hang() {
+    let base = callbot_testkit::ports::free_udp_port_range(4);
+    let mk = || {
+        let mut cfg = RtpSessionConfig::new(LO, Law::Ulaw, None);
+        cfg.ports = base..=base + 3;
+        RtpSession::start(cfg)
+    };
+    let a = mk().unwrap();
+    let b = mk().unwrap();
+    assert_ne!(a.local_addr(), b.local_addr());
+    assert!(matches!(mk(), Err(callbot_rtp::RtpError::NoFreePort { .. })));
+    drop(a);
+    mk().unwrap();
+}
+
+fn pair(law: Law, record_b: Option<RecordTo>) -> (RtpSession, RtpSession) {
+    let mut ca = RtpSessionConfig::new(LO, law, None);
+    ca.ports = 40000..=49999;
+    let a = RtpSession::start(ca).unwrap();
+    let mut cb = RtpSessionConfig::new(LO, law, Some(a.local_addr()));
+    cb.ports = 40000..=49999;
+    cb.media.jitter.depth = Duration::from_millis(200);
+    cb.record = record_b;
+    cb.frame_capacity = 500;
+    let b = RtpSession::start(cb).unwrap();
+    a.retarget(Some(b.local_addr()), law, law.payload_type(), Some(101)).unwrap();
+    (a, b)
+}
+
+#[test]
+fn two_sessions_exchange_audio_dtmf_and_stop() {
+    for law in [Law::Ulaw, Law::Alaw] {
+        let (mut a, mut b) = pair(law, None);
+        let pcm = tone(8000, 440.0, 9000.0);
+        let id = a.play(AudioFrame::new(8000, pcm.clone())).unwrap();
+        assert!(a.play(AudioFrame::new(16000, vec![0; 10])).is_err());
+        assert!(a.wait_playback_idle(Instant::now() + Duration::from_secs(3)));
+        let fin = a
+            .events()
+            .try_iter()
+            .find_map(|e| match e {
+                RtpEvent::PlaybackFinished(f) => Some(f),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((fin.id, fin.completed, fin.played_samples), (id, true, 8000));
+        std::thread::sleep(Duration::from_millis(400));
+        // B's frames: silence (A's idle packets) then the tone, bit exact after G.711
+        let got: Vec<i16> = b
+            .frames()
+            .try_iter()
+            .filter(|f| f.kind == FrameKind::Audio)
+            .flat_map(|f| f.audio.samples)
+            .collect();
+        let want = roundtrip(law, &pcm);
+        let start = got
+            .windows(want.len().min(64))
+            .position(|w| w == &want[..64])
+            .expect("tone found in B's audio");
+        assert!(got[start..].len() >= want.len());
+        assert!(got[start..start + want.len()] == want[..], "audio differs");
+
+        a.send_dtmf('7', Duration::from_millis(100)).unwrap();
+        let ev = b
+            .events()
+            .iter()
+            .take(10)
+            .find_map(|e| match e {
+                RtpEvent::Dtmf(d) => Some(d),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(ev.digit, '7');
+
+        // barge-in
+        a.play(AudioFrame::new(8000, tone(80000, 300.0, 5000.0))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let stopped = a.stop_playback().unwrap();
+        assert_eq!(stopped.cancelled, 1);
+        assert!(stopped.played >= Duration::from_millis(200) && stopped.played <= Duration::from_millis(2000));
+        assert_eq!(stopped.played + stopped.dropped, Duration::from_secs(10));
+        assert!(!a.is_playing());
+
+        let rb = b.shutdown(deadline());
+        let ra = a.shutdown(deadline());
+        assert!(ra.thread_joined && rb.thread_joined);
+        assert_eq!(rb.stats.foreign_source, 0);
+        assert!(rb.stats.packets_received >= 50);
+        assert!(ra.stats.packets_sent >= rb.stats.packets_received);
+        assert_eq!(rb.stats.dtmf_received, 1);
+        // idempotent
+        assert_eq!(b.shutdown(deadline()).stats, rb.stats);
+        assert!(b.play(AudioFrame::new(8000, vec![0; 160])).is_err());
+    }
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read_stereo(path: &Path) -> (Vec<i16>, Vec<i16>) {
+    let mut r = hound::WavReader::open(path).unwrap();
+    assert_eq!(r.spec().channels, 2);
+    assert_eq!(r.spec().sample_rate, 8000);
+    let s: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    (s.iter().step_by(2).copied().collect(), s.iter().skip(1).step_by(2).copied().collect())
+}
+
+fn contains(hay: &[i16], needle: &[i16]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn recording_survives_shutdown_mid_call() {
+    let dir = callbot_testkit::temp_dir("rtp-rec");
+    let (mut a, mut b) = pair(
+        Law::Ulaw,
+        Some(RecordTo {
+            dir: dir.path().to_path_buf(),
+            name: "call-1@host".into(),
+        }),
+    );
+    let caller = tone(16000, 500.0, 8000.0); // A -> B: 2 s, still playing at shutdown
+    let bot = tone(4000, 700.0, 6000.0); // B -> A
+    a.play(AudioFrame::new(8000, caller.clone())).unwrap();
+    b.play(AudioFrame::new(8000, bot.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    // while the call runs, only the hidden temp file exists
+    let during = listing(dir.path());
+    assert_eq!(during.len(), 1);
+    assert!(during[0].starts_with('.') && during[0].ends_with(".part"), "{during:?}");
+    let rb = b.shutdown(deadline());
+    a.shutdown(deadline());
+    let rec = rb.recording.unwrap().unwrap();
+    assert_eq!(listing(dir.path()), vec!["call-1@host.wav".to_string()]);
+    let (left, right) = read_stereo(&rec.path);
+    assert_eq!(left.len(), right.len());
+    assert!((1.1..1.4).contains(&(left.len() as f64 / 8000.0)), "{}", left.len());
+    // right = the bot's playback, exactly (G.711 round trip), from the start
+    assert!(contains(&right, &bot));
+    // left = what the caller sent, the first 0.5 s of it at least
+    let caller_rt = roundtrip(Law::Ulaw, &caller);
+    assert!(contains(&left, &caller_rt[..4000]));
+}
+
+#[test]
+fn recording_survives_a_panicking_application_thread() {
+    let dir = callbot_testkit::temp_dir("rtp-rec");
+    let d = dir.path().to_path_buf();
+    let res = std::thread::spawn(move || {
+        let mut cfg = RtpSessionConfig::new(LO, Law::Alaw, Some(SocketAddr::new(LO, 9)));
+        cfg.record = Some(RecordTo { dir: d, name: "panicky".into() });
+        let s = RtpSession::start(cfg).unwrap();
+        s.play(AudioFrame::new(8000, tone(8000, 400.0, 5000.0))).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        panic!("the application panics with the session alive");
+    })
+    .join();
+    assert!(res.is_err());
+    assert_eq!(listing(dir.path()), vec!["panicky.wav".to_string()]);
+    let (_, right) = read_stereo(&dir.path().join("panicky.wav"));
+    assert!(right.iter().any(|&s| s.abs() > 1000));
+}
+
+#[test]
+fn frame_channel_never_blocks_and_counts_overflow() {
+    let (mut a, b) = pair(Law::Ulaw, None);
+    a.play(AudioFrame::new(8000, tone(8000, 300.0, 5000.0))).unwrap();
+    // nobody drains B's frames: capacity is 500 (10 s) in `pair`; use a small one here
+    drop(b);
+    let mut cb = RtpSessionConfig::new(LO, Law::Ulaw, Some(a.local_addr()));
+    cb.frame_capacity = 20;
+    let mut b = RtpSession::start(cb).unwrap();
+    a.retarget(Some(b.local_addr()), Law::Ulaw, 0, Some(101)).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(b.frames().len(), 20);
+    let rb = b.shutdown(deadline());
+    a.shutdown(deadline());
+    assert!(rb.stats.overflow_drops > 10, "{:?}", rb.stats);
+    assert_eq!(rb.stats.frames_delivered, rb.stats.overflow_drops + 20);
+}
