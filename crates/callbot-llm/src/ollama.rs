@@ -440,10 +440,7 @@ impl ChatModel for OllamaChat {
                 max_line_bytes: self.config.max_line_bytes,
             },
         };
-        runtime.spawn(async move {
-            let _guard = guard;
-            job.run(sender).await;
-        });
+        runtime.spawn(job.run(sender, guard));
         Ok(reply)
     }
 
@@ -479,7 +476,7 @@ struct ReplyJob {
 }
 
 impl ReplyJob {
-    async fn run(self, sender: ReplySender) {
+    async fn run(self, sender: ReplySender, in_flight: InFlightGuard) {
         let started = tokio::time::Instant::now();
         let total_deadline = started + self.limits.total_timeout;
         let cancel = Arc::clone(sender.cancel_state());
@@ -491,7 +488,21 @@ impl ReplyJob {
             r = self.stream(&sender, started) => r,
         };
         let last = match outcome {
-            Ok(stats) => ReplyEvent::Done(stats),
+            Ok((stats, mut response)) => {
+                let delivered = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => false,
+                    r = deliver(&sender, ReplyEvent::Done(stats), total_deadline + Duration::from_secs(1)) => r.is_ok(),
+                };
+                drop(in_flight);
+                if delivered {
+                    // Read the end of the chunked body (normally already buffered) so
+                    // the connection goes back to the pool instead of being closed.
+                    let drain = async { while let Ok(Some(_)) = response.chunk().await {} };
+                    let _ = tokio::time::timeout(Duration::from_millis(250), drain).await;
+                }
+                return;
+            }
             Err(LlmError::Cancelled) => {
                 tracing::debug!("reply cancelled");
                 // The consumer is gone or will not read: do not wait for room.
@@ -514,7 +525,7 @@ impl ReplyJob {
         &self,
         sender: &ReplySender,
         started: tokio::time::Instant,
-    ) -> Result<ReplyStats, LlmError> {
+    ) -> Result<(ReplyStats, reqwest::Response), LlmError> {
         let total_deadline = started + self.limits.total_timeout;
         let first_deadline = started + self.limits.first_token_timeout;
         let (wait_first, first_stage) = if first_deadline <= total_deadline {
@@ -576,7 +587,7 @@ impl ReplyJob {
                         stats.time_to_first_token = first_text;
                         stats.elapsed = started.elapsed();
                         stats.text_bytes = text_bytes;
-                        return Ok(stats);
+                        return Ok((stats, response));
                     }
                     WireEvent::Error(message) => return Err(LlmError::Server(message)),
                 }

@@ -535,10 +535,12 @@ fn tokens(text: &str, split: TokenSplit) -> Vec<String> {
 async fn pause(read: &mut OwnedReadHalf, d: Duration) -> bool {
     let mut byte = [0u8; 1];
     if d.is_zero() {
-        // A non-blocking look: has the client already closed?
-        return match tokio::time::timeout(Duration::ZERO, read.read(&mut byte)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => false,
-            _ => true,
+        // A non-blocking look (no timer: tokio timers tick in milliseconds): has the
+        // client already closed?
+        return match read.try_read(&mut byte) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
         };
     }
     tokio::select! {
