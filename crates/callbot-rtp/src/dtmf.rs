@@ -299,7 +299,12 @@ mod tests {
     fn lost_end_packets_still_report_once() {
         let t0 = Instant::now();
         let mut rx = DtmfReceiver::new();
-        let upd = EventPayload { event: 5, end: false, volume: 10, duration: 320 };
+        let upd = EventPayload {
+            event: 5,
+            end: false,
+            volume: 10,
+            duration: 320,
+        };
         rx.on_packet(t0, 100, &upd.to_bytes());
         assert_eq!(rx.poll(t0 + Duration::from_millis(100)), None);
         let ev = rx.poll(t0 + Duration::from_millis(600)).unwrap();
@@ -311,7 +316,16 @@ mod tests {
         assert_eq!(rx.poll(t0 + Duration::from_millis(900)), None);
         // next press with lost end packets is flushed by the press after it, which ends
         rx.on_packet(t0, 900, &EventPayload { event: 7, ..upd }.to_bytes());
-        rx.on_packet(t0, 1900, &EventPayload { event: 8, end: true, ..upd }.to_bytes());
+        rx.on_packet(
+            t0,
+            1900,
+            &EventPayload {
+                event: 8,
+                end: true,
+                ..upd
+            }
+            .to_bytes(),
+        );
         assert_eq!(rx.poll(t0).unwrap().digit, '7');
         assert_eq!(rx.poll(t0).unwrap().digit, '8');
         assert_eq!(rx.poll(t0), None);

@@ -24,8 +24,8 @@ use callbot_audio::g711::Law;
 
 use crate::dtmf::{DtmfEvent, DtmfReceiver, DtmfSender};
 use crate::jitter::{JitterBuffer, JitterConfig, Playout};
-use crate::packet::{self, Classified, NotRtp, RtpPacket};
 use crate::pacer::Pacer;
+use crate::packet::{self, Classified, NotRtp, RtpPacket};
 use crate::rtcp::{self, ReportBlock, SenderInfo};
 use crate::stats::RtpStats;
 
@@ -353,7 +353,13 @@ impl MediaEngine {
 
     /// Re-targets after a re-INVITE: new peer address (and possibly codec); the latch
     /// opens again so the next valid packet (possibly with a new SSRC) is accepted.
-    pub fn retarget(&mut self, remote: Option<SocketAddr>, law: Law, payload_type: u8, telephone_event: Option<u8>) {
+    pub fn retarget(
+        &mut self,
+        remote: Option<SocketAddr>,
+        law: Law,
+        payload_type: u8,
+        telephone_event: Option<u8>,
+    ) {
         self.cfg.remote = remote;
         self.cfg.law = law;
         self.cfg.payload_type = payload_type;
@@ -402,12 +408,13 @@ impl MediaEngine {
             played += p;
             dropped += d;
             out.cancelled += 1;
-            self.events.push_back(MediaEvent::PlaybackFinished(PlaybackFinished {
-                id: job.id,
-                played_samples: p,
-                dropped_samples: d,
-                completed: false,
-            }));
+            self.events
+                .push_back(MediaEvent::PlaybackFinished(PlaybackFinished {
+                    id: job.id,
+                    played_samples: p,
+                    dropped_samples: d,
+                    completed: false,
+                }));
         }
         self.queued = 0;
         self.stats.frames_dropped += dropped.div_ceil(FRAME_SAMPLES as u64);
@@ -505,7 +512,8 @@ impl MediaEngine {
             self.dest = Some(from);
         }
         tracing::debug!(%from, ssrc, "RTP source latched");
-        self.events.push_back(MediaEvent::SourceLatched { addr: from, ssrc });
+        self.events
+            .push_back(MediaEvent::SourceLatched { addr: from, ssrc });
     }
 
     fn drain_dtmf(&mut self, now: Instant) {
@@ -522,7 +530,8 @@ impl MediaEngine {
         r.highest = Some(r.highest.map_or(ext, |h| h.max(ext)));
         r.received += 1;
         if is_audio {
-            let arrival = (now.duration_since(self.epoch).as_micros() * u128::from(SAMPLE_RATE) / 1_000_000) as i64;
+            let arrival =
+                (now.duration_since(self.epoch).as_micros() * u128::from(SAMPLE_RATE) / 1_000_000) as i64;
             let transit = arrival.wrapping_sub(i64::from(pkt.timestamp));
             if let Some(last) = r.last_transit {
                 let d = transit.wrapping_sub(last).unsigned_abs() as f64;
@@ -552,9 +561,12 @@ impl MediaEngine {
                 self.stats.remote_jitter_ms = Some(f64::from(b.jitter) / f64::from(SAMPLE_RATE) * 1000.0);
                 if b.last_sr != 0 {
                     let now_mid = (self.ntp(now) >> 16) as u32;
-                    let rtt = now_mid.wrapping_sub(b.last_sr).wrapping_sub(b.delay_since_last_sr);
+                    let rtt = now_mid
+                        .wrapping_sub(b.last_sr)
+                        .wrapping_sub(b.delay_since_last_sr);
                     if rtt < 65536 * 10 {
-                        self.stats.round_trip = Some(Duration::from_micros(u64::from(rtt) * 1_000_000 / 65536));
+                        self.stats.round_trip =
+                            Some(Duration::from_micros(u64::from(rtt) * 1_000_000 / 65536));
                     }
                 }
             }
@@ -654,7 +666,9 @@ impl MediaEngine {
     }
 
     fn send_tick(&mut self, index: u64) -> [i16; FRAME_SAMPLES] {
-        let ts = self.ts0.wrapping_add((index as u32).wrapping_mul(FRAME_SAMPLES as u32));
+        let ts = self
+            .ts0
+            .wrapping_add((index as u32).wrapping_mul(FRAME_SAMPLES as u32));
         let mut frame = [0i16; FRAME_SAMPLES];
         // DTMF first: audio waits.
         if let (Some(pt), Some(sender)) = (self.cfg.telephone_event, self.dtmf_tx.front_mut()) {
@@ -770,7 +784,10 @@ impl MediaEngine {
                     ((lost_int << 8) / exp_int as i64).min(255) as u8
                 };
                 let (lsr, dlsr) = match r.last_sr {
-                    Some((mid, at)) => (mid, (now.duration_since(at).as_micros() * 65536 / 1_000_000) as u32),
+                    Some((mid, at)) => (
+                        mid,
+                        (now.duration_since(at).as_micros() * 65536 / 1_000_000) as u32,
+                    ),
                     None => (0, 0),
                 };
                 Some(ReportBlock {
@@ -787,11 +804,7 @@ impl MediaEngine {
         };
         let data = rtcp::build(self.ssrc, sender, block, &self.cfg.cname);
         self.stats.rtcp_sent += 1;
-        self.transmits.push_back(Transmit {
-            to,
-            data,
-            rtcp: true,
-        });
+        self.transmits.push_back(Transmit { to, data, rtcp: true });
     }
 }
 
@@ -848,7 +861,9 @@ mod tests {
                 self.a.handle_timeout(now);
                 self.b.handle_timeout(now);
                 while let Some(t) = self.a.poll_transmit() {
-                    if !t.rtcp && let Classified::Rtp(p) = packet::classify(&t.data) {
+                    if !t.rtcp
+                        && let Classified::Rtp(p) = packet::classify(&t.data)
+                    {
                         self.a_packets.push(p);
                     }
                     if filter(&t) {
@@ -888,7 +903,10 @@ mod tests {
     }
 
     fn audio_of(frames: &[ReceivedFrame]) -> Vec<i16> {
-        frames.iter().flat_map(|f| f.audio.samples.iter().copied()).collect()
+        frames
+            .iter()
+            .flat_map(|f| f.audio.samples.iter().copied())
+            .collect()
     }
 
     #[test]
@@ -917,14 +935,20 @@ mod tests {
             assert_eq!(p.b_frames[0].kind, FrameKind::Audio);
             assert!(got.len() >= want.len());
             assert!(got[..want.len()] == want[..], "received audio differs");
-            assert!(p.a_events.contains(&MediaEvent::PlaybackFinished(PlaybackFinished {
-                id,
-                played_samples: 8080,
-                dropped_samples: 0,
-                completed: true
-            })));
+            assert!(
+                p.a_events
+                    .contains(&MediaEvent::PlaybackFinished(PlaybackFinished {
+                        id,
+                        played_samples: 8080,
+                        dropped_samples: 0,
+                        completed: true
+                    }))
+            );
             let s = p.b.stats();
-            assert_eq!((s.packets_received, s.packets_lost, s.late, s.foreign_source), (51, 0, 0, 0));
+            assert_eq!(
+                (s.packets_received, s.packets_lost, s.late, s.foreign_source),
+                (51, 0, 0, 0)
+            );
             assert!(s.jitter_ms < 1.0, "{}", s.jitter_ms);
         }
     }
@@ -984,7 +1008,10 @@ mod tests {
         assert_eq!(s.packets_lost, 10);
         assert!(s.concealed >= 10);
         let kinds: Vec<_> = p.b_frames.iter().map(|f| f.kind).collect();
-        assert_eq!(kinds.iter().filter(|k| **k == FrameKind::Concealed).count(), 10 + 3);
+        assert_eq!(
+            kinds.iter().filter(|k| **k == FrameKind::Concealed).count(),
+            10 + 3
+        );
     }
 
     #[test]
@@ -1002,7 +1029,15 @@ mod tests {
         p.b.handle_rtp(t, p.a_addr, &data);
         p.b.handle_rtp(t, p.a_addr, &[0x80, 200, 0, 0]);
         let s = p.b.stats();
-        assert_eq!((s.packets_received, s.foreign_source, s.discarded_payload, s.discarded_non_rtp), (1, 2, 1, 1));
+        assert_eq!(
+            (
+                s.packets_received,
+                s.foreign_source,
+                s.discarded_payload,
+                s.discarded_non_rtp
+            ),
+            (1, 2, 1, 1)
+        );
         // re-INVITE: new SSRC from a new port
         p.b.retarget(Some(addr("127.0.0.1:7000")), Law::Ulaw, 0, Some(101));
         packet::write_rtp(&mut data, 0, false, 5000, 1, 99, &[0xFF; 160]);
@@ -1034,7 +1069,10 @@ mod tests {
         for d in "12#".chars() {
             p.a.send_dtmf(d, Duration::from_millis(80)).unwrap();
         }
-        assert_eq!(p.a.send_dtmf('x', Duration::from_millis(80)), Err(MediaError::NotADtmfKey('x')));
+        assert_eq!(
+            p.a.send_dtmf('x', Duration::from_millis(80)),
+            Err(MediaError::NotADtmfKey('x'))
+        );
         p.run_for(Duration::from_millis(1000), |_| true);
         let digits: String = p
             .b_events

@@ -209,13 +209,7 @@ impl JitterBuffer {
 
     fn insert(&mut self, now: Instant, ext: u64, packet: RtpPacket) {
         self.highest = Some(self.highest.map_or(ext, |h| h.max(ext)));
-        self.packets.insert(
-            ext,
-            Entry {
-                arrival: now,
-                packet,
-            },
-        );
+        self.packets.insert(ext, Entry { arrival: now, packet });
         self.stats.accepted += 1;
         // Peer clock faster than ours, or a burst: never hold more than depth + excess.
         let limit = self.depth_slots() + self.cfg.max_excess;

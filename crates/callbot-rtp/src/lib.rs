@@ -65,8 +65,8 @@
 pub mod dtmf;
 pub mod engine;
 pub mod jitter;
-pub mod packet;
 pub mod pacer;
+pub mod packet;
 pub mod recorder;
 pub mod rtcp;
 mod session;

@@ -95,7 +95,9 @@ mod tests {
                 count += 1;
             }
             // wake up irregularly: 1..=25 ms late or early, like a loaded machine
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let step = 1_000 + (x >> 33) % 24_000;
             now += Duration::from_micros(step);
         }

@@ -173,16 +173,30 @@ mod tests {
             );
         }
         for pt in 200..=204u8 {
-            assert_eq!(classify(&pkt(0x80, pt, &[0; 20])), Classified::NotRtp(NotRtp::Rtcp));
+            assert_eq!(
+                classify(&pkt(0x80, pt, &[0; 20])),
+                Classified::NotRtp(NotRtp::Rtcp)
+            );
         }
-        let stun = [0u8, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let stun = [
+            0u8, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         assert_eq!(classify(&stun), Classified::NotRtp(NotRtp::Stun));
         assert_eq!(classify(&[0x80, 0, 1]), Classified::NotRtp(NotRtp::Malformed));
         // CC=15 with no CSRCs.
-        assert_eq!(classify(&pkt(0x8F, 0, &[])), Classified::NotRtp(NotRtp::Malformed));
+        assert_eq!(
+            classify(&pkt(0x8F, 0, &[])),
+            Classified::NotRtp(NotRtp::Malformed)
+        );
         // padding count larger than payload, and zero
-        assert_eq!(classify(&pkt(0xA0, 0, &[1, 200])), Classified::NotRtp(NotRtp::Malformed));
-        assert_eq!(classify(&pkt(0xA0, 0, &[1, 0])), Classified::NotRtp(NotRtp::Malformed));
+        assert_eq!(
+            classify(&pkt(0xA0, 0, &[1, 200])),
+            Classified::NotRtp(NotRtp::Malformed)
+        );
+        assert_eq!(
+            classify(&pkt(0xA0, 0, &[1, 0])),
+            Classified::NotRtp(NotRtp::Malformed)
+        );
         assert_eq!(classify(&vec![0x80; 1501]), Classified::NotRtp(NotRtp::Oversized));
         // valid padding is removed
         let Classified::Rtp(p) = classify(&pkt(0xA0, 0, &[9, 9, 0, 0, 0, 3])) else {

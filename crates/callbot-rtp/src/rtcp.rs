@@ -107,11 +107,7 @@ pub fn parse(data: &[u8]) -> Option<Vec<Report>> {
                 let blocks = (0..count)
                     .map(|k| parse_block(pkt, first + 24 * k))
                     .collect::<Option<Vec<_>>>()?;
-                out.push(Report {
-                    ssrc,
-                    sender,
-                    blocks,
-                });
+                out.push(Report { ssrc, sender, blocks });
             }
             _ => {}
         }
@@ -187,12 +183,24 @@ mod tests {
             last_sr: 0x1234_5678,
             delay_since_last_sr: 65536,
         };
-        let si = SenderInfo { ntp: 0xAABB_CCDD_1122_3344, rtp_timestamp: 160, packets: 50, octets: 8000 };
+        let si = SenderInfo {
+            ntp: 0xAABB_CCDD_1122_3344,
+            rtp_timestamp: 160,
+            packets: 50,
+            octets: 8000,
+        };
         for (sender, name) in [(Some(si), "bot@callbot"), (None, "x")] {
             let data = build(77, sender, Some(block), name);
             assert_eq!(data.len() % 4, 0);
             let reports = parse(&data).unwrap();
-            assert_eq!(reports, vec![Report { ssrc: 77, sender, blocks: vec![block] }]);
+            assert_eq!(
+                reports,
+                vec![Report {
+                    ssrc: 77,
+                    sender,
+                    blocks: vec![block]
+                }]
+            );
         }
         let data = build(1, None, None, "");
         assert_eq!(parse(&data).unwrap()[0].blocks, vec![]);

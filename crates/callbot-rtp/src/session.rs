@@ -173,7 +173,11 @@ impl std::fmt::Debug for RtpSession {
 
 static PORT_CURSOR: AtomicU32 = AtomicU32::new(0);
 
-fn bind_pair(ip: IpAddr, ports: &RangeInclusive<u16>, mux: bool) -> Result<(UdpSocket, Option<UdpSocket>), RtpError> {
+fn bind_pair(
+    ip: IpAddr,
+    ports: &RangeInclusive<u16>,
+    mux: bool,
+) -> Result<(UdpSocket, Option<UdpSocket>), RtpError> {
     let first = *ports.start() + (*ports.start() & 1);
     let last = *ports.end();
     let no_port = || RtpError::NoFreePort {
@@ -189,11 +193,15 @@ fn bind_pair(ip: IpAddr, ports: &RangeInclusive<u16>, mux: bool) -> Result<(UdpS
     let start = PORT_CURSOR.fetch_add(1, Ordering::Relaxed) % pairs;
     for i in 0..pairs {
         let k = (start + i) % pairs;
-        let Ok(port) = u16::try_from(u32::from(first) + 2 * k) else { continue };
+        let Ok(port) = u16::try_from(u32::from(first) + 2 * k) else {
+            continue;
+        };
         if !mux && port >= last {
             continue;
         }
-        let Ok(rtp) = UdpSocket::bind(SocketAddr::new(ip, port)) else { continue };
+        let Ok(rtp) = UdpSocket::bind(SocketAddr::new(ip, port)) else {
+            continue;
+        };
         if mux {
             return Ok((rtp, None));
         }
@@ -223,7 +231,11 @@ impl RtpSession {
             None => None,
         };
         config.media.record = recorder.is_some();
-        let seed = [rand::random::<u32>(), rand::random::<u32>(), rand::random::<u32>()];
+        let seed = [
+            rand::random::<u32>(),
+            rand::random::<u32>(),
+            rand::random::<u32>(),
+        ];
         let engine = MediaEngine::new(config.media.clone(), Instant::now(), SystemTime::now(), seed);
         let shared = Arc::new(Shared {
             engine: Mutex::new(engine),
@@ -243,7 +255,10 @@ impl RtpSession {
             recorder,
             record_buf: Vec::new(),
         };
-        let name = config.thread_name.clone().unwrap_or_else(|| format!("rtp-{}", local.port()));
+        let name = config
+            .thread_name
+            .clone()
+            .unwrap_or_else(|| format!("rtp-{}", local.port()));
         let thread = std::thread::Builder::new()
             .name(name)
             .stack_size(256 * 1024)
@@ -343,7 +358,8 @@ impl RtpSession {
         payload_type: u8,
         telephone_event: Option<u8>,
     ) -> Result<(), RtpError> {
-        self.engine()?.retarget(remote, law, payload_type, telephone_event);
+        self.engine()?
+            .retarget(remote, law, payload_type, telephone_event);
         Ok(())
     }
 
@@ -466,7 +482,11 @@ impl Driver {
                     }
                     let _ = self.rtp.set_nonblocking(false);
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => {
                     // ICMP port unreachable from an earlier send shows up here on Linux.
                     tracing::trace!(error = %e, "RTP receive error");

@@ -30,7 +30,19 @@ impl Rnd {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn rtp(seq: u32, ts: u32, ssrc: u32, pt: u8, payload: &[u8], marker: bool, version: u8, padding: bool, ext: bool, cc: u8, extra: &[u8]) -> Vec<u8> {
+fn rtp(
+    seq: u32,
+    ts: u32,
+    ssrc: u32,
+    pt: u8,
+    payload: &[u8],
+    marker: bool,
+    version: u8,
+    padding: bool,
+    ext: bool,
+    cc: u8,
+    extra: &[u8],
+) -> Vec<u8> {
     let b0 = (version << 6) | (u8::from(padding) << 5) | (u8::from(ext) << 4) | (cc & 0x0F);
     let mut v = vec![b0, (u8::from(marker) << 7) | (pt & 0x7F)];
     v.extend_from_slice(&(seq as u16).to_be_bytes());
@@ -42,7 +54,19 @@ fn rtp(seq: u32, ts: u32, ssrc: u32, pt: u8, payload: &[u8], marker: bool, versi
 }
 
 fn good(seq: u32, ts: u32) -> Vec<u8> {
-    rtp(seq, ts, SSRC_MAIN, 0, &[0xFF; 160], false, 2, false, false, 0, &[])
+    rtp(
+        seq,
+        ts,
+        SSRC_MAIN,
+        0,
+        &[0xFF; 160],
+        false,
+        2,
+        false,
+        false,
+        0,
+        &[],
+    )
 }
 
 /// The 15 categories of rtp_garbage.py, in order.
@@ -54,7 +78,23 @@ fn categories() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     c.push(("valid", (0..50).map(|i| good(seq + i, ts + 160 * i)).collect()));
     c.push((
         "version",
-        (0..15).map(|i| rtp(seq + i, ts, SSRC_MAIN, 0, &ff, false, [0, 1, 3][i as usize % 3], false, false, 0, &[])).collect(),
+        (0..15)
+            .map(|i| {
+                rtp(
+                    seq + i,
+                    ts,
+                    SSRC_MAIN,
+                    0,
+                    &ff,
+                    false,
+                    [0, 1, 3][i as usize % 3],
+                    false,
+                    false,
+                    0,
+                    &[],
+                )
+            })
+            .collect(),
     ));
     let mut short: Vec<Vec<u8>> = (0..12).map(|n| r.bytes(n)).collect();
     short.extend([vec![0x80], vec![0x80, 0], vec![0x80, 0, 0, 1]]);
@@ -62,16 +102,66 @@ fn categories() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     c.push((
         "csrc",
         (0..8)
-            .map(|i| rtp(seq + i, ts, SSRC_MAIN, 0, &[], false, 2, false, false, 15, &[0, 0, 0, 1].repeat(2 * i as usize)))
+            .map(|i| {
+                rtp(
+                    seq + i,
+                    ts,
+                    SSRC_MAIN,
+                    0,
+                    &[],
+                    false,
+                    2,
+                    false,
+                    false,
+                    15,
+                    &[0, 0, 0, 1].repeat(2 * i as usize),
+                )
+            })
             .collect(),
     ));
     c.push((
         "extension",
         vec![
-            rtp(seq, ts, SSRC_MAIN, 0, &[0xFF; 20], false, 2, false, true, 0, &[0xBE, 0xDE, 0xFF, 0xFF]),
-            rtp(seq + 1, ts, SSRC_MAIN, 0, &[], false, 2, false, true, 0, &[0x10, 0x00, 0x01, 0x00]),
+            rtp(
+                seq,
+                ts,
+                SSRC_MAIN,
+                0,
+                &[0xFF; 20],
+                false,
+                2,
+                false,
+                true,
+                0,
+                &[0xBE, 0xDE, 0xFF, 0xFF],
+            ),
+            rtp(
+                seq + 1,
+                ts,
+                SSRC_MAIN,
+                0,
+                &[],
+                false,
+                2,
+                false,
+                true,
+                0,
+                &[0x10, 0x00, 0x01, 0x00],
+            ),
             rtp(seq + 2, ts, SSRC_MAIN, 0, &[], false, 2, false, true, 0, &[0xBE]),
-            rtp(seq + 3, ts, SSRC_MAIN, 0, &ff, false, 2, false, true, 0, &[0xBE, 0xDE, 0, 1, 0x10, 0xFF, 0xFF, 0xFF]),
+            rtp(
+                seq + 3,
+                ts,
+                SSRC_MAIN,
+                0,
+                &ff,
+                false,
+                2,
+                false,
+                true,
+                0,
+                &[0xBE, 0xDE, 0, 1, 0x10, 0xFF, 0xFF, 0xFF],
+            ),
         ],
     ));
     let mut p1 = vec![0xFF; 10];
@@ -94,18 +184,102 @@ fn categories() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         [1400usize, 4000, 16000, 65000]
             .iter()
             .enumerate()
-            .map(|(i, &n)| rtp(seq + i as u32, ts + 160 * i as u32, SSRC_MAIN, 0, &vec![0xFF; n], false, 2, false, false, 0, &[]))
+            .map(|(i, &n)| {
+                rtp(
+                    seq + i as u32,
+                    ts + 160 * i as u32,
+                    SSRC_MAIN,
+                    0,
+                    &vec![0xFF; n],
+                    false,
+                    2,
+                    false,
+                    false,
+                    0,
+                    &[],
+                )
+            })
             .collect(),
     ));
-    let mut ss: Vec<Vec<u8>> = (0..40).map(|i| rtp(seq + i, ts + 160 * i, r.next() as u32, 0, &ff, false, 2, false, false, 0, &[])).collect();
-    ss.extend((0..25).map(|i| rtp(5000 + i, 900_000 + 160 * i, 0xDEAD_BEEF, 0, &ff, false, 2, false, false, 0, &[])));
+    let mut ss: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            rtp(
+                seq + i,
+                ts + 160 * i,
+                r.next() as u32,
+                0,
+                &ff,
+                false,
+                2,
+                false,
+                false,
+                0,
+                &[],
+            )
+        })
+        .collect();
+    ss.extend((0..25).map(|i| {
+        rtp(
+            5000 + i,
+            900_000 + 160 * i,
+            0xDEAD_BEEF,
+            0,
+            &ff,
+            false,
+            2,
+            false,
+            false,
+            0,
+            &[],
+        )
+    }));
     c.push(("ssrc", ss));
     let pts = [8u8, 18, 96, 127, 72, 73, 74, 75, 76, 13, 19];
     let mut pt: Vec<Vec<u8>> = (0..33)
-        .map(|i| rtp(seq + i, ts + 160 * i, SSRC_MAIN, pts[i as usize % 11], &ff, false, 2, false, false, 0, &[]))
+        .map(|i| {
+            rtp(
+                seq + i,
+                ts + 160 * i,
+                SSRC_MAIN,
+                pts[i as usize % 11],
+                &ff,
+                false,
+                2,
+                false,
+                false,
+                0,
+                &[],
+            )
+        })
         .collect();
-    pt.extend((0..3).map(|i| rtp(seq + 40 + i, ts, SSRC_MAIN, 101, &[0x05, 0x8A][..i as usize], false, 2, false, false, 0, &[])));
-    pt.push(rtp(seq + 50, ts, SSRC_MAIN, 101, &[200, 0x8A, 0xFF, 0xFF], false, 2, false, false, 0, &[]));
+    pt.extend((0..3).map(|i| {
+        rtp(
+            seq + 40 + i,
+            ts,
+            SSRC_MAIN,
+            101,
+            &[0x05, 0x8A][..i as usize],
+            false,
+            2,
+            false,
+            false,
+            0,
+            &[],
+        )
+    }));
+    pt.push(rtp(
+        seq + 50,
+        ts,
+        SSRC_MAIN,
+        101,
+        &[200, 0x8A, 0xFF, 0xFF],
+        false,
+        2,
+        false,
+        false,
+        0,
+        &[],
+    ));
     c.push(("payload_type", pt));
     let mut s = Vec::new();
     let base = seq + 100;
@@ -120,7 +294,26 @@ fn categories() -> Vec<(&'static str, Vec<Vec<u8>>)> {
     s.extend((0..4).map(|i| good(0xFFFE + i, ts + 160 * i)));
     s.extend((0..5).map(|i| good(base + 40 + i, ts.wrapping_sub(160_000 * i))));
     c.push(("sequence", s));
-    c.push(("marker", (0..25).map(|i| rtp(seq + 200 + i, ts + 160 * i, SSRC_MAIN, 0, &ff, true, 2, false, false, 0, &[])).collect()));
+    c.push((
+        "marker",
+        (0..25)
+            .map(|i| {
+                rtp(
+                    seq + 200 + i,
+                    ts + 160 * i,
+                    SSRC_MAIN,
+                    0,
+                    &ff,
+                    true,
+                    2,
+                    false,
+                    false,
+                    0,
+                    &[],
+                )
+            })
+            .collect(),
+    ));
     let mut sr = vec![0x80, 200, 0xFF, 0xFF];
     sr.extend(SSRC_MAIN.to_be_bytes());
     sr.extend([0; 20]);
@@ -144,7 +337,12 @@ fn categories() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         })
         .collect();
     c.push(("garbage", garbage));
-    c.push(("valid_again", (0..50).map(|i| good(seq + 400 + i, ts + 160 * (400 + i))).collect()));
+    c.push((
+        "valid_again",
+        (0..50)
+            .map(|i| good(seq + 400 + i, ts + 160 * (400 + i)))
+            .collect(),
+    ));
     c
 }
 
@@ -183,7 +381,15 @@ fn run(garbage_from_peer_address: bool) {
             std::thread::sleep(wait);
         }
         let payload = &enc[k as usize * 160..(k as usize + 1) * 160];
-        write_rtp(&mut buf, 0, k == 0, 65500u16.wrapping_add(k as u16), 5_000 + 160 * k, 0x5EED, payload);
+        write_rtp(
+            &mut buf,
+            0,
+            k == 0,
+            65500u16.wrapping_add(k as u16),
+            5_000 + 160 * k,
+            0x5EED,
+            payload,
+        );
         peer.send_to(&buf, to).unwrap();
         // about 3 garbage packets per real one
         if k >= 5 {
@@ -201,11 +407,24 @@ fn run(garbage_from_peer_address: bool) {
     std::thread::sleep(Duration::from_millis(400));
     let report = session.shutdown(Instant::now() + Duration::from_secs(2));
     let frames: Vec<_> = session.frames().try_iter().collect();
-    let got: Vec<i16> = frames.iter().filter(|f| f.kind == FrameKind::Audio).flat_map(|f| f.audio.samples.clone()).collect();
+    let got: Vec<i16> = frames
+        .iter()
+        .filter(|f| f.kind == FrameKind::Audio)
+        .flat_map(|f| f.audio.samples.clone())
+        .collect();
     let s = &report.stats;
     eprintln!("garbage from peer address = {garbage_from_peer_address}: {s:?}");
-    assert!(got == want, "decoded stream differs: {} samples vs {}", got.len(), want.len());
-    assert_eq!(frames.iter().filter(|f| f.kind == FrameKind::Concealed).count(), 3, "only the 3 tail slots");
+    assert!(
+        got == want,
+        "decoded stream differs: {} samples vs {}",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(
+        frames.iter().filter(|f| f.kind == FrameKind::Concealed).count(),
+        3,
+        "only the 3 tail slots"
+    );
     assert_eq!(s.packets_received, u64::from(n));
     assert_eq!((s.late, s.duplicates, s.packets_lost), (0, 0, 0));
     // every garbage packet was counted under one reason (datagrams over the 2 KB receive

@@ -13,7 +13,10 @@ const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn tone(n: usize, f: f64, amp: f64) -> Vec<i16> {
     (0..n)
-        .map(|i| ((i as f64 * f * 2.0 * std::f64::consts::PI / 8000.0).sin() * amp + (i as f64 * 0.013).sin() * amp / 3.0) as i16)
+        .map(|i| {
+            ((i as f64 * f * 2.0 * std::f64::consts::PI / 8000.0).sin() * amp
+                + (i as f64 * 0.013).sin() * amp / 3.0) as i16
+        })
         .collect()
 }
 
@@ -38,7 +41,7 @@ fn thousand_sessions_reuse_ten_ports() {
         cfg.ports = base..=base + 9;
         let mut s = RtpSession::start(cfg).unwrap_or_else(|e| panic!("session {i}: {e}"));
         let port = s.local_addr().port();
-        assert!((base..=base + 8).contains(&port) && port % 2 == 0);
+        assert!((base..=base + 8).contains(&port) && port.is_multiple_of(2));
         let r = s.shutdown(deadline());
         assert!(r.thread_joined);
         // the port is free again at once
@@ -76,7 +79,8 @@ fn pair(law: Law, record_b: Option<RecordTo>) -> (RtpSession, RtpSession) {
     cb.record = record_b;
     cb.frame_capacity = 500;
     let b = RtpSession::start(cb).unwrap();
-    a.retarget(Some(b.local_addr()), law, law.payload_type(), Some(101)).unwrap();
+    a.retarget(Some(b.local_addr()), law, law.payload_type(), Some(101))
+        .unwrap();
     (a, b)
 }
 
@@ -130,7 +134,9 @@ fn two_sessions_exchange_audio_dtmf_and_stop() {
         std::thread::sleep(Duration::from_millis(300));
         let stopped = a.stop_playback().unwrap();
         assert_eq!(stopped.cancelled, 1);
-        assert!(stopped.played >= Duration::from_millis(200) && stopped.played <= Duration::from_millis(2000));
+        assert!(
+            stopped.played >= Duration::from_millis(200) && stopped.played <= Duration::from_millis(2000)
+        );
         assert_eq!(stopped.played + stopped.dropped, Duration::from_secs(10));
         assert!(!a.is_playing());
 
@@ -161,7 +167,10 @@ fn read_stereo(path: &Path) -> (Vec<i16>, Vec<i16>) {
     assert_eq!(r.spec().channels, 2);
     assert_eq!(r.spec().sample_rate, 8000);
     let s: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
-    (s.iter().step_by(2).copied().collect(), s.iter().skip(1).step_by(2).copied().collect())
+    (
+        s.iter().step_by(2).copied().collect(),
+        s.iter().skip(1).step_by(2).copied().collect(),
+    )
 }
 
 fn contains(hay: &[i16], needle: &[i16]) -> bool {
@@ -186,14 +195,21 @@ fn recording_survives_shutdown_mid_call() {
     // while the call runs, only the hidden temp file exists
     let during = listing(dir.path());
     assert_eq!(during.len(), 1);
-    assert!(during[0].starts_with('.') && during[0].ends_with(".part"), "{during:?}");
+    assert!(
+        during[0].starts_with('.') && during[0].ends_with(".part"),
+        "{during:?}"
+    );
     let rb = b.shutdown(deadline());
     a.shutdown(deadline());
     let rec = rb.recording.unwrap().unwrap();
     assert_eq!(listing(dir.path()), vec!["call-1@host.wav".to_string()]);
     let (left, right) = read_stereo(&rec.path);
     assert_eq!(left.len(), right.len());
-    assert!((1.1..1.4).contains(&(left.len() as f64 / 8000.0)), "{}", left.len());
+    assert!(
+        (1.1..1.4).contains(&(left.len() as f64 / 8000.0)),
+        "{}",
+        left.len()
+    );
     // right = the bot's playback, exactly (G.711 round trip), from the start
     assert!(contains(&right, &bot));
     // left = what the caller sent, the first 0.5 s of it at least
@@ -207,7 +223,10 @@ fn recording_survives_a_panicking_application_thread() {
     let d = dir.path().to_path_buf();
     let res = std::thread::spawn(move || {
         let mut cfg = RtpSessionConfig::new(LO, Law::Alaw, Some(SocketAddr::new(LO, 9)));
-        cfg.record = Some(RecordTo { dir: d, name: "panicky".into() });
+        cfg.record = Some(RecordTo {
+            dir: d,
+            name: "panicky".into(),
+        });
         let s = RtpSession::start(cfg).unwrap();
         s.play(AudioFrame::new(8000, tone(8000, 400.0, 5000.0))).unwrap();
         std::thread::sleep(Duration::from_millis(300));
