@@ -21,9 +21,11 @@
 //! over the layer handles, `Bot::start` / `reconfigure` / `shutdown`, the `callbot`
 //! program and the demo.
 
+pub mod call;
 pub mod components;
 pub mod dialogue;
 pub mod settings;
+pub mod testing;
 pub mod transcript;
 
 pub use dialogue::{Action, Dialogue, DialogueConfig, Input};

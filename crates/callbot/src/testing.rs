@@ -1,0 +1,361 @@
+//! Instant test doubles for the call pipeline, so tests and benches measure the
+//! pipeline alone (no Whisper, no Ollama, no espeak-ng, no sockets).
+//!
+//! - [`FakeMedia`] implements [`CallMedia`]: the test pushes caller frames and DTMF
+//!   through a [`FakeMediaRemote`]; every `play` is recorded with its time and finishes
+//!   at once (or when the test says, with `auto_finish` off).
+//! - [`EnergyEndpointer`] implements [`Endpointer`]: a frame is speech when its mean
+//!   absolute amplitude is above a threshold; the utterance ends after a number of
+//!   quiet frames. Deterministic, for tests; not a production VAD.
+//! - [`InstantTranscriber`], [`InstantChat`], [`InstantSynth`] implement the layer
+//!   traits and answer synchronously inside the call that starts the job.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use callbot_audio::AudioFrame;
+use callbot_llm::{
+    ChatModel, History, HistoryBudget, LlmError, LlmShutdownReport, Reply, ReplyEvent, ReplyStats,
+};
+use callbot_rtp::{
+    DtmfEvent, FrameKind, PlaybackFinished, PlaybackId, PlaybackStopped, ReceivedFrame, RtpEvent,
+};
+use callbot_stt::{
+    JobTimings, SttError, SttShutdownReport, Transcriber, Transcript, TranscriptionJob, TranscriptionRequest,
+    job_channel,
+};
+use callbot_tts::{SynthesisJob, Synthesizer, TtsError, VoiceOptions};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::call::{CallMedia, EndpointEvent, Endpointer};
+
+/// One recorded `play`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Played {
+    /// Its id.
+    pub id: PlaybackId,
+    /// When the pipeline queued it.
+    pub at: Instant,
+    /// Its samples.
+    pub samples: usize,
+}
+
+#[derive(Debug, Default)]
+struct MediaLog {
+    plays: Vec<Played>,
+    stops: Vec<Instant>,
+}
+
+/// A [`CallMedia`] without sockets (see the [module docs](self)).
+#[derive(Debug)]
+pub struct FakeMedia {
+    frames: Receiver<ReceivedFrame>,
+    events: Receiver<RtpEvent>,
+    events_tx: Sender<RtpEvent>,
+    next_id: AtomicU64,
+    auto_finish: bool,
+    log: Arc<Mutex<MediaLog>>,
+}
+
+/// The test's side of a [`FakeMedia`].
+#[derive(Debug, Clone)]
+pub struct FakeMediaRemote {
+    frames: Sender<ReceivedFrame>,
+    events: Sender<RtpEvent>,
+    log: Arc<Mutex<MediaLog>>,
+    tick: Arc<AtomicU64>,
+}
+
+impl FakeMedia {
+    /// A fake media; `auto_finish`: every play finishes as soon as it is queued.
+    pub fn new(auto_finish: bool) -> (FakeMedia, FakeMediaRemote) {
+        let (ftx, frx) = crossbeam_channel::bounded(4096);
+        let (etx, erx) = crossbeam_channel::bounded(4096);
+        let log = Arc::new(Mutex::new(MediaLog::default()));
+        (
+            FakeMedia {
+                frames: frx,
+                events: erx,
+                events_tx: etx.clone(),
+                next_id: AtomicU64::new(1),
+                auto_finish,
+                log: Arc::clone(&log),
+            },
+            FakeMediaRemote {
+                frames: ftx,
+                events: etx,
+                log,
+                tick: Arc::new(AtomicU64::new(0)),
+            },
+        )
+    }
+}
+
+fn lock(log: &Mutex<MediaLog>) -> std::sync::MutexGuard<'_, MediaLog> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CallMedia for FakeMedia {
+    fn frames(&self) -> &Receiver<ReceivedFrame> {
+        &self.frames
+    }
+    fn events(&self) -> &Receiver<RtpEvent> {
+        &self.events
+    }
+    fn play_rate(&self) -> u32 {
+        8000
+    }
+    fn play(&self, audio: AudioFrame) -> Result<PlaybackId, String> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let samples = audio.samples.len();
+        lock(&self.log).plays.push(Played {
+            id,
+            at: Instant::now(),
+            samples,
+        });
+        if self.auto_finish {
+            let _ = self
+                .events_tx
+                .try_send(RtpEvent::PlaybackFinished(PlaybackFinished {
+                    id,
+                    played_samples: samples as u64,
+                    dropped_samples: 0,
+                    completed: true,
+                }));
+        }
+        Ok(id)
+    }
+    fn stop_playback(&self) -> Result<PlaybackStopped, String> {
+        lock(&self.log).stops.push(Instant::now());
+        Ok(PlaybackStopped::default())
+    }
+}
+
+impl FakeMediaRemote {
+    /// Sends one 20 ms, 8 kHz caller frame with every sample at `level`.
+    pub fn frame(&self, level: i16) {
+        let tick = self.tick.fetch_add(1, Ordering::SeqCst);
+        let _ = self.frames.send(ReceivedFrame {
+            audio: AudioFrame::new(8000, vec![level; 160]),
+            kind: FrameKind::Audio,
+            tick,
+        });
+    }
+
+    /// Sends `n` frames at `level`.
+    pub fn frames(&self, level: i16, n: usize) {
+        for _ in 0..n {
+            self.frame(level);
+        }
+    }
+
+    /// Sends a DTMF digit.
+    pub fn dtmf(&self, digit: char) {
+        let _ = self.events.send(RtpEvent::Dtmf(DtmfEvent {
+            digit,
+            duration: Duration::from_millis(100),
+            timestamp: 0,
+        }));
+    }
+
+    /// Reports playback `id` as finished.
+    pub fn finish(&self, id: PlaybackId, completed: bool) {
+        let _ = self.events.send(RtpEvent::PlaybackFinished(PlaybackFinished {
+            id,
+            played_samples: 0,
+            dropped_samples: 0,
+            completed,
+        }));
+    }
+
+    /// Every play so far.
+    pub fn plays(&self) -> Vec<Played> {
+        lock(&self.log).plays.clone()
+    }
+
+    /// When `stop_playback` was called.
+    pub fn stops(&self) -> Vec<Instant> {
+        lock(&self.log).stops.clone()
+    }
+}
+
+/// A deterministic energy endpointer for tests (see the [module docs](self)).
+#[derive(Debug, Clone)]
+pub struct EnergyEndpointer {
+    threshold: i32,
+    hangover_frames: u32,
+    speaking: bool,
+    quiet: u32,
+    quiet_time: Duration,
+}
+
+impl EnergyEndpointer {
+    /// Speech above `threshold` mean absolute amplitude; ends after `hangover_frames`
+    /// quiet frames.
+    pub fn new(threshold: i16, hangover_frames: u32) -> Self {
+        Self {
+            threshold: i32::from(threshold),
+            hangover_frames: hangover_frames.max(1),
+            speaking: false,
+            quiet: 0,
+            quiet_time: Duration::ZERO,
+        }
+    }
+}
+
+impl Endpointer for EnergyEndpointer {
+    fn push(&mut self, frame: &AudioFrame) -> EndpointEvent {
+        let n = frame.samples.len().max(1) as i64;
+        let sum: i64 = frame.samples.iter().map(|s| i64::from(*s).abs()).sum();
+        let loud = sum / n > i64::from(self.threshold);
+        match (self.speaking, loud) {
+            (false, true) => {
+                self.speaking = true;
+                self.quiet = 0;
+                self.quiet_time = Duration::ZERO;
+                EndpointEvent::SpeechStarted
+            }
+            (true, true) => {
+                self.quiet = 0;
+                self.quiet_time = Duration::ZERO;
+                EndpointEvent::None
+            }
+            (true, false) => {
+                self.quiet += 1;
+                self.quiet_time += frame.duration();
+                if self.quiet >= self.hangover_frames {
+                    self.speaking = false;
+                    EndpointEvent::SpeechEnded {
+                        hangover: self.quiet_time,
+                    }
+                } else {
+                    EndpointEvent::None
+                }
+            }
+            (false, false) => EndpointEvent::None,
+        }
+    }
+}
+
+/// Answers every transcription at once with the next of its scripted texts (the last
+/// one repeats).
+#[derive(Debug)]
+pub struct InstantTranscriber {
+    texts: Vec<String>,
+    no_speech_prob: f32,
+    next: AtomicUsize,
+    /// Transcriptions submitted.
+    pub submitted: AtomicUsize,
+}
+
+impl InstantTranscriber {
+    /// Answers with `texts` in order.
+    pub fn new(texts: &[&str]) -> Self {
+        Self {
+            texts: texts.iter().map(|t| t.to_string()).collect(),
+            no_speech_prob: 0.01,
+            next: AtomicUsize::new(0),
+            submitted: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Transcriber for InstantTranscriber {
+    fn submit(&self, request: TranscriptionRequest) -> Result<TranscriptionJob, SttError> {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        let (job, completion) = job_channel(Instant::now() + Duration::from_secs(5));
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        let text = self
+            .texts
+            .get(i)
+            .or(self.texts.last())
+            .cloned()
+            .unwrap_or_default();
+        let mut t = Transcript::empty(request.duration(), JobTimings::default());
+        t.text = text;
+        t.no_speech_prob = self.no_speech_prob;
+        completion.complete(Ok(t));
+        Ok(job)
+    }
+
+    fn shutdown(&mut self, _deadline: Instant) -> SttShutdownReport {
+        SttShutdownReport::default()
+    }
+}
+
+/// Replies at once with a fixed text, streamed word by word.
+#[derive(Debug)]
+pub struct InstantChat {
+    reply: String,
+    /// Replies started.
+    pub started: AtomicUsize,
+    /// The last conversation it was asked to answer, as `role: text` lines.
+    pub last_prompt: Mutex<Vec<String>>,
+}
+
+impl InstantChat {
+    /// Always replies `reply`.
+    pub fn new(reply: &str) -> Self {
+        Self {
+            reply: reply.to_string(),
+            started: AtomicUsize::new(0),
+            last_prompt: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl ChatModel for InstantChat {
+    fn new_history(&self) -> History {
+        History::new(Some("test"), HistoryBudget::default())
+    }
+
+    fn start_reply(&self, history: &History) -> Result<Reply, LlmError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut p) = self.last_prompt.lock() {
+            *p = history
+                .messages()
+                .map(|m| format!("{:?}: {}", m.role, m.content))
+                .collect();
+        }
+        let words: Vec<&str> = self.reply.split_inclusive(' ').collect();
+        let (tx, reply) = Reply::channel(words.len() + 2);
+        for w in words {
+            tx.send(ReplyEvent::Delta(w.to_string()), Duration::ZERO)?;
+        }
+        tx.send(ReplyEvent::Done(ReplyStats::default()), Duration::ZERO)?;
+        Ok(reply)
+    }
+
+    fn shutdown(&mut self, _deadline: Instant) -> LlmShutdownReport {
+        LlmShutdownReport::default()
+    }
+}
+
+/// Synthesizes at once: 10 ms of 8 kHz audio per character.
+#[derive(Debug, Default)]
+pub struct InstantSynth {
+    /// Texts synthesized, in order.
+    pub texts: Mutex<Vec<String>>,
+}
+
+impl Synthesizer for InstantSynth {
+    fn sample_rate(&self) -> u32 {
+        8000
+    }
+
+    fn synthesize(&self, text: &str, _options: &VoiceOptions) -> Result<SynthesisJob, TtsError> {
+        if let Ok(mut t) = self.texts.lock() {
+            t.push(text.to_string());
+        }
+        let (job, mut tx) = SynthesisJob::channel(8000, 4);
+        let samples = vec![100i16; 80 * text.chars().count().max(1)];
+        let n = samples.len();
+        if tx.send(samples, Duration::ZERO).is_ok() {
+            let summary = tx.summary(Duration::ZERO, Duration::ZERO);
+            tx.finish(summary, Duration::ZERO);
+        }
+        let _ = n;
+        Ok(job)
+    }
+}
