@@ -8,9 +8,9 @@
 //! file is left behind (only a SIGKILL of the whole process can leave one: its name
 //! starts with `.` and ends with `.part`).
 
-use std::fs::File;
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+
+use callbot_audio::wav::WavWriter;
 use std::time::Duration;
 
 /// Recorder errors.
@@ -24,13 +24,13 @@ pub enum RecorderError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The WAV encoder failed.
+    /// The WAV writer failed.
     #[error("recording {path}: {source}")]
     Wav {
         /// The file.
         path: PathBuf,
         /// The cause.
-        source: hound::Error,
+        source: callbot_audio::AudioError,
     },
 }
 
@@ -70,7 +70,7 @@ pub fn sanitize_name(name: &str) -> String {
 pub struct Recorder {
     tmp: PathBuf,
     path: PathBuf,
-    writer: Option<hound::WavWriter<BufWriter<File>>>,
+    writer: Option<WavWriter>,
     frames: u64,
 }
 
@@ -93,13 +93,7 @@ impl Recorder {
             std::process::id(),
             rand::random::<u32>()
         ));
-        let spec = hound::WavSpec {
-            channels: 2,
-            sample_rate: 8000,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let writer = hound::WavWriter::create(&tmp, spec).map_err(|source| RecorderError::Wav {
+        let writer = WavWriter::create(&tmp, 8000, 2).map_err(|source| RecorderError::Wav {
             path: tmp.clone(),
             source,
         })?;
@@ -122,12 +116,10 @@ impl Recorder {
         let Some(w) = self.writer.as_mut() else {
             return Ok(());
         };
-        for &s in samples {
-            w.write_sample(s).map_err(|source| RecorderError::Wav {
-                path: self.tmp.clone(),
-                source,
-            })?;
-        }
+        w.write(samples).map_err(|source| RecorderError::Wav {
+            path: self.tmp.clone(),
+            source,
+        })?;
         self.frames += samples.len() as u64 / 2;
         Ok(())
     }
@@ -138,14 +130,15 @@ impl Recorder {
     }
 
     fn finish_inner(&mut self) -> Result<RecordingReport, RecorderError> {
-        let Some(w) = self.writer.take() else {
+        let Some(mut w) = self.writer.take() else {
             return Err(RecorderError::Io {
                 path: self.path.clone(),
                 source: std::io::Error::other("already finished"),
             });
         };
         let res = w
-            .finalize()
+            .finish()
+            .map(drop)
             .map_err(|source| RecorderError::Wav {
                 path: self.tmp.clone(),
                 source,
