@@ -12,6 +12,7 @@
 //! Nothing here starts threads that outlive the value that owns them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod baresip;
 pub mod harness;
 pub mod kamailio;
 pub mod ollama;
