@@ -691,11 +691,11 @@ impl UserAgentCore {
     fn handle_ack(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {
         let timers = self.cfg.timers;
         // ACK for a non-2xx: same branch as the INVITE.
-        if let Some(tx) = self.server_tx.get_mut(key) {
-            if tx.state == ServerState::Completed {
-                tx.on_ack(now, &timers);
-                return;
-            }
+        if let Some(tx) = self.server_tx.get_mut(key)
+            && tx.state == ServerState::Completed
+        {
+            tx.on_ack(now, &timers);
+            return;
         }
         // ACK for a 2xx: matched to the dialog.
         let Some(tag) = msg.to_tag.clone() else { return };
@@ -709,10 +709,10 @@ impl UserAgentCore {
             return;
         }
         call.state = CallState::Confirmed;
-        if let Some(k) = call.invite_tx.clone() {
-            if let Some(tx) = self.server_tx.get_mut(&k) {
-                tx.on_ack(now, &timers);
-            }
+        if let Some(k) = call.invite_tx.clone()
+            && let Some(tx) = self.server_tx.get_mut(&k)
+        {
+            tx.on_ack(now, &timers);
         }
         self.events.push_back(SipEvent::CallConfirmed { call: call_id });
     }
@@ -854,10 +854,10 @@ impl UserAgentCore {
         };
         call.remote_cseq = msg.cseq;
         if let Some(t) = msg.contact_uri() {
-            if call.route_set.is_empty() {
-                if let Some(a) = uri_socket_addr(&t) {
-                    call.peer = a;
-                }
+            if call.route_set.is_empty()
+                && let Some(a) = uri_socket_addr(&t)
+            {
+                call.peer = a;
             }
             call.remote_target = t;
         }
@@ -925,14 +925,13 @@ impl UserAgentCore {
         };
         self.respond(now, key, msg, 200, &[], b"", None);
         // A BYE on an early dialog also ends the pending INVITE.
-        if let Some(call) = self.calls.get(&id) {
-            if call.state == CallState::Incoming {
-                if let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone()) {
-                    let tag = call.local_tag.clone();
-                    let bytes = message::build_response(487, &echo, Some(&tag), &[], b"");
-                    self.respond_bytes(now, &k, 487, bytes);
-                }
-            }
+        if let Some(call) = self.calls.get(&id)
+            && call.state == CallState::Incoming
+            && let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone())
+        {
+            let tag = call.local_tag.clone();
+            let bytes = message::build_response(487, &echo, Some(&tag), &[], b"");
+            self.respond_bytes(now, &k, 487, bytes);
         }
         self.end_call(id, EndReason::RemoteHangup);
     }
@@ -943,10 +942,10 @@ impl UserAgentCore {
             self.dialogs
                 .remove(&(call.sip_call_id.clone(), call.local_tag.clone()));
             // Detach server transactions (they finish on their own timers).
-            if let Some(k) = call.invite_tx {
-                if let Some(tx) = self.server_tx.get_mut(&k) {
-                    tx.call = None;
-                }
+            if let Some(k) = call.invite_tx
+                && let Some(tx) = self.server_tx.get_mut(&k)
+            {
+                tx.call = None;
             }
             tracing::debug!(%id, %reason, "call ended");
             self.events.push_back(SipEvent::CallEnded { call: id, reason });
@@ -1021,18 +1020,16 @@ impl UserAgentCore {
     }
 
     fn reack(&mut self, msg: &SipMsg) {
-        if msg.status().is_some_and(|c| (200..300).contains(&c)) && msg.cseq_method == "INVITE" {
-            if let Some(tag) = &msg.from_tag {
-                if let Some(id) = self.dialogs.get(&(msg.call_id.clone(), tag.clone())) {
-                    if let Some(call) = self.calls.get(id) {
-                        if let Some(ack) = call.ack.clone() {
-                            let d = call.peer;
-                            self.send(d, ack);
-                            return;
-                        }
-                    }
-                }
-            }
+        if msg.status().is_some_and(|c| (200..300).contains(&c))
+            && msg.cseq_method == "INVITE"
+            && let Some(tag) = &msg.from_tag
+            && let Some(id) = self.dialogs.get(&(msg.call_id.clone(), tag.clone()))
+            && let Some(call) = self.calls.get(id)
+            && let Some(ack) = call.ack.clone()
+        {
+            let d = call.peer;
+            self.send(d, ack);
+            return;
         }
         self.stats.dropped += 1;
     }
@@ -1568,15 +1565,14 @@ impl UserAgentCore {
                 }));
             return;
         }
-        if code == 423 {
-            if let Some(min) = msg
+        if code == 423
+            && let Some(min) = msg
                 .header("Min-Expires")
                 .and_then(|m| m.trim().parse::<u32>().ok())
-            {
-                reg.cfg.expires = min;
-                self.send_register(now, min);
-                return;
-            }
+        {
+            reg.cfg.expires = min;
+            self.send_register(now, min);
+            return;
         }
         let reason = match &msg.start {
             StartLine::Response { reason, .. } => format!("{code} {reason}"),
@@ -1712,10 +1708,8 @@ impl UserAgentCore {
             .is_some_and(|r| r.next_at.is_some_and(|t| t <= now) && r.branch.is_none());
         if reg_due && !self.shutting_down {
             self.register_now(now);
-        } else if reg_due {
-            if let Some(r) = self.registration.as_mut() {
-                r.next_at = None;
-            }
+        } else if reg_due && let Some(r) = self.registration.as_mut() {
+            r.next_at = None;
         }
     }
 

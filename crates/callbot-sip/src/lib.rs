@@ -13,6 +13,7 @@ pub mod digest;
 pub mod sdp;
 
 mod core;
+mod driver;
 mod media;
 mod message;
 mod transaction;
@@ -21,4 +22,8 @@ pub use crate::core::{
     ALLOW, CallId, CommandError, CoreConfig, CoreStats, EndReason, RegistrationConfig, RegistrationState,
     SipEvent, Transmit, UserAgentCore,
 };
+pub use crate::driver::{
+    DROP_SHUTDOWN_TIMEOUT, SipConfig, SipError, SipHandle, SipShutdownReport, SipUserAgent,
+};
+pub use crate::sdp::{AudioCodec, NegotiatedMedia};
 pub use crate::transaction::Timers;

@@ -216,7 +216,7 @@ impl SipMsg {
 
     /// The URI inside the first Contact header.
     pub(crate) fn contact_uri(&self) -> Option<String> {
-        self.header("Contact").and_then(|c| name_addr_uri(c))
+        self.header("Contact").and_then(name_addr_uri)
     }
 
     /// The echo headers of this message (for building a response).
@@ -474,7 +474,7 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
 
     // Rebuild a canonical message and let rsip parse it.
     let mut canon = String::with_capacity(head.len() + 32);
-    canon.push_str(start_line);
+    canon.push_str(&rsip_safe_start_line(start_line));
     canon.push_str("\r\n");
     for (n, v) in &headers {
         if n.eq_ignore_ascii_case("Content-Length") {
@@ -546,6 +546,20 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
     }))
 }
 
+/// rsip 0.4 cannot parse IPv6 references (`[::1]`) in a Request-URI: hand it the
+/// line with the reference replaced by a placeholder host (the URI is not used further).
+fn rsip_safe_start_line(line: &str) -> std::borrow::Cow<'_, str> {
+    match (line.find('['), line.find(']')) {
+        (Some(a), Some(b)) if a < b && !line.starts_with("SIP/") => {
+            let (Some(pre), Some(post)) = (line.get(..a), line.get(b + 1..)) else {
+                return line.into();
+            };
+            format!("{pre}ipv6.invalid{post}").into()
+        }
+        _ => line.into(),
+    }
+}
+
 /// No control characters (other than HT) in a header value.
 fn clean_value(v: &str) -> bool {
     !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
@@ -590,10 +604,11 @@ fn parse_lossy_for_reject(head: &[u8]) -> Parsed {
     let mut headers = Vec::new();
     for line in text.split('\n').skip(1) {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if let Some((n, v)) = line.split_once(':') {
-            if !v.contains('\u{FFFD}') && clean_value(v) {
-                headers.push((expand_compact(n.trim()).to_string(), v.trim().to_string()));
-            }
+        if let Some((n, v)) = line.split_once(':')
+            && !v.contains('\u{FFFD}')
+            && clean_value(v)
+        {
+            headers.push((expand_compact(n.trim()).to_string(), v.trim().to_string()));
         }
     }
     match echo_from(&headers) {

@@ -1,0 +1,470 @@
+//! The UDP driver: one socket, one named thread running a [`UserAgentCore`].
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::core::{CallId, CommandError, CoreConfig, CoreStats, RegistrationConfig, SipEvent, UserAgentCore};
+use crate::digest::DigestCredentials;
+use crate::transaction::Timers;
+
+/// Default deadline `Drop` gives `shutdown`.
+pub const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command waits for the driver thread to take and answer it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest sleep of the driver thread between looks at its command channel.
+const MAX_IDLE: Duration = Duration::from_millis(200);
+/// Events kept for a slow application before the oldest are dropped.
+const MAX_PENDING_EVENTS: usize = 100_000;
+
+/// Configuration of [`SipUserAgent::start`].
+#[derive(Debug, Clone)]
+pub struct SipConfig {
+    /// Address to bind (IPv4 or IPv6; port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// Address written in Via/Contact when `bind` is unspecified (`0.0.0.0` / `::`);
+    /// default: loopback of the same family.
+    pub advertise_ip: Option<IpAddr>,
+    /// User part of our URIs.
+    pub user: String,
+    /// Maximum simultaneous calls (further INVITEs get 486).
+    pub max_calls: usize,
+    /// Largest datagram accepted.
+    pub max_message_size: usize,
+    /// RFC 3261 timers.
+    pub timers: Timers,
+    /// Credentials for digest challenges (REGISTER and outgoing INVITE).
+    pub credentials: Option<DigestCredentials>,
+    /// Register at a registrar, if set (needs `credentials` if it challenges).
+    pub registration: Option<RegistrationConfig>,
+    /// Capacity of the bounded event channel.
+    pub event_capacity: usize,
+    /// Retry-After seconds on 503 during shutdown.
+    pub retry_after_secs: u32,
+}
+
+impl SipConfig {
+    /// Defaults: user `callbot`, 100 calls, 64 KiB messages, RFC timers, 1024 events.
+    pub fn new(bind: SocketAddr) -> SipConfig {
+        SipConfig {
+            bind,
+            advertise_ip: None,
+            user: "callbot".into(),
+            max_calls: 100,
+            max_message_size: 65_535,
+            timers: Timers::default(),
+            credentials: None,
+            registration: None,
+            event_capacity: 1024,
+            retry_after_secs: 5,
+        }
+    }
+}
+
+/// Errors of the handle.
+#[derive(Debug, thiserror::Error)]
+pub enum SipError {
+    /// The socket could not be bound or configured.
+    #[error("cannot bind SIP socket {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The driver thread could not be started.
+    #[error("cannot start the SIP thread: {0}")]
+    Thread(std::io::Error),
+    /// The core refused the command.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The user agent was shut down (or its thread ended).
+    #[error("the SIP user agent is not running")]
+    NotRunning,
+    /// The driver thread did not answer in time.
+    #[error("the SIP thread did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// What [`SipHandle::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SipShutdownReport {
+    /// Calls that were live when shutdown began (each got BYE, CANCEL or 603).
+    pub calls_hung_up: usize,
+    /// Calls whose hangup was still unanswered at the deadline (forgotten).
+    pub calls_abandoned: usize,
+    /// `Some(true)` when the registration was removed (200 to Expires: 0),
+    /// `Some(false)` when that failed or timed out, `None` without registration.
+    pub unregistered: Option<bool>,
+    /// The deadline passed before everything was answered.
+    pub timed_out: bool,
+    /// The driver thread was joined.
+    pub thread_joined: bool,
+    /// This call found the agent already shut down (nothing done).
+    pub already_shut_down: bool,
+    /// How long shutdown took.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for SipShutdownReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unreg = match self.unregistered {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "n/a",
+        };
+        write!(
+            f,
+            "calls_hung_up={} calls_abandoned={} unregistered={unreg} timed_out={} thread_joined={} elapsed_ms={}",
+            self.calls_hung_up,
+            self.calls_abandoned,
+            self.timed_out,
+            self.thread_joined,
+            self.elapsed.as_millis()
+        )
+    }
+}
+
+enum Command {
+    Answer(CallId, SocketAddr, Sender<Result<(), CommandError>>),
+    Reject(CallId, u16, Sender<Result<(), CommandError>>),
+    Ring(CallId, Sender<Result<(), CommandError>>),
+    HangUp(CallId, Sender<Result<(), CommandError>>),
+    Call(
+        String,
+        SocketAddr,
+        SocketAddr,
+        Sender<Result<CallId, CommandError>>,
+    ),
+    Stats(Sender<CoreStats>),
+    Shutdown(Instant),
+}
+
+struct ThreadReport {
+    calls_hung_up: usize,
+    calls_abandoned: usize,
+    unregistered: Option<bool>,
+    timed_out: bool,
+}
+
+/// Starts SIP user agents.
+#[derive(Debug)]
+pub struct SipUserAgent;
+
+impl SipUserAgent {
+    /// Binds the socket, starts the driver thread (`sip-ua`) and returns its handle.
+    pub fn start(config: SipConfig) -> Result<SipHandle, SipError> {
+        let bind_err = |source| SipError::Bind {
+            addr: config.bind,
+            source,
+        };
+        let socket = UdpSocket::bind(config.bind).map_err(bind_err)?;
+        let bound = socket.local_addr().map_err(bind_err)?;
+        let advertised = if bound.ip().is_unspecified() {
+            let ip = config.advertise_ip.unwrap_or(match bound.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+            SocketAddr::new(ip, bound.port())
+        } else {
+            bound
+        };
+        let wake = socket.try_clone().map_err(bind_err)?;
+        let mut core_cfg = CoreConfig::new(advertised);
+        core_cfg.user = config.user.clone();
+        core_cfg.max_calls = config.max_calls;
+        core_cfg.max_message_size = config.max_message_size;
+        core_cfg.timers = config.timers;
+        core_cfg.credentials = config.credentials.clone();
+        core_cfg.registration = config.registration.clone();
+        core_cfg.retry_after_secs = config.retry_after_secs;
+        let (event_tx, event_rx) = bounded(config.event_capacity.max(1));
+        let (cmd_tx, cmd_rx) = bounded::<Command>(256);
+        let (done_tx, done_rx) = bounded::<ThreadReport>(1);
+        let max = config.max_message_size;
+        let thread = std::thread::Builder::new()
+            .name("sip-ua".into())
+            .spawn(move || {
+                let report = run(socket, core_cfg, max, cmd_rx, event_tx);
+                let _ = done_tx.send(report);
+            })
+            .map_err(SipError::Thread)?;
+        tracing::info!(local = %advertised, "SIP user agent started");
+        Ok(SipHandle {
+            local_addr: advertised,
+            events: event_rx,
+            commands: Some(cmd_tx),
+            wake: Some(wake),
+            thread: Some(thread),
+            done: done_rx,
+            report: None,
+        })
+    }
+}
+
+/// The running user agent. Owns the socket (through its thread) and the thread.
+#[derive(Debug)]
+pub struct SipHandle {
+    local_addr: SocketAddr,
+    events: Receiver<SipEvent>,
+    commands: Option<Sender<Command>>,
+    wake: Option<UdpSocket>,
+    thread: Option<JoinHandle<()>>,
+    done: Receiver<ThreadReport>,
+    report: Option<SipShutdownReport>,
+}
+
+impl SipHandle {
+    /// The address peers reach us at (bound port; loopback if bound unspecified).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The bounded event channel (clone it to read from another thread).
+    pub fn events(&self) -> &Receiver<SipEvent> {
+        &self.events
+    }
+
+    fn command<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, SipError> {
+        let commands = self.commands.as_ref().ok_or(SipError::NotRunning)?;
+        let (tx, rx) = bounded(1);
+        commands
+            .send_timeout(make(tx), COMMAND_TIMEOUT)
+            .map_err(|_| SipError::NotRunning)?;
+        self.wake_thread();
+        match rx.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(v) => Ok(v),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(SipError::Timeout(COMMAND_TIMEOUT)),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Err(SipError::NotRunning),
+        }
+    }
+
+    fn wake_thread(&self) {
+        if let Some(w) = &self.wake {
+            // An empty datagram to our own socket: ignored as a keep-alive, but it ends
+            // the thread's blocking read at once.
+            let _ = w.send_to(&[], self.local_addr);
+        }
+    }
+
+    /// Answers an incoming call: 200 with an SDP answer naming `local_rtp`.
+    pub fn answer(&self, call: CallId, local_rtp: SocketAddr) -> Result<(), SipError> {
+        Ok(self.command(|r| Command::Answer(call, local_rtp, r))??)
+    }
+
+    /// Rejects an incoming call (486, 603, ...).
+    pub fn reject(&self, call: CallId, code: u16) -> Result<(), SipError> {
+        Ok(self.command(|r| Command::Reject(call, code, r))??)
+    }
+
+    /// Sends 180 Ringing.
+    pub fn ring(&self, call: CallId) -> Result<(), SipError> {
+        Ok(self.command(|r| Command::Ring(call, r))??)
+    }
+
+    /// Hangs up (BYE, CANCEL or 603 depending on the call state).
+    pub fn hang_up(&self, call: CallId) -> Result<(), SipError> {
+        Ok(self.command(|r| Command::HangUp(call, r))??)
+    }
+
+    /// Calls `target` (SIP URI), sending the INVITE to `dest`, offering media at `local_rtp`.
+    pub fn call(&self, target: &str, dest: SocketAddr, local_rtp: SocketAddr) -> Result<CallId, SipError> {
+        let t = target.to_string();
+        Ok(self.command(|r| Command::Call(t, dest, local_rtp, r))??)
+    }
+
+    /// Table sizes and counters of the core.
+    pub fn stats(&self) -> Result<CoreStats, SipError> {
+        self.command(Command::Stats)
+    }
+
+    /// Stops taking calls (503), sends BYE to every live call, unregisters, waits for
+    /// the answers until `deadline`, joins the thread and closes the socket.
+    /// Idempotent: later calls return the first report with `already_shut_down`.
+    pub fn shutdown(&mut self, deadline: Instant) -> SipShutdownReport {
+        if let Some(r) = &self.report {
+            return SipShutdownReport {
+                already_shut_down: true,
+                ..r.clone()
+            };
+        }
+        let started = Instant::now();
+        let mut report = SipShutdownReport::default();
+        if let Some(commands) = self.commands.take() {
+            let _ = commands.send_timeout(Command::Shutdown(deadline), COMMAND_TIMEOUT);
+            self.wake_thread();
+        }
+        // The thread stops by itself at the deadline; allow it a little slack to exit.
+        let wait = deadline.saturating_duration_since(Instant::now()) + MAX_IDLE * 2;
+        match self.done.recv_timeout(wait) {
+            Ok(t) => {
+                report.calls_hung_up = t.calls_hung_up;
+                report.calls_abandoned = t.calls_abandoned;
+                report.unregistered = t.unregistered;
+                report.timed_out = t.timed_out;
+                if let Some(h) = self.thread.take() {
+                    report.thread_joined = h.join().is_ok();
+                }
+            }
+            Err(_) => {
+                report.timed_out = true;
+                tracing::error!("SIP thread did not stop in time; it is left to exit on its own");
+            }
+        }
+        self.wake = None;
+        report.elapsed = started.elapsed();
+        tracing::info!(%report, "SIP client shutdown complete");
+        self.report = Some(report.clone());
+        report
+    }
+}
+
+impl Drop for SipHandle {
+    fn drop(&mut self) {
+        self.shutdown(Instant::now() + DROP_SHUTDOWN_TIMEOUT);
+    }
+}
+
+/// The driver loop. Returns when shutdown finished or its deadline passed.
+fn run(
+    socket: UdpSocket,
+    cfg: CoreConfig,
+    max_message_size: usize,
+    commands: Receiver<Command>,
+    events: Sender<SipEvent>,
+) -> ThreadReport {
+    let mut core = UserAgentCore::new(cfg, Instant::now());
+    let has_registration = core.config().registration.is_some();
+    let mut buf = vec![0u8; max_message_size.saturating_add(1).max(2048)];
+    let mut pending: VecDeque<SipEvent> = VecDeque::new();
+    let mut shutdown: Option<(Instant, usize)> = None;
+    let mut report = ThreadReport {
+        calls_hung_up: 0,
+        calls_abandoned: 0,
+        unregistered: None,
+        timed_out: false,
+    };
+    loop {
+        let now = Instant::now();
+        loop {
+            let cmd = match commands.try_recv() {
+                Ok(cmd) => cmd,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    // The handle is gone (its shutdown sends Shutdown first, so this
+                    // only covers a lost handle): stop within a second.
+                    if shutdown.is_none() {
+                        shutdown = Some((now + Duration::from_secs(1), core.calls().len()));
+                        core.begin_shutdown(now);
+                    }
+                    break;
+                }
+            };
+            match cmd {
+                Command::Answer(c, rtp, r) => {
+                    let _ = r.send(core.answer(now, c, rtp));
+                }
+                Command::Reject(c, code, r) => {
+                    let _ = r.send(core.reject(now, c, code));
+                }
+                Command::Ring(c, r) => {
+                    let _ = r.send(core.ring(now, c));
+                }
+                Command::HangUp(c, r) => {
+                    let _ = r.send(core.hang_up(now, c));
+                }
+                Command::Call(t, d, rtp, r) => {
+                    let _ = r.send(core.call(now, &t, d, rtp));
+                }
+                Command::Stats(r) => {
+                    let _ = r.send(core.stats());
+                }
+                Command::Shutdown(deadline) => {
+                    if shutdown.is_none() {
+                        let live = core.calls().len();
+                        core.begin_shutdown(now);
+                        shutdown = Some((deadline, live));
+                    }
+                }
+            }
+        }
+        if core.poll_timeout().is_some_and(|t| t <= now) {
+            core.handle_timeout(now);
+        }
+        while let Some(t) = core.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.payload, t.destination) {
+                tracing::debug!(dest = %t.destination, error = %e, "SIP send failed");
+            }
+        }
+        while let Some(e) = core.poll_event() {
+            pending.push_back(e);
+        }
+        while let Some(e) = pending.pop_front() {
+            if let Err(err) = events.try_send(e) {
+                if err.is_disconnected() {
+                    pending.clear();
+                    break;
+                }
+                pending.push_front(err.into_inner());
+                break;
+            }
+        }
+        if pending.len() > MAX_PENDING_EVENTS {
+            let n = pending.len() - MAX_PENDING_EVENTS;
+            pending.drain(..n);
+            tracing::warn!(dropped = n, "SIP event channel full: oldest events dropped");
+        }
+        if let Some((deadline, live)) = shutdown
+            && (core.is_shutdown_complete() || now >= deadline)
+        {
+            report.calls_hung_up = live;
+            report.timed_out = !core.is_shutdown_complete();
+            if has_registration {
+                report.unregistered = Some(core.is_unregistered());
+            }
+            report.calls_abandoned = core.abandon();
+            while let Some(e) = core.poll_event() {
+                pending.push_back(e);
+            }
+            for e in pending.drain(..) {
+                let _ = events.try_send(e);
+            }
+            return report;
+        }
+        let mut wait = core
+            .poll_timeout()
+            .map_or(MAX_IDLE, |t| t.saturating_duration_since(now))
+            .min(MAX_IDLE);
+        if !pending.is_empty() {
+            wait = wait.min(Duration::from_millis(10));
+        }
+        if let Some((deadline, _)) = shutdown {
+            wait = wait.min(deadline.saturating_duration_since(now));
+        }
+        let wait = wait.max(Duration::from_millis(1));
+        if let Err(e) = socket.set_read_timeout(Some(wait)) {
+            tracing::warn!(error = %e, "cannot set SIP socket timeout");
+        }
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let data = buf.get(..n).unwrap_or_default();
+                core.handle_datagram(Instant::now(), from, data);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            // ICMP port unreachable from an earlier send shows up here on Linux: ignore.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "SIP socket receive failed");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
