@@ -23,6 +23,7 @@ pub mod sipsak;
 pub mod speech;
 pub mod tools;
 pub mod torture;
+pub mod wavcompare;
 
 pub use tempfile::TempDir;
 
