@@ -9,10 +9,9 @@
 // library (see `worker_main`), and each unsafe block says why it is sound.
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
 use std::ffi::{CString, c_int, c_short, c_uint};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -350,17 +349,21 @@ impl Drop for LiveGuard {
     }
 }
 
-/// The job the synth callback feeds. Lives in a thread-local of the worker thread: the
-/// callback runs on that thread, inside `espeak_Synth` (synchronous mode).
+/// The job the synth callback feeds. Set by the worker before `espeak_Synth` and taken
+/// back after `espeak_Synchronize`; in between only the callback touches it (it runs
+/// on libespeak-ng's internal command thread in retrieval mode).
 struct ActiveJob {
     sink: ChunkSender,
     stop: Arc<Signal>,
     consumer_timeout: Duration,
+    chunk_samples: usize,
     abort: Option<SendAbort>,
 }
 
-thread_local! {
-    static ACTIVE: RefCell<Option<ActiveJob>> = const { RefCell::new(None) };
+static ACTIVE: Mutex<Option<ActiveJob>> = Mutex::new(None);
+
+fn active_slot() -> std::sync::MutexGuard<'static, Option<ActiveJob>> {
+    ACTIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// libespeak-ng's synth callback: hands each buffer to the active job. Returns 1 to
@@ -372,10 +375,8 @@ unsafe extern "C" fn synth_callback(
     _events: *mut sys::espeak_EVENT,
 ) -> c_int {
     let run = std::panic::AssertUnwindSafe(|| {
-        ACTIVE.with(|cell| {
-            let Ok(mut guard) = cell.try_borrow_mut() else {
-                return 1;
-            };
+        {
+            let mut guard = active_slot();
             let Some(job) = guard.as_mut() else { return 1 };
             if job.abort.is_some() {
                 return 1;
@@ -395,19 +396,19 @@ unsafe extern "C" fn synth_callback(
             }
             // SAFETY: espeak passes `numsamples` valid i16 samples at `wav` (non-null,
             // checked above), alive for the duration of this call; we copy them out.
-            let samples = unsafe { std::slice::from_raw_parts(wav, n) }.to_vec();
+            let samples = unsafe { std::slice::from_raw_parts(wav, n) };
             let stop = Arc::clone(&job.stop);
-            match job
-                .sink
-                .send_or_stop(samples, job.consumer_timeout, Some(stop.watch()))
-            {
-                Ok(()) => 0,
-                Err(abort) => {
+            for piece in samples.chunks(job.chunk_samples.max(1)) {
+                let sent = job
+                    .sink
+                    .send_or_stop(piece.to_vec(), job.consumer_timeout, Some(stop.watch()));
+                if let Err(abort) = sent {
                     job.abort = Some(abort);
-                    1
+                    return 1;
                 }
             }
-        })
+            0
+        }
     });
     std::panic::catch_unwind(run).unwrap_or(1)
 }
@@ -448,9 +449,14 @@ fn worker_main(ctx: WorkerContext) {
     // SAFETY: called on the worker thread, the only thread using the library while
     // ENGINE_LIVE is held; a null path means the default espeak-ng-data location;
     // DONT_EXIT stops the library from calling exit() when its data is missing.
+    // Retrieval mode, not synchronous: with libespeak-ng 1.51 in synchronous mode the
+    // second `espeak_Terminate` in a process never returns (its internal command thread,
+    // unused in that mode, misses the stop signal), so an engine could not be restarted.
+    // In retrieval mode that thread runs each synthesis (and our callback), the worker
+    // waits for it with `espeak_Synchronize`, and init/terminate cycles repeat cleanly.
     let rate = unsafe {
         sys::espeak_Initialize(
-            sys::espeak_AUDIO_OUTPUT_AUDIO_OUTPUT_SYNCHRONOUS,
+            sys::espeak_AUDIO_OUTPUT_AUDIO_OUTPUT_RETRIEVAL,
             chunk_ms,
             std::ptr::null(),
             sys::espeakINITIALIZE_DONT_EXIT as c_int,
@@ -468,13 +474,30 @@ fn worker_main(ctx: WorkerContext) {
     // SAFETY: worker thread; `synth_callback` is a valid `extern "C"` function for the
     // whole life of the process.
     unsafe { sys::espeak_SetSynthCallback(Some(synth_callback)) };
+    let chunk_samples = usize::try_from(u64::from(sample_rate) * u64::from(config.chunk_ms) / 1000)
+        .unwrap_or(1)
+        .max(1);
     let mut worker = Worker {
         current_voice: None,
         config,
+        chunk_samples,
     };
     let default_voice = worker.config.default_options.voice.clone();
     if let Err(e) = worker.set_voice(&default_voice) {
         let _ = init.send(Err(e));
+        // SAFETY: worker thread; frees the library state initialised above.
+        unsafe { sys::espeak_Terminate() };
+        drop(live);
+        return;
+    }
+    // Warm-up: one short synthesis before serving, so the first caller does not pay for
+    // loading the voice data, and a broken installation fails at start, not mid-call.
+    let (warm_job, warm_sink) = SynthesisJob::channel(sample_rate, 256);
+    let warm_text = CString::new("ok").unwrap_or_default();
+    let warm = worker.synth(&warm_text, warm_sink, &stop);
+    drop(warm_job);
+    if !matches!(&warm, Some((code, job)) if *code == sys::espeak_ERROR_EE_OK && job.abort.is_none()) {
+        let _ = init.send(Err(TtsError::Init("warm-up synthesis failed".into())));
         // SAFETY: worker thread; frees the library state initialised above.
         unsafe { sys::espeak_Terminate() };
         drop(live);
@@ -517,6 +540,8 @@ fn worker_main(ctx: WorkerContext) {
 struct Worker {
     current_voice: Option<String>,
     config: EspeakConfig,
+    /// Largest chunk handed to a job (espeak's buffers can exceed `chunk_ms`).
+    chunk_samples: usize,
 }
 
 impl Worker {
@@ -554,6 +579,47 @@ impl Worker {
         Ok(())
     }
 
+    /// Runs `espeak_Synth` on `text`, feeding `sink` through the callback. Returns the
+    /// status code and the job state (`None` only if the slot was emptied meanwhile).
+    fn synth(
+        &self,
+        text: &CString,
+        sink: ChunkSender,
+        stop: &Arc<Signal>,
+    ) -> Option<(sys::espeak_ERROR, ActiveJob)> {
+        *active_slot() = Some(ActiveJob {
+            sink,
+            stop: Arc::clone(stop),
+            consumer_timeout: self.config.consumer_timeout,
+            chunk_samples: self.chunk_samples,
+            abort: None,
+        });
+        let bytes = text.as_bytes_with_nul();
+        let flags = sys::espeakCHARS_UTF8 | sys::espeakENDPAUSE;
+        // SAFETY: worker thread; `bytes` is NUL-terminated UTF-8 that espeak copies into
+        // its command queue (and that outlives the synthesis anyway); SSML and phoneme
+        // input are off (flags); the identifier and user data pointers are unused (null).
+        let mut code = unsafe {
+            sys::espeak_Synth(
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                sys::espeak_POSITION_TYPE_POS_CHARACTER,
+                0,
+                flags as c_uint,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        if code == sys::espeak_ERROR_EE_OK {
+            // SAFETY: worker thread; waits until the queued synthesis has finished (or
+            // was aborted by the callback returning 1), so no callback runs afterwards.
+            code = unsafe { sys::espeak_Synchronize() };
+        }
+        let job = active_slot().take()?;
+        Some((code, job))
+    }
+
     /// Serves one request; returns why it was aborted, if it was.
     fn run(&mut self, req: Request, stop: &Arc<Signal>) -> Option<SendAbort> {
         let Request {
@@ -575,35 +641,7 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
-        ACTIVE.with(|cell| {
-            if let Ok(mut slot) = cell.try_borrow_mut() {
-                *slot = Some(ActiveJob {
-                    sink,
-                    stop: Arc::clone(stop),
-                    consumer_timeout: self.config.consumer_timeout,
-                    abort: None,
-                });
-            }
-        });
-        let bytes = text.as_bytes_with_nul();
-        let flags = sys::espeakCHARS_UTF8 | sys::espeakENDPAUSE;
-        // SAFETY: worker thread; `bytes` is NUL-terminated UTF-8 alive for the whole
-        // (synchronous) call; SSML and phoneme input are off (flags); the callback only
-        // touches this thread's `ACTIVE` slot; the identifier and user data are unused.
-        let code = unsafe {
-            sys::espeak_Synth(
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                sys::espeak_POSITION_TYPE_POS_CHARACTER,
-                0,
-                flags as c_uint,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        };
-        let Some(job) = ACTIVE.with(|cell| cell.try_borrow_mut().ok().and_then(|mut slot| slot.take()))
-        else {
+        let Some((code, job)) = self.synth(&text, sink, stop) else {
             return None;
         };
         let synthesis = started.elapsed();

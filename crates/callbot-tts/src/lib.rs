@@ -1,8 +1,8 @@
 //! # callbot-tts: speech synthesis for phone voice bots
 //!
 //! - [`Synthesizer`]: the trait the bot speaks through. [`Synthesizer::synthesize`]
-//!   returns at once with a [`SynthesisJob`]: mono i16 [`AudioChunk`]s that carry their
-//!   sample rate arrive in order on a **bounded** channel, then one end event
+//!   returns at once with a [`SynthesisJob`]: chunks of mono i16 audio, as
+//!   `callbot_audio`'s [`AudioFrame`] (which carries its sample rate), arrive in order on a **bounded** channel, then one end event
 //!   ([`SynthesisEvent::Finished`] or [`SynthesisEvent::Failed`]). Cancel a job with
 //!   [`SynthesisJob::cancel`], from another thread with a [`CancelHandle`], or by
 //!   dropping it. Other engines implement the trait with [`SynthesisJob::channel`].
@@ -65,12 +65,13 @@ mod espeak;
 mod local;
 mod synth;
 
+pub use callbot_audio::AudioFrame;
 pub use error::TtsError;
 #[cfg(feature = "espeak")]
 pub use espeak::{EspeakClient, EspeakConfig, EspeakShutdownReport, EspeakSynthesizer};
 #[cfg(feature = "local-speaker")]
 pub use local::{LocalSpeaker, LocalSpeakerError, LocalSpeakerReport};
 pub use synth::{
-    AudioChunk, CancelHandle, ChunkSender, SendAbort, SynthesisEvent, SynthesisJob, SynthesisSummary,
-    SynthesizedAudio, Synthesizer, VoiceOptions,
+    CancelHandle, ChunkSender, SendAbort, SynthesisEvent, SynthesisJob, SynthesisSummary, SynthesizedAudio,
+    Synthesizer, VoiceOptions,
 };

@@ -7,31 +7,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
+use callbot_audio::AudioFrame;
+use callbot_audio::frame::duration_of;
+
 use crate::TtsError;
-
-/// A piece of synthesised speech: mono signed 16-bit PCM at `sample_rate`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AudioChunk {
-    /// Mono samples.
-    pub samples: Vec<i16>,
-    /// Samples per second (espeak-ng: 22,050).
-    pub sample_rate: u32,
-}
-
-impl AudioChunk {
-    /// How long the chunk plays.
-    pub fn duration(&self) -> Duration {
-        duration_of(self.samples.len() as u64, self.sample_rate)
-    }
-}
-
-/// The playing time of `samples` samples at `sample_rate`.
-pub(crate) fn duration_of(samples: u64, sample_rate: u32) -> Duration {
-    if sample_rate == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_secs_f64(samples as f64 / f64::from(sample_rate))
-}
 
 /// How to speak: voice, speed, pitch and loudness.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +113,7 @@ pub struct SynthesisSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SynthesisEvent {
     /// The next piece of audio, in order.
-    Chunk(AudioChunk),
+    Chunk(AudioFrame),
     /// All audio was delivered; no more events follow.
     Finished(SynthesisSummary),
     /// The job failed (or was cancelled); no more events follow.
@@ -225,6 +204,7 @@ pub struct ChunkSender {
     cancel: CancelHandle,
     sample_rate: u32,
     created: Instant,
+    outcome: Arc<Mutex<Option<TtsError>>>,
     samples: u64,
     chunks: u64,
     first_chunk_after: Option<Duration>,
@@ -261,7 +241,7 @@ impl ChunkSender {
             return Ok(());
         }
         let n = samples.len() as u64;
-        let event = SynthesisEvent::Chunk(AudioChunk {
+        let event = SynthesisEvent::Chunk(AudioFrame {
             samples,
             sample_rate: self.sample_rate,
         });
@@ -302,7 +282,10 @@ impl ChunkSender {
         SynthesisSummary {
             samples: self.samples,
             chunks: self.chunks,
-            audio: duration_of(self.samples, self.sample_rate),
+            audio: duration_of(
+                self.sample_rate,
+                usize::try_from(self.samples).unwrap_or(usize::MAX),
+            ),
             queued,
             synthesis,
             first_chunk_after: self.first_chunk_after,
@@ -332,10 +315,11 @@ impl ChunkSender {
         }
     }
 
-    /// Ends the job with an error. Never blocks: if the channel is full the event is
-    /// dropped, and the job handle reports the end from the disconnection (cancelled or
-    /// [`TtsError::EngineStopped`]).
+    /// Ends the job with an error. Never blocks: if the channel is full, the job handle
+    /// reports the error once the queued chunks are read.
     pub fn fail(self, error: TtsError) {
+        // Kept beside the channel too, so a full channel cannot hide the cause.
+        *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
         let _ = self.tx.try_send(SynthesisEvent::Failed(error));
     }
 }
@@ -349,6 +333,7 @@ pub struct SynthesisJob {
     rx: Receiver<SynthesisEvent>,
     cancel: CancelHandle,
     sample_rate: u32,
+    outcome: Arc<Mutex<Option<TtsError>>>,
     summary: Option<SynthesisSummary>,
     ended: bool,
 }
@@ -361,10 +346,12 @@ impl SynthesisJob {
         let cancel = CancelHandle {
             signal: Signal::new(),
         };
+        let outcome = Arc::new(Mutex::new(None));
         let job = SynthesisJob {
             rx,
             cancel: cancel.clone(),
             sample_rate,
+            outcome: Arc::clone(&outcome),
             summary: None,
             ended: false,
         };
@@ -373,6 +360,7 @@ impl SynthesisJob {
             cancel,
             sample_rate,
             created: Instant::now(),
+            outcome,
             samples: 0,
             chunks: 0,
             first_chunk_after: None,
@@ -409,7 +397,7 @@ impl SynthesisJob {
 
     /// The next chunk: `Ok(Some(chunk))`, `Ok(None)` when all audio was delivered, or the
     /// job's error. Waits at most `timeout` ([`TtsError::RecvTimeout`]).
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<AudioChunk>, TtsError> {
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<AudioFrame>, TtsError> {
         if self.ended {
             return Ok(None);
         }
@@ -418,18 +406,19 @@ impl SynthesisJob {
             Err(RecvTimeoutError::Timeout) => Err(TtsError::RecvTimeout(timeout)),
             Err(RecvTimeoutError::Disconnected) => {
                 self.ended = true;
-                if self.cancel.is_cancelled() {
-                    Err(TtsError::Cancelled)
+                let recorded = self.outcome.lock().unwrap_or_else(|e| e.into_inner()).take();
+                Err(recorded.unwrap_or(if self.cancel.is_cancelled() {
+                    TtsError::Cancelled
                 } else {
-                    Err(TtsError::EngineStopped)
-                }
+                    TtsError::EngineStopped
+                }))
             }
         }
     }
 
     /// Interprets one event read from [`SynthesisJob::events`]: `Ok(Some(chunk))`,
     /// `Ok(None)` at the successful end, or the job's error.
-    pub fn on_event(&mut self, event: SynthesisEvent) -> Result<Option<AudioChunk>, TtsError> {
+    pub fn on_event(&mut self, event: SynthesisEvent) -> Result<Option<AudioFrame>, TtsError> {
         match event {
             SynthesisEvent::Chunk(chunk) => Ok(Some(chunk)),
             SynthesisEvent::Finished(summary) => {
@@ -487,7 +476,7 @@ pub struct SynthesizedAudio {
 impl SynthesizedAudio {
     /// How long the audio plays.
     pub fn duration(&self) -> Duration {
-        duration_of(self.samples.len() as u64, self.sample_rate)
+        duration_of(self.sample_rate, self.samples.len())
     }
 }
 
@@ -637,6 +626,18 @@ mod tests {
         assert_eq!(
             job.recv_timeout(Duration::from_millis(5)),
             Err(TtsError::RecvTimeout(Duration::from_millis(5)))
+        );
+    }
+
+    #[test]
+    fn fail_on_a_full_channel_is_reported_after_the_chunks() {
+        let (mut job, mut tx) = SynthesisJob::channel(8000, 1);
+        tx.send(vec![1], Duration::from_millis(10)).unwrap();
+        tx.fail(TtsError::ConsumerStalled(Duration::from_millis(5)));
+        assert!(job.recv_timeout(Duration::from_secs(1)).unwrap().is_some());
+        assert_eq!(
+            job.recv_timeout(Duration::from_secs(1)),
+            Err(TtsError::ConsumerStalled(Duration::from_millis(5)))
         );
     }
 
