@@ -362,6 +362,7 @@ struct Registration {
     auth_attempts: u32,
     branch: Option<String>,
     granted: u32,
+    unregistered: Option<bool>,
 }
 
 /// The sans-IO SIP user agent.
@@ -435,6 +436,7 @@ impl UserAgentCore {
             auth_attempts: 0,
             branch: None,
             granted: 0,
+            unregistered: None,
         });
         UserAgentCore {
             cfg,
@@ -502,11 +504,11 @@ impl UserAgentCore {
                 .is_none_or(|r| matches!(r.phase, RegPhase::Done))
     }
 
-    /// True when the registration ended with the binding removed (after shutdown).
-    pub fn is_unregistered(&self) -> bool {
-        self.registration
-            .as_ref()
-            .is_some_and(|r| r.phase == RegPhase::Done && r.granted == 0)
+    /// Outcome of the unregistration done by [`begin_shutdown`](Self::begin_shutdown):
+    /// `None` when there was no registration (or no binding to remove), `Some(true)` once
+    /// the registrar accepted `Expires: 0`, `Some(false)` while pending or after a failure.
+    pub fn unregistration(&self) -> Option<bool> {
+        self.registration.as_ref().and_then(|r| r.unregistered)
     }
 
     fn send(&mut self, destination: SocketAddr, payload: Vec<u8>) {
@@ -1527,6 +1529,7 @@ impl UserAgentCore {
             };
             reg.next_at = None;
             if (200..300).contains(&code) {
+                reg.unregistered = Some(true);
                 self.events
                     .push_back(SipEvent::Registration(RegistrationState::Unregistered));
             }
@@ -1738,6 +1741,7 @@ impl UserAgentCore {
         match reg.phase {
             RegPhase::Registered | RegPhase::Registering => {
                 reg.phase = RegPhase::Unregistering;
+                reg.unregistered = Some(false);
                 reg.auth_attempts = 0;
                 self.send_register(now, 0);
             }

@@ -616,7 +616,7 @@ fn registration_with_digest_refresh_and_unregister() {
         vec![SipEvent::Registration(RegistrationState::Unregistered)]
     );
     assert!(ua.is_shutdown_complete());
-    assert!(ua.is_unregistered());
+    assert_eq!(ua.unregistration(), Some(true));
 }
 
 #[test]

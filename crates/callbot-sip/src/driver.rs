@@ -98,7 +98,8 @@ pub struct SipShutdownReport {
     /// Calls whose hangup was still unanswered at the deadline (forgotten).
     pub calls_abandoned: usize,
     /// `Some(true)` when the registration was removed (200 to Expires: 0),
-    /// `Some(false)` when that failed or timed out, `None` without registration.
+    /// `Some(false)` when that failed or timed out, `None` when there was no
+    /// registration or no binding to remove.
     pub unregistered: Option<bool>,
     /// The deadline passed before everything was answered.
     pub timed_out: bool,
@@ -338,7 +339,6 @@ fn run(
     events: Sender<SipEvent>,
 ) -> ThreadReport {
     let mut core = UserAgentCore::new(cfg, Instant::now());
-    let has_registration = core.config().registration.is_some();
     let mut buf = vec![0u8; max_message_size.saturating_add(1).max(2048)];
     let mut pending: VecDeque<SipEvent> = VecDeque::new();
     let mut shutdown: Option<(Instant, usize)> = None;
@@ -423,9 +423,7 @@ fn run(
         {
             report.calls_hung_up = live;
             report.timed_out = !core.is_shutdown_complete();
-            if has_registration {
-                report.unregistered = Some(core.is_unregistered());
-            }
+            report.unregistered = core.unregistration();
             report.calls_abandoned = core.abandon();
             while let Some(e) = core.poll_event() {
                 pending.push_back(e);
