@@ -359,3 +359,107 @@ impl Synthesizer for InstantSynth {
         Ok(job)
     }
 }
+
+/// A call with instant fakes on its own thread, to measure the pipeline's overhead
+/// per turn (used by the pipeline test and the `pipeline` criterion bench).
+#[derive(Debug)]
+pub struct PipelineRig {
+    remote: FakeMediaRemote,
+    control: Option<Sender<crate::call::CallControl>>,
+    turns: Receiver<crate::dialogue::TurnRecord>,
+    done: Receiver<()>,
+    thread: Option<std::thread::JoinHandle<crate::call::CallOutcome>>,
+}
+
+impl PipelineRig {
+    /// Starts a call (no greeting) whose caller always says `heard` and whose bot
+    /// always replies `reply`.
+    pub fn start(heard: &str, reply: &str) -> std::io::Result<PipelineRig> {
+        let (media, remote) = FakeMedia::new(true);
+        let (control, control_rx) = crossbeam_channel::bounded(4);
+        let (turn_tx, turns) = crossbeam_channel::bounded(1024);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let setup = crate::call::CallSetup {
+            call_id: "pipeline-rig".into(),
+            dialogue: crate::dialogue::DialogueConfig {
+                greeting: String::new(),
+                silence_prompt_after: Duration::from_secs(3600),
+                silence_hangup_after: Duration::from_secs(7200),
+                max_call_duration: Duration::from_secs(86_400),
+                ..crate::dialogue::DialogueConfig::default()
+            },
+            stt: Arc::new(InstantTranscriber::new(&[heard])),
+            stt_options: Default::default(),
+            stt_timeout: Duration::from_secs(5),
+            llm: Arc::new(InstantChat::new(reply)),
+            chunker: Default::default(),
+            tts: Arc::new(InstantSynth::default()),
+            voice: Default::default(),
+            transcript_dir: None,
+            preroll: Duration::from_millis(200),
+            max_utterance: Duration::from_secs(30),
+            turn_observer: Some(turn_tx),
+        };
+        let thread = std::thread::Builder::new()
+            .name("pipeline-rig".into())
+            .spawn(move || {
+                let out = crate::call::run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx);
+                let _ = done_tx.send(());
+                out
+            })?;
+        Ok(PipelineRig {
+            remote,
+            control: Some(control),
+            turns,
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// One caller utterance (200 ms of "speech", then the 100 ms endpoint hangover);
+    /// returns the time from handing the frame that ends the utterance to the media
+    /// channel until the first reply audio was queued for playback.
+    pub fn turn(&self) -> Result<Duration, String> {
+        let before = self.remote.plays().len();
+        self.remote.frames(5000, 10);
+        self.remote.frames(0, 4);
+        // Let the pipeline take everything but the endpoint frame.
+        let t0 = Instant::now();
+        while !self.remote.frames.is_empty() && t0.elapsed() < Duration::from_secs(1) {
+            std::thread::yield_now();
+        }
+        let sent = Instant::now();
+        self.remote.frame(0);
+        self.turns
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|e| format!("no finished turn: {e}"))?;
+        let plays = self.remote.plays();
+        let first = plays.get(before).ok_or("no reply audio")?;
+        Ok(first.at.saturating_duration_since(sent))
+    }
+
+    /// Hangs the call up and joins its thread (bounded: 2 s).
+    pub fn finish(mut self) -> Option<crate::call::CallOutcome> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Option<crate::call::CallOutcome> {
+        if let Some(c) = self.control.take() {
+            let _ = c.send(crate::call::CallControl::CallerHungUp);
+        }
+        let thread = self.thread.take()?;
+        match self.done.recv_timeout(Duration::from_secs(2)) {
+            Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => thread.join().ok(),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                tracing::error!("pipeline rig call did not end within 2 s");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for PipelineRig {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
