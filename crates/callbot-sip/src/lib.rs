@@ -1,13 +1,70 @@
 //! # callbot-sip: SIP signalling for phone voice bots
 //!
-//! Status: skeleton. The SIP issue fills this crate.
+//! A SIP user agent over UDP (IPv4 and IPv6) on [`rsip`]: registration with digest auth
+//! ([`digest`]), inbound and outbound calls with SDP offer/answer for G.711 ([`sdp`]).
 //!
-//! What it owns once complete:
-//! - a sans-IO user agent core (RFC 3261 transactions, dialogs, registration with
-//!   RFC 7616 digest auth): no sockets, no threads, time passed in;
-//! - a `SipUserAgent` handle owning one UDP socket and one named driver thread, with
-//!   events on a bounded channel and `shutdown(deadline)` (BYE to live calls,
-//!   unregister, join, close) that `Drop` also calls.
+//! ## Two layers
+//!
+//! - [`UserAgentCore`]: the protocol engine, **sans-IO**. No socket, no thread, no
+//!   clock. Feed it datagrams ([`UserAgentCore::handle_datagram`]) and time
+//!   ([`UserAgentCore::handle_timeout`]); take out datagrams to send
+//!   ([`UserAgentCore::poll_transmit`]), application events ([`UserAgentCore::poll_event`])
+//!   and the next timer deadline ([`UserAgentCore::poll_timeout`]). Commands:
+//!   [`answer`](UserAgentCore::answer), [`reject`](UserAgentCore::reject),
+//!   [`ring`](UserAgentCore::ring), [`hang_up`](UserAgentCore::hang_up),
+//!   [`call`](UserAgentCore::call), [`begin_shutdown`](UserAgentCore::begin_shutdown).
+//!   It holds the RFC 3261 transactions (timers A-K, with 2xx retransmission until ACK),
+//!   the dialogs, and the registration state machine (401/407 digest retry, refresh
+//!   before the granted expiry, backoff on failure, Expires: 0 on shutdown). Every call
+//!   and transaction leaves its table when it ends ([`UserAgentCore::stats`] shows the
+//!   sizes). Drive it from any event loop.
+//! - [`SipUserAgent::start`] → [`SipHandle`]: the thin UDP driver.
+//!
+//! ## What the handle owns, its thread, and how it stops
+//!
+//! A [`SipHandle`] owns **one UDP socket** and **one thread named `sip-ua`** that runs the
+//! core. Events arrive on a bounded crossbeam channel ([`SipHandle::events`]); commands
+//! are methods on the handle, passed to the thread over a bounded channel and answered
+//! at once (an empty datagram to the socket wakes the thread).
+//! [`SipHandle::shutdown`] (deadline-bounded, idempotent) makes new INVITEs get 503 with
+//! Retry-After, hangs up every live call (BYE, CANCEL or 603), unregisters, waits for
+//! the answers until the deadline, joins the thread, closes the socket (the port can be
+//! bound again at once), logs `SIP client shutdown complete` and returns a
+//! [`SipShutdownReport`]. `Drop` calls it with [`DROP_SHUTDOWN_TIMEOUT`].
+//!
+//! ## Messages
+//!
+//! rsip 0.4 ignores Content-Length, does not know compact header names and fails on
+//! folded lines and LF-only endings, so each datagram is normalised before rsip parses
+//! it: lines unfolded, CRLF endings, compact names expanded, Content-Length checked
+//! (a negative, non-numeric, conflicting or too large value is a 400) and the body cut to
+//! it. Datagrams above `max_message_size` are dropped and counted; requests that cannot be
+//! parsed get 400 (505, 416, 501 when that is the reason) when Via, From, To, Call-ID and
+//! CSeq survive, and are dropped and counted otherwise. Responses go where the top Via
+//! says (`rport`/`received`, RFC 3581).
+//!
+//! ## Example: answer every call
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! use callbot_sip::{SipConfig, SipEvent, SipUserAgent};
+//!
+//! let mut sip = SipUserAgent::start(SipConfig::new("127.0.0.1:5060".parse()?))?;
+//! let rtp = "127.0.0.1:30000".parse()?; // where our RTP session listens
+//! while let Ok(event) = sip.events().recv_timeout(Duration::from_secs(30)) {
+//!     match event {
+//!         SipEvent::IncomingCall { call, media, .. } => {
+//!             println!("{call}: {:?} to {}", media.codec, media.remote_rtp);
+//!             sip.answer(call, rtp)?;
+//!         }
+//!         SipEvent::CallEnded { call, reason } => println!("{call} ended: {reason}"),
+//!         _ => {}
+//!     }
+//! }
+//! let report = sip.shutdown(Instant::now() + Duration::from_secs(2));
+//! println!("{report}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod digest;
 pub mod sdp;
