@@ -1,0 +1,200 @@
+//! Kamailio 5.6 as a registrar demanding digest auth, against the real UDP user agent:
+//! right password registers, wrong password fails without a retry storm, refresh at the
+//! granted Expires, unregister on shutdown removes the binding, and a call routed through
+//! Kamailio to the registered UA is answered.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod peers_support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use callbot_sip::digest::DigestCredentials;
+use callbot_sip::{RegistrationConfig, RegistrationState, SipConfig};
+use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
+use peers_support::Bot;
+
+const USER: &str = "botuser";
+const PASS: &str = "s3cret";
+const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn registrar(cfg: KamailioConfig) -> Option<Kamailio> {
+    callbot_testkit::tools::require("kamailio")?;
+    Some(Kamailio::start(&cfg).unwrap())
+}
+
+fn bot_for(reg: &Kamailio, password: &str, expires: u32) -> Bot {
+    let mut cfg = SipConfig::new(SocketAddr::new(LO, 0));
+    cfg.user = USER.into();
+    cfg.credentials = Some(DigestCredentials::new(USER, password));
+    let mut r = RegistrationConfig::new(reg.addr(), "127.0.0.1");
+    r.expires = expires;
+    cfg.registration = Some(r);
+    Bot::start_with(cfg)
+}
+
+fn registered(b: &Bot) -> Option<u32> {
+    b.registrations().iter().find_map(|(_, s)| match s {
+        RegistrationState::Registered { expires } => Some(*expires),
+        _ => None,
+    })
+}
+
+/// Sends OPTIONS for `sip:USER@registrar` and returns the final status (404 when no
+/// binding; routed to the UA, which answers 200, when registered).
+fn options_status(reg: &Kamailio) -> Option<u16> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let lport = sock.local_addr().unwrap().port();
+    let uri = reg.user_uri(USER);
+    let msg = format!(
+        "OPTIONS {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK-probe{lport};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1:{lport}>;tag=p{lport}\r\nTo: <{uri}>\r\n\
+         Call-ID: probe-{lport}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    sock.send_to(msg.as_bytes(), reg.addr()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < end {
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            return None;
+        };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let code: u16 = text.get(8..11)?.parse().ok()?;
+        if code >= 200 {
+            return Some(code);
+        }
+    }
+    None
+}
+
+#[test]
+fn heavy_kamailio_register_route_call_unregister() {
+    let Some(reg) = registrar(KamailioConfig::new(USER, PASS)) else {
+        return;
+    };
+    let mut bot = bot_for(&reg, PASS, 300);
+    assert!(
+        bot.pump_until(Duration::from_secs(5), |b| registered(b).is_some()),
+        "not registered: {:?}\n{}",
+        bot.registrations(),
+        reg.log()
+    );
+    assert_eq!(registered(&bot), Some(300));
+    let ok = reg
+        .wait_event(Duration::from_secs(2), |e| {
+            matches!(e, RegistrarEvent::RegOk { .. })
+        })
+        .unwrap();
+    let RegistrarEvent::RegOk { contact, .. } = ok else {
+        unreachable!()
+    };
+    assert!(contact.contains(&bot.addr().port().to_string()), "{contact}");
+    // The first REGISTER was challenged, the second carried our digest (qop=auth, MD5).
+    assert_eq!(reg.count(|e| matches!(e, RegistrarEvent::Challenge { .. })), 1);
+    assert_eq!(reg.count(|e| matches!(e, RegistrarEvent::BadPassword { .. })), 0);
+
+    // A call through the registrar reaches the UA and is answered.
+    if let Some(wav) = callbot_testkit::shared_dir().map(|s| s.join("peers/audio/caller_yes.wav"))
+        && callbot_testkit::tools::require("baresip").is_some()
+    {
+        let r = bot.run_while(|| {
+            callbot_testkit::baresip::BaresipCall::new(reg.addr(), &wav)
+                .callee_user(USER)
+                .hold(Duration::from_secs(1))
+                .run()
+                .unwrap()
+        });
+        assert!(r.answered, "{}", r.log);
+        assert_eq!(r.bye_response.as_deref(), Some("SIP/2.0 200 OK"));
+        assert!(
+            reg.wait_event(
+                Duration::from_secs(2),
+                |e| matches!(e, RegistrarEvent::Routed { method, .. } if method == "INVITE")
+            )
+            .is_some()
+        );
+        assert_eq!(bot.incoming(), 1);
+    }
+    // OPTIONS through the registrar is routed to the UA too.
+    let mut status = None;
+    bot.run_while(|| status = options_status(&reg));
+    assert_eq!(status, Some(200));
+
+    // Shutdown unregisters; the binding is gone.
+    let rep = bot.handle.shutdown(Instant::now() + Duration::from_secs(3));
+    assert_eq!(rep.unregistered, Some(true), "{rep}");
+    assert!(
+        reg.wait_event(Duration::from_secs(2), |e| matches!(
+            e,
+            RegistrarEvent::Unregistered { .. }
+        ))
+        .is_some()
+    );
+    assert_eq!(options_status(&reg), Some(404));
+}
+
+#[test]
+fn heavy_kamailio_wrong_password_fails_without_retry_storm() {
+    let Some(reg) = registrar(KamailioConfig::new(USER, PASS)) else {
+        return;
+    };
+    let mut bot = bot_for(&reg, "WRONG", 300);
+    let failed = |b: &Bot| {
+        b.registrations()
+            .iter()
+            .any(|(_, s)| matches!(s, RegistrationState::Failed { .. }))
+    };
+    assert!(
+        bot.pump_until(Duration::from_secs(5), failed),
+        "{:?}",
+        bot.registrations()
+    );
+    assert_eq!(registered(&bot), None);
+    let first_fail = Instant::now();
+    // Watch for 4 s more: a retry with backoff, not a storm.
+    bot.pump(Duration::from_secs(4));
+    let bad = reg.count(|e| matches!(e, RegistrarEvent::BadPassword { .. }));
+    let all = reg.count(|e| {
+        matches!(
+            e,
+            RegistrarEvent::BadPassword { .. } | RegistrarEvent::Challenge { .. }
+        )
+    });
+    println!(
+        "after {:?}: {bad} bad-password REGISTERs, {all} REGISTERs",
+        first_fail.elapsed()
+    );
+    assert!(bad >= 1, "{}", reg.log());
+    assert!(all <= 6, "retry storm: {all} REGISTERs in ~5 s\n{}", reg.log());
+    let rep = bot.handle.shutdown(Instant::now() + Duration::from_secs(2));
+    assert!(rep.thread_joined, "{rep}");
+}
+
+#[test]
+fn heavy_kamailio_refresh_at_granted_expires_no_qop() {
+    let mut cfg = KamailioConfig::new(USER, PASS);
+    cfg.min_expires = 1;
+    cfg.max_expires = 4;
+    cfg.qop = false;
+    let Some(reg) = registrar(cfg) else {
+        return;
+    };
+    // We ask for 3600 s; the registrar grants 4 s: the UA must refresh before 4 s.
+    let mut bot = bot_for(&reg, PASS, 3600);
+    assert!(bot.pump_until(Duration::from_secs(5), |b| registered(b).is_some()));
+    assert_eq!(registered(&bot), Some(4), "{:?}", bot.registrations());
+    let t0 = Instant::now();
+    bot.pump(Duration::from_secs(9));
+    let oks = reg.count(|e| matches!(e, RegistrarEvent::RegOk { .. }));
+    println!(
+        "{oks} successful REGISTERs in {:?} with a granted Expires of 4 s",
+        t0.elapsed()
+    );
+    assert!((3..=8).contains(&oks), "{oks} REGISTERs\n{}", reg.log());
+    // The binding never lapsed: every check in between routes to us.
+    let mut status = None;
+    bot.run_while(|| status = options_status(&reg));
+    assert_eq!(status, Some(200));
+    assert_eq!(reg.count(|e| matches!(e, RegistrarEvent::BadPassword { .. })), 0);
+}
