@@ -76,7 +76,11 @@ fn run() -> Result<(), String> {
     let mut calls: HashMap<CallId, Call> = HashMap::new();
     let mut finished = 0usize;
 
-    while !stop.load(Ordering::Relaxed) && !(max_calls > 0 && finished >= max_calls && calls.is_empty()) {
+    loop {
+        let all_done = max_calls > 0 && finished >= max_calls && calls.is_empty();
+        if stop.load(Ordering::Relaxed) || all_done {
+            break;
+        }
         if let Ok(ev) = sip.events().recv_timeout(Duration::from_millis(10)) {
             match ev {
                 SipEvent::IncomingCall {
@@ -159,14 +163,17 @@ fn run() -> Result<(), String> {
                         };
                         let s = &report.stats;
                         println!(
-                            "CALL {call} ended reason={reason:?} recording={rec} packets_in={} packets_out={} lost={} jitter_ms={:.2} late={} discarded={} foreign={}",
+                            "CALL {call} ended reason={reason:?} recording={rec} packets_in={} packets_out={} lost={} jitter_ms={:.2} late={} discarded={} foreign={} rtcp_in={} rtcp_out={} rtt={:?}",
                             s.packets_received,
                             s.packets_sent,
                             s.packets_lost,
                             s.jitter_ms,
                             s.late,
                             s.discarded_non_rtp + s.discarded_payload,
-                            s.foreign_source
+                            s.foreign_source,
+                            s.rtcp_received,
+                            s.rtcp_sent,
+                            s.round_trip
                         );
                         finished += 1;
                     }
