@@ -255,10 +255,10 @@ impl SentenceChunker {
             return true;
         }
         let mut letters = word.chars();
-        if let (Some(first), None) = (letters.next(), letters.next()) {
-            if first.is_uppercase() {
-                return true; // an initial: "J. Smith"
-            }
+        if let (Some(first), None) = (letters.next(), letters.next())
+            && first.is_uppercase()
+        {
+            return true; // an initial: "J. Smith"
         }
         if word.len() <= 3 && word.bytes().all(|b| b.is_ascii_digit()) {
             // "1. " at the start of a line is a list marker.

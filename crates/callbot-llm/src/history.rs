@@ -109,13 +109,13 @@ impl History {
         // Two messages in a row from the same side (a reply interrupted before any
         // word, then the caller speaks again) are merged: chat templates expect turns
         // to alternate.
-        if let Some(last) = self.turns.back_mut() {
-            if last.role == role {
-                last.content.push(' ');
-                last.content.push_str(text);
-                self.trim();
-                return;
-            }
+        if let Some(last) = self.turns.back_mut()
+            && last.role == role
+        {
+            last.content.push(' ');
+            last.content.push_str(text);
+            self.trim();
+            return;
         }
         self.turns.push_back(Message {
             role,

@@ -16,7 +16,7 @@ use url::Url;
 use crate::error::{LlmError, TimeoutStage};
 use crate::history::{History, HistoryBudget, Role};
 use crate::ndjson::{LineDecoder, WireEvent};
-use crate::reply::{CancelState, Reply, ReplyEvent, ReplySender, ReplyStats};
+use crate::reply::{CancelState, Reply, ReplyEvent, ReplySender, ReplyStats, TrySend};
 use crate::{ChatModel, LlmShutdownReport};
 
 /// How long the model stays loaded in the server's memory after a request.
@@ -112,10 +112,10 @@ impl OllamaConfig {
         if self.model.trim().is_empty() {
             return bad("the model name is empty");
         }
-        if let Some(t) = self.options.temperature {
-            if !t.is_finite() || t < 0.0 {
-                return bad("temperature must be finite and >= 0");
-            }
+        if let Some(t) = self.options.temperature
+            && (!t.is_finite() || t < 0.0)
+        {
+            return bad("temperature must be finite and >= 0");
         }
         if self.options.num_ctx == Some(0) {
             return bad("num_ctx must be > 0");
@@ -611,9 +611,9 @@ async fn deliver(
     let mut pause = Duration::from_micros(200);
     loop {
         match sender.try_send(event) {
-            Ok(()) => return Ok(()),
-            Err(None) => return Err(LlmError::Cancelled),
-            Err(Some(back)) => event = back,
+            TrySend::Sent => return Ok(()),
+            TrySend::Gone => return Err(LlmError::Cancelled),
+            TrySend::Full(back) => event = back,
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(LlmError::Timeout {

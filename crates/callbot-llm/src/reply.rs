@@ -74,6 +74,15 @@ impl CancelState {
     }
 }
 
+/// Outcome of [`ReplySender::try_send`].
+pub(crate) enum TrySend {
+    Sent,
+    /// The channel is full: the event comes back.
+    Full(ReplyEvent),
+    /// The consumer is gone.
+    Gone,
+}
+
 /// The producing end of a reply, for [`crate::ChatModel`] implementations other than
 /// [`crate::OllamaChat`] (test doubles, other back ends). Create it with [`Reply::channel`].
 #[derive(Debug)]
@@ -104,12 +113,12 @@ impl ReplySender {
         }
     }
 
-    /// Sends without waiting; `Err(event)` when the channel is full.
-    pub(crate) fn try_send(&self, event: ReplyEvent) -> Result<(), Option<ReplyEvent>> {
+    /// Sends without waiting.
+    pub(crate) fn try_send(&self, event: ReplyEvent) -> TrySend {
         match self.tx.try_send(event) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(e)) => Err(Some(e)),
-            Err(TrySendError::Disconnected(_)) => Err(None),
+            Ok(()) => TrySend::Sent,
+            Err(TrySendError::Full(e)) => TrySend::Full(e),
+            Err(TrySendError::Disconnected(_)) => TrySend::Gone,
         }
     }
 

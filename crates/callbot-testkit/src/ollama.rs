@@ -223,6 +223,11 @@ impl OllamaServer {
         self.shared.lock().chats.iter().cloned().collect()
     }
 
+    /// The most recent chat.
+    pub fn last_chat(&self) -> Option<ChatLog> {
+        self.shared.lock().chats.back().cloned()
+    }
+
     /// Chats received since the start.
     pub fn chat_total(&self) -> u64 {
         self.shared.lock().chat_total
@@ -262,10 +267,10 @@ impl OllamaServer {
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         loop {
-            if let Some(last) = state.chats.back() {
-                if last.finished || last.disconnected_early_at.is_some() {
-                    return Some(last.clone());
-                }
+            if let Some(last) = state.chats.back()
+                && (last.finished || last.disconnected_early_at.is_some())
+            {
+                return Some(last.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             state = self
@@ -720,14 +725,14 @@ async fn chat(
         return false;
     }
     for (i, token) in toks.iter().enumerate() {
-        if let Some((after, message)) = &script.error_after {
-            if i == *after {
-                let line = format!("{{\"error\":{}}}\n", json_string(message));
-                let ok =
-                    write_line(write, &line, false).await.is_ok() && write_chunk(write, b"").await.is_ok();
-                update(&|c: &mut ChatLog| c.finished = true);
-                return ok;
-            }
+        if let Some((after, message)) = &script.error_after
+            && i == *after
+        {
+            let line = format!("{{\"error\":{}}}\n", json_string(message));
+            let ok = write_line(write, &line, false).await.is_ok()
+                && write_chunk(write, b"").await.is_ok();
+            update(&|c: &mut ChatLog| c.finished = true);
+            return ok;
         }
         if script.drop_after == Some(i) {
             update(&|c: &mut ChatLog| c.finished = true);

@@ -1,0 +1,76 @@
+//! LLM layer: time from the local Ollama-protocol server's first reply byte to the
+//! first sentence handed to speech synthesis (goal: under 1 ms of our own overhead),
+//! and the sentence chunker's cost.
+//!
+//! The server (callbot-testkit) records the instant it writes the first token line;
+//! the measured interval covers the loopback TCP hop, HTTP chunk decoding, our NDJSON
+//! decoder, the reply channel, the consumer thread's wake-up and the chunker.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use callbot_llm::{ChatModel, ChunkerConfig, OllamaChat, OllamaConfig, SentenceChunker};
+use callbot_testkit::ollama::{OllamaServer, Script, TokenSplit};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const REPLY: &str = "Hello there. How can I help you today? We are open from 9.30 until 6, Monday to Friday.";
+
+fn first_sentence(c: &mut Criterion) {
+    let server = OllamaServer::start(Script {
+        split: TokenSplit::Words,
+        ..Script::reply(REPLY)
+    })
+    .unwrap();
+    let mut chat = OllamaChat::new(OllamaConfig::new(&server.url(), "test-model")).unwrap();
+    let mut group = c.benchmark_group("llm");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_millis(500));
+    group.bench_function("server_first_byte_to_first_sentence", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut history = chat.new_history();
+                history.push_user("When are you open?");
+                let mut sentences = chat.start_reply(&history).unwrap().sentences(ChunkerConfig::default());
+                let first = sentences.next().unwrap().unwrap();
+                let handed_out = Instant::now();
+                assert_eq!(first, "Hello there. ");
+                for piece in sentences.by_ref() {
+                    piece.unwrap();
+                }
+                let first_byte = server.last_chat().and_then(|c| c.first_token_at).unwrap();
+                total += handed_out.saturating_duration_since(first_byte);
+            }
+            total
+        });
+    });
+    group.bench_function("request_to_first_sentence", |b| {
+        b.iter(|| {
+            let mut history = chat.new_history();
+            history.push_user("When are you open?");
+            let mut sentences = chat.start_reply(&history).unwrap().sentences(ChunkerConfig::default());
+            let first = sentences.next().unwrap().unwrap();
+            for piece in sentences.by_ref() {
+                piece.unwrap();
+            }
+            first
+        });
+    });
+    group.bench_function("chunker_whole_reply_by_words", |b| {
+        let words: Vec<String> = REPLY.split_inclusive(' ').map(str::to_string).collect();
+        let mut chunker = SentenceChunker::new(ChunkerConfig::default());
+        b.iter(|| {
+            let mut n = 0;
+            for w in &words {
+                n += chunker.push(w).count();
+            }
+            n + chunker.finish().count()
+        });
+    });
+    group.finish();
+    let report = chat.shutdown(Instant::now() + Duration::from_secs(2));
+    assert!(!report.timed_out);
+}
+
+criterion_group!(benches, first_sentence);
+criterion_main!(benches);

@@ -1,0 +1,72 @@
+//! The `chat` example against the local Ollama-protocol server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use callbot_testkit::ollama::{OllamaServer, Script};
+use callbot_testkit::process::Child;
+
+/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples.
+fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        callbot_testkit::tools::missing(&format!("the {name} example binary ({})", path.display()));
+        None
+    }
+}
+
+#[test]
+fn chat_streams_replies_and_keeps_history() {
+    let Some(chat) = example("chat") else { return };
+    let server = OllamaServer::start(Script {
+        split_multibyte: true,
+        ..Script::default()
+    })
+    .unwrap();
+    let dir = callbot_testkit::temp_dir("chat-example");
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "Hello there.\n\nGrüß Gott, wie geht's?\n").unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"exec "$0" --url "$1" --model test-model --system "Be brief." < "$2""#)
+        .arg(&chat)
+        .arg(server.url())
+        .arg(&input);
+    let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &dir.path().join("chat.log")).unwrap();
+    let status = child.wait_timeout(Duration::from_secs(20)).unwrap().expect("chat exits");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("chat.log")).unwrap_or_default();
+    assert!(status.success(), "{status:?}\n{out}\n{log}");
+    assert_eq!(out, "Hello there.\nGrüß Gott, wie geht's?\n", "{log}");
+    let last = server.last_chat().unwrap().request;
+    let roles: Vec<&str> = last["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "user"]);
+    assert_eq!(last["messages"][2]["content"], "Hello there.");
+}
+
+#[test]
+fn chat_reports_a_bad_url_without_panicking() {
+    let Some(chat) = example("chat") else { return };
+    let dir = callbot_testkit::temp_dir("chat-example");
+    let mut cmd = Command::new(chat);
+    cmd.args(["--url", "localhost:11434", "--model", "m"]);
+    let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &dir.path().join("chat.log")).unwrap();
+    let status = child.wait_timeout(Duration::from_secs(10)).unwrap().expect("chat exits");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(dir.path().join("chat.log")).unwrap();
+    assert!(log.contains("invalid Ollama URL"), "{log}");
+}
