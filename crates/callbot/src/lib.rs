@@ -21,13 +21,16 @@
 //! over the layer handles, `Bot::start` / `reconfigure` / `shutdown`, the `callbot`
 //! program and the demo.
 
+pub mod bot;
 pub mod call;
 pub mod components;
 pub mod dialogue;
+pub mod layers;
 pub mod settings;
 pub mod testing;
 pub mod transcript;
 
+pub use bot::{Bot, BotError, BotShutdownReport};
 pub use dialogue::{Action, Dialogue, DialogueConfig, Input};
 pub use settings::{LoadError, Settings, SettingsError};
 pub use transcript::{TranscriptError, TranscriptWriter};

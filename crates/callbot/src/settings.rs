@@ -175,7 +175,7 @@ pub struct SttSettings {
     pub workers: u32,
     /// Spoken language code, e.g. `"en"`.
     pub language: String,
-    /// Beam size; 1 means greedy decoding (1 to 16).
+    /// Beam size; 1 means greedy decoding (1 to 8).
     pub beam_size: u32,
     /// Text given to Whisper as the previous context (names, jargon).
     pub initial_prompt: String,
@@ -513,7 +513,7 @@ impl Settings {
         }
         range_u32("stt.threads", s.threads, 1, 64)?;
         range_u32("stt.workers", s.workers, 1, 64)?;
-        range_u32("stt.beam_size", s.beam_size, 1, 16)?;
+        range_u32("stt.beam_size", s.beam_size, 1, 8)?;
         if s.language.is_empty()
             || s.language.len() > 8
             || !s.language.chars().all(|c| c.is_ascii_lowercase())

@@ -1,0 +1,584 @@
+//! [`Bot`]: the running voice bot.
+//!
+//! **What it owns**: the SIP user agent ([`SipHandle`]: one UDP socket, thread
+//! `sip-ua`), the shared components ([`Components`] of the real layers: the Whisper
+//! worker pool, the Ollama client or echo mode, the espeak-ng engine), the current
+//! [`Settings`], and one entry per live call.
+//!
+//! **Threads it starts**: `bot-sip`, which takes SIP events (answers or rejects calls,
+//! tells calls their caller hung up, reaps ended calls and the components they
+//! released), and one `call-N` thread per live call running [`run_call`] over that
+//! call's own [`RtpSession`] (thread `rtp-<port>`) and a VAD endpointer. A call thread
+//! sends BYE when its dialogue decided to hang up, shuts its RTP session down and ends.
+//!
+//! **How it stops**: [`Bot::shutdown`]`(deadline)`: new calls get 503; each live call
+//! is told to say the shutdown phrase and hang up within half of the time left, and
+//! its thread is joined; then `bot-sip` is stopped and joined, the SIP user agent is
+//! shut down (BYE to calls still up, registration removed, `sip-ua` joined), and the
+//! components are shut down ("All components cleaned up"). The [`BotShutdownReport`]
+//! says what happened. Idempotent; `Drop` calls it with a 3 s deadline.
+//!
+//! **Reconfiguration**: [`Bot::reconfigure`] builds the changed components first and
+//! swaps them in, or changes nothing and names the failing setting (see
+//! [`crate::components`]). Live calls keep the STT, LLM and TTS components and the
+//! dialogue settings they started with until they end; new calls get the new ones.
+//! SIP settings (`sip.*`) cannot change while running: such a change is refused with
+//! the field named, and nothing changes.
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//! let settings = callbot::Settings::load("examples/callbot.toml".as_ref())?;
+//! let mut bot = callbot::Bot::start(settings)?;
+//! // ... later, on SIGHUP:
+//! let new = callbot::Settings::load("examples/callbot.toml".as_ref())?;
+//! if let Err(e) = bot.reconfigure(new) { eprintln!("kept the old settings: {e}"); }
+//! let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
+//! println!("{report:?}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use callbot_audio::AudioFrame;
+use callbot_audio::g711::Law;
+use callbot_audio::vad::{VadConfig, VadEvent};
+use callbot_rtp::{RecordTo, RtpSession, RtpSessionConfig};
+use callbot_sip::digest::DigestCredentials;
+use callbot_sip::{
+    AudioCodec, CallId, NegotiatedMedia, RegistrationConfig, SipConfig, SipEvent, SipHandle,
+    SipShutdownReport, SipUserAgent,
+};
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::call::{CallControl, CallSetup, EndpointEvent, Endpointer, run_call};
+use crate::components::{Components, ComponentsShutdownReport, ReconfigureReport};
+use crate::layers::{LayerFactory, transcribe_options, voice_options};
+use crate::settings::{Settings, SettingsError};
+
+/// Why the bot could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    /// A setting is not acceptable, or a component built from it failed.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// A thread could not be started.
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What [`Bot::shutdown`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BotShutdownReport {
+    /// True when the bot was already shut down (nothing was done).
+    pub already_shut_down: bool,
+    /// Live calls when the shutdown began.
+    pub live_calls: usize,
+    /// Calls whose thread ended within the deadline (goodbye said or cut by the grace).
+    pub calls_ended: usize,
+    /// Call threads still running at the deadline (left to their own bounded end).
+    pub calls_abandoned: usize,
+    /// Whether the `bot-sip` thread was joined.
+    pub event_thread_joined: bool,
+    /// The SIP user agent's report (`None` if a call thread still held the handle).
+    pub sip: Option<SipShutdownReport>,
+    /// The components' report.
+    pub components: ComponentsShutdownReport,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The VAD endpointer of `callbot-audio` as the pipeline's [`Endpointer`].
+#[derive(Debug)]
+pub struct VadEndpointer {
+    inner: callbot_audio::vad::Endpointer,
+    events: Vec<VadEvent>,
+}
+
+impl VadEndpointer {
+    /// An endpointer for `rate` Hz caller audio.
+    pub fn new(rate: u32, config: VadConfig) -> Result<Self, callbot_audio::AudioError> {
+        Ok(Self {
+            inner: callbot_audio::vad::Endpointer::new(rate, config)?,
+            events: Vec::new(),
+        })
+    }
+}
+
+impl Endpointer for VadEndpointer {
+    fn push(&mut self, frame: &AudioFrame) -> EndpointEvent {
+        self.events.clear();
+        self.inner.process_i16(&frame.samples, &mut self.events);
+        let mut out = EndpointEvent::None;
+        for e in self.events.drain(..) {
+            out = match e {
+                VadEvent::SpeechStart { .. } => EndpointEvent::SpeechStarted,
+                VadEvent::SpeechEnd { at, .. } => EndpointEvent::SpeechEnded {
+                    hangover: self.inner.position().saturating_sub(at),
+                },
+            };
+        }
+        out
+    }
+}
+
+struct LiveCall {
+    control: Sender<CallControl>,
+    done: Receiver<()>,
+    thread: JoinHandle<()>,
+}
+
+struct Shared {
+    settings: Mutex<Settings>,
+    components: Mutex<Components<LayerFactory>>,
+    calls: Mutex<HashMap<CallId, LiveCall>>,
+    accepting: AtomicBool,
+    call_seq: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The running voice bot (see the [module docs](self)).
+pub struct Bot {
+    shared: Arc<Shared>,
+    sip: Option<Arc<SipHandle>>,
+    local_sip: SocketAddr,
+    stop: Option<Sender<()>>,
+    event_done: Receiver<()>,
+    event_thread: Option<JoinHandle<()>>,
+    report: Option<BotShutdownReport>,
+}
+
+impl std::fmt::Debug for Bot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bot")
+            .field("local_sip", &self.local_sip)
+            .field("live_calls", &self.live_calls())
+            .finish()
+    }
+}
+
+/// Resolves `host[:port]` (default port 5060).
+fn resolve(server: &str) -> Result<(SocketAddr, String), SettingsError> {
+    let field = "sip.registration.server";
+    let with_port = if server.parse::<SocketAddr>().is_ok()
+        || (server.contains(':') && !server.starts_with('[') && server.matches(':').count() == 1)
+    {
+        server.to_string()
+    } else {
+        format!("{server}:5060")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| SettingsError::new(field, format!("cannot resolve `{server}`: {e}")))?
+        .next()
+        .ok_or_else(|| SettingsError::new(field, format!("`{server}` has no address")))?;
+    let host = with_port
+        .rsplit_once(':')
+        .map_or(with_port.as_str(), |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .to_string();
+    Ok((addr, host))
+}
+
+fn sip_config(settings: &Settings) -> Result<SipConfig, SettingsError> {
+    let mut c = SipConfig::new(settings.sip.listen);
+    c.max_calls = settings.dialogue.max_calls;
+    if let Some(reg) = &settings.sip.registration {
+        let (registrar, domain) = resolve(&reg.server)?;
+        let mut r = RegistrationConfig::new(registrar, domain);
+        r.expires = reg.expires;
+        c.registration = Some(r);
+        c.user = reg.user.clone();
+        c.credentials = Some(DigestCredentials::new(reg.user.clone(), reg.password.clone()));
+    }
+    Ok(c)
+}
+
+impl Bot {
+    /// Validates `settings`, builds the components, starts SIP (and registration).
+    /// On failure everything built so far is shut down and the error names the setting.
+    pub fn start(settings: Settings) -> Result<Bot, BotError> {
+        settings.validate()?;
+        let sip_cfg = sip_config(&settings)?;
+        let mut components = Components::start(LayerFactory, &settings)?;
+        let sip = match SipUserAgent::start(sip_cfg) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                components.shutdown(Instant::now() + Duration::from_secs(2));
+                return Err(SettingsError::new("sip.listen", e.to_string()).into());
+            }
+        };
+        let local_sip = sip.local_addr();
+        let shared = Arc::new(Shared {
+            settings: Mutex::new(settings),
+            components: Mutex::new(components),
+            calls: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            call_seq: AtomicU64::new(0),
+        });
+        let (stop_tx, stop_rx) = bounded::<()>(1);
+        let (done_tx, event_done) = bounded::<()>(1);
+        let (s2, sip2) = (Arc::clone(&shared), Arc::clone(&sip));
+        let thread = std::thread::Builder::new().name("bot-sip".into()).spawn(move || {
+            event_loop(&s2, &sip2, &stop_rx);
+            drop(sip2);
+            let _ = done_tx.send(());
+        });
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                if let Ok(mut sip) = Arc::try_unwrap(sip) {
+                    sip.shutdown(Instant::now() + Duration::from_secs(2));
+                }
+                lock(&shared.components).shutdown(Instant::now() + Duration::from_secs(2));
+                return Err(BotError::Thread(e));
+            }
+        };
+        tracing::info!(sip = %local_sip, "callbot started");
+        Ok(Bot {
+            shared,
+            sip: Some(sip),
+            local_sip,
+            stop: Some(stop_tx),
+            event_done,
+            event_thread: Some(thread),
+            report: None,
+        })
+    }
+
+    /// The address the SIP user agent listens on.
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.local_sip
+    }
+
+    /// Calls in progress.
+    pub fn live_calls(&self) -> usize {
+        lock(&self.shared.calls).len()
+    }
+
+    /// Whether the LLM runs in echo mode (no server was reachable).
+    pub fn echo_mode(&self) -> bool {
+        lock(&self.shared.components)
+            .for_call()
+            .is_some_and(|c| c.llm.is_echo())
+    }
+
+    /// Applies new settings: rebuilds the changed components first and swaps them in;
+    /// on failure nothing changes and the error names the failing setting.
+    pub fn reconfigure(&self, settings: Settings) -> Result<ReconfigureReport, SettingsError> {
+        settings.validate()?;
+        if self.report.is_some() {
+            return Err(SettingsError::new("bot", "the bot is shut down"));
+        }
+        {
+            let current = lock(&self.shared.settings);
+            if current.sip.listen != settings.sip.listen {
+                return Err(SettingsError::new(
+                    "sip.listen",
+                    "cannot change while running (restart the bot)",
+                ));
+            }
+            if current.sip.registration != settings.sip.registration {
+                return Err(SettingsError::new(
+                    "sip.registration",
+                    "cannot change while running (restart the bot)",
+                ));
+            }
+            if current.dialogue.max_calls != settings.dialogue.max_calls {
+                return Err(SettingsError::new(
+                    "dialogue.max_calls",
+                    "cannot change while running (restart the bot)",
+                ));
+            }
+        }
+        let report = lock(&self.shared.components).reconfigure(&settings)?;
+        *lock(&self.shared.settings) = settings;
+        Ok(report)
+    }
+
+    /// Stops the bot within `deadline` (see the [module docs](self)). Idempotent.
+    pub fn shutdown(&mut self, deadline: Instant) -> BotShutdownReport {
+        if let Some(r) = &self.report {
+            return BotShutdownReport {
+                already_shut_down: true,
+                ..r.clone()
+            };
+        }
+        let started = Instant::now();
+        let mut report = BotShutdownReport::default();
+        self.shared.accepting.store(false, Ordering::SeqCst);
+        // 1. Live calls: short goodbye, BYE, joined.
+        let phrase = lock(&self.shared.settings).dialogue.shutdown_phrase.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let calls: Vec<(CallId, LiveCall)> = lock(&self.shared.calls).drain().collect();
+        report.live_calls = calls.len();
+        for (_, c) in &calls {
+            let _ = c.control.try_send(CallControl::Shutdown {
+                phrase: phrase.clone(),
+                grace: left / 2,
+            });
+        }
+        let calls_deadline = Instant::now() + left * 3 / 4;
+        for (id, c) in calls {
+            match c.done.recv_deadline(calls_deadline) {
+                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    let _ = c.thread.join();
+                    report.calls_ended += 1;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    tracing::warn!(call = %id, "call thread still running at the deadline");
+                    report.calls_abandoned += 1;
+                }
+            }
+        }
+        // 2. The SIP event thread.
+        self.stop.take();
+        if let Some(t) = self.event_thread.take() {
+            match self.event_done.recv_deadline(deadline) {
+                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    report.event_thread_joined = t.join().is_ok();
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    tracing::warn!("bot-sip thread still running at the deadline");
+                }
+            }
+        }
+        // 3. SIP: BYE to what is left, unregister, join.
+        if let Some(sip) = self.sip.take() {
+            match Arc::try_unwrap(sip) {
+                Ok(mut sip) => report.sip = Some(sip.shutdown(deadline)),
+                Err(_) => {
+                    tracing::warn!("SIP handle still held by a call thread; it shuts down when released")
+                }
+            }
+        }
+        // 4. Components.
+        report.components = lock(&self.shared.components).shutdown(deadline);
+        report.elapsed = started.elapsed();
+        tracing::info!(
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            calls = report.live_calls,
+            "callbot shut down"
+        );
+        self.report = Some(report.clone());
+        report
+    }
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        self.shutdown(Instant::now() + Duration::from_secs(3));
+    }
+}
+
+/// The `bot-sip` thread: SIP events in, calls started and ended.
+fn event_loop(shared: &Arc<Shared>, sip: &Arc<SipHandle>, stop: &Receiver<()>) {
+    loop {
+        crossbeam_channel::select! {
+            recv(stop) -> _ => return,
+            recv(sip.events()) -> ev => match ev {
+                Ok(ev) => on_sip_event(shared, sip, ev),
+                Err(_) => return,
+            },
+            default(Duration::from_millis(100)) => {}
+        }
+        reap(shared);
+    }
+}
+
+/// Joins ended call threads and shuts down the components they released.
+fn reap(shared: &Shared) {
+    let ended: Vec<LiveCall> = {
+        let mut calls = lock(&shared.calls);
+        let ids: Vec<CallId> = calls
+            .iter()
+            .filter(|(_, c)| !c.done.is_empty() || c.thread.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| calls.remove(id)).collect()
+    };
+    if ended.is_empty() {
+        return;
+    }
+    for c in ended {
+        let _ = c.thread.join();
+    }
+    let reports = lock(&shared.components).reap(Instant::now() + Duration::from_secs(2));
+    for r in reports {
+        tracing::info!(
+            component = r.component,
+            generation = r.generation,
+            clean = r.clean,
+            "retired component shut down"
+        );
+    }
+}
+
+fn on_sip_event(shared: &Arc<Shared>, sip: &Arc<SipHandle>, ev: SipEvent) {
+    match ev {
+        SipEvent::IncomingCall {
+            call, from, media, ..
+        } => {
+            if let Err((code, why)) = accept(shared, sip, call, &from, media) {
+                tracing::info!(%call, code, %why, "call rejected");
+                let _ = sip.reject(call, code);
+            }
+        }
+        SipEvent::CallEnded { call, reason } => {
+            tracing::debug!(%call, ?reason, "SIP call ended");
+            if let Some(c) = lock(&shared.calls).get(&call) {
+                let _ = c.control.try_send(CallControl::CallerHungUp);
+            }
+        }
+        other => tracing::debug!(event = ?other, "SIP event"),
+    }
+}
+
+fn accept(
+    shared: &Arc<Shared>,
+    sip: &Arc<SipHandle>,
+    call: CallId,
+    from: &str,
+    media: NegotiatedMedia,
+) -> Result<(), (u16, String)> {
+    if !shared.accepting.load(Ordering::SeqCst) {
+        return Err((503, "shutting down".into()));
+    }
+    let settings = lock(&shared.settings).clone();
+    if lock(&shared.calls).len() >= settings.dialogue.max_calls {
+        return Err((486, "max_calls reached".into()));
+    }
+    let (law, name) = match media.codec {
+        AudioCodec::Pcmu => (Law::Ulaw, "PCMU"),
+        AudioCodec::Pcma => (Law::Alaw, "PCMA"),
+    };
+    if !settings.media.codecs.iter().any(|c| c == name) {
+        return Err((488, format!("codec {name} not enabled")));
+    }
+    let components = lock(&shared.components)
+        .for_call()
+        .ok_or((503, "components shut down".to_string()))?;
+    let n = shared.call_seq.fetch_add(1, Ordering::SeqCst) + 1;
+    let call_name = format!("{n}-{}", from_user(from));
+    let mut rtp_cfg = RtpSessionConfig::new(sip.local_addr().ip(), law, Some(media.remote_rtp));
+    rtp_cfg.ports = settings.media.rtp_port_min..=settings.media.rtp_port_max;
+    rtp_cfg.media.payload_type = media.payload_type;
+    rtp_cfg.media.telephone_event = media.telephone_event;
+    rtp_cfg.record = settings.media.record_dir.as_ref().map(|dir| RecordTo {
+        dir: dir.clone(),
+        name: call_name.clone(),
+    });
+    let endpointer =
+        VadEndpointer::new(8000, VadConfig::default()).map_err(|e| (500, format!("VAD: {e}")))?;
+    let mut rtp = RtpSession::start(rtp_cfg).map_err(|e| (503, format!("RTP: {e}")))?;
+    if let Err(e) = sip.answer(call, rtp.local_addr()) {
+        rtp.shutdown(Instant::now() + Duration::from_millis(500));
+        return Err((500, format!("answer failed: {e}")));
+    }
+    let setup = CallSetup {
+        call_id: call_name,
+        dialogue: settings.dialogue_config(),
+        stt: components.stt.clone(),
+        stt_options: transcribe_options(&settings),
+        stt_timeout: Duration::from_secs(10),
+        llm: components.llm.clone(),
+        chunker: Default::default(),
+        tts: components.tts.clone(),
+        voice: voice_options(&settings),
+        transcript_dir: settings.transcripts.dir.clone(),
+        preroll: Duration::from_millis(300),
+        max_utterance: Duration::from_secs(25),
+        turn_observer: None,
+    };
+    let (control, control_rx) = bounded(8);
+    let (done_tx, done) = bounded(1);
+    let sip2 = Arc::clone(sip);
+    let thread = std::thread::Builder::new()
+        .name(format!("call-{n}"))
+        .spawn(move || {
+            let outcome = run_call(setup, &rtp, endpointer, &control_rx);
+            if outcome.send_bye
+                && let Err(e) = sip2.hang_up(call)
+            {
+                tracing::warn!(%call, error = %e, "BYE failed");
+            }
+            rtp.shutdown(Instant::now() + Duration::from_millis(500));
+            drop(components);
+            drop(sip2);
+            let _ = done_tx.send(());
+        });
+    match thread {
+        Ok(thread) => {
+            tracing::info!(%call, from, "call answered");
+            lock(&shared.calls).insert(
+                call,
+                LiveCall {
+                    control,
+                    done,
+                    thread,
+                },
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = sip.hang_up(call);
+            Err((500, format!("thread: {e}")))
+        }
+    }
+}
+
+/// The user part of a From header value, for names (`"Bob" <sip:bob@host>` -> `bob`).
+fn from_user(from: &str) -> String {
+    let uri = from
+        .split_once('<')
+        .map_or(from, |(_, r)| r.split('>').next().unwrap_or(r));
+    let user = uri
+        .trim()
+        .trim_start_matches("sips:")
+        .trim_start_matches("sip:")
+        .split(['@', ';', '>'])
+        .next()
+        .unwrap_or("");
+    let s: String = user
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    if s.is_empty() { "caller".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_user_extracts_a_safe_name() {
+        assert_eq!(from_user("\"Bob\" <sip:bob@127.0.0.1>;tag=1"), "bob");
+        assert_eq!(from_user("sip:alice@host"), "alice");
+        assert_eq!(from_user("<sip:../../x@h>"), "x");
+        assert_eq!(from_user(""), "caller");
+    }
+
+    #[test]
+    fn registration_server_resolves_with_default_port() {
+        let (a, host) = resolve("127.0.0.1").unwrap();
+        assert_eq!(a, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(host, "127.0.0.1");
+        let (a, _) = resolve("127.0.0.1:5070").unwrap();
+        assert_eq!(a.port(), 5070);
+        let (a, host) = resolve("[::1]:5080").unwrap();
+        assert_eq!(a.port(), 5080);
+        assert_eq!(host, "::1");
+        assert_eq!(
+            resolve("no-such-host.invalid").unwrap_err().field,
+            "sip.registration.server"
+        );
+    }
+}

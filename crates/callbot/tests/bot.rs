@@ -1,0 +1,194 @@
+//! The whole bot on loopback with the real layers: Whisper tiny.en, espeak-ng, echo
+//! mode (no Ollama reachable), the project's own SIP UAC and RTP session as the caller.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use callbot::{Bot, Settings};
+use callbot_audio::g711::Law;
+use callbot_rtp::{RtpSession, RtpSessionConfig};
+use callbot_sip::{SipConfig, SipEvent, SipUserAgent};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn settings(dir: &std::path::Path, model: std::path::PathBuf) -> Settings {
+    let mut s = Settings::default();
+    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
+    s.stt.model = model;
+    s.stt.threads = 2;
+    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
+    s.llm.connect_timeout_secs = 0.3;
+    s.dialogue.greeting = "Hello.".into();
+    s.dialogue.max_calls = 4;
+    let base = callbot_testkit::ports::free_udp_port_range(8);
+    s.media.rtp_port_min = base;
+    s.media.rtp_port_max = base + 7;
+    s.transcripts.dir = Some(dir.join("transcripts"));
+    s
+}
+
+/// espeak-ng (the program) speaks `text` into an 8 kHz frame.
+fn speech(dir: &std::path::Path, text: &str) -> Option<callbot_audio::AudioFrame> {
+    let espeak = callbot_testkit::tools::require("espeak-ng")?;
+    let wav = dir.join("caller.wav");
+    let ok = std::process::Command::new(espeak)
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let audio = callbot_audio::wav::read_wav(&wav).unwrap();
+    Some(callbot_audio::resample::resample_frame(&audio, 8000).unwrap())
+}
+
+fn turns(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir.join("transcripts")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn heavy_bot_answers_a_real_call_in_echo_mode_and_shuts_down_cleanly() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let Some(question) = speech(dir.path(), "What is the weather like today?") else {
+        return;
+    };
+
+    let started = Instant::now();
+    let mut bot = Bot::start(settings(dir.path(), model)).unwrap();
+    println!("Bot::start took {:?}", started.elapsed());
+    assert!(bot.echo_mode(), "no LLM on that port: echo mode");
+
+    // The caller: our own UAC and an RTP session.
+    let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
+    let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
+    let invite_at = Instant::now();
+    let call = caller
+        .call(
+            &format!("sip:bot@{}", bot.sip_addr()),
+            bot.sip_addr(),
+            rtp.local_addr(),
+        )
+        .unwrap();
+    let media = loop {
+        match caller.events().recv_timeout(Duration::from_secs(5)).unwrap() {
+            SipEvent::CallAnswered { call: c, media } if c == call => break media,
+            SipEvent::CallEnded { reason, .. } => panic!("call ended: {reason:?}"),
+            _ => {}
+        }
+    };
+    println!("INVITE to answer: {:?}", invite_at.elapsed());
+    rtp.retarget(
+        Some(media.remote_rtp),
+        Law::Ulaw,
+        media.payload_type,
+        media.telephone_event,
+    )
+    .unwrap();
+    assert_eq!(bot.live_calls(), 1);
+
+    // Let the greeting play, then ask.
+    std::thread::sleep(Duration::from_millis(2500));
+    rtp.play(question.clone()).unwrap();
+    rtp.play(callbot_audio::AudioFrame::silence(8000, Duration::from_secs(1)))
+        .unwrap();
+
+    // Wait for the conversation turn in the transcript file.
+    let t0 = Instant::now();
+    let turn = loop {
+        if let Some(t) = turns(dir.path())
+            .into_iter()
+            .find(|l| l["kind"] == "conversation")
+        {
+            break t;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no conversation turn: {:?}",
+            turns(dir.path())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    println!("turn: {turn}");
+    let user = turn["user"].as_str().unwrap().to_lowercase();
+    assert!(user.contains("weather"), "heard: {user}");
+    assert!(turn["bot"].as_str().unwrap().starts_with("You said:"));
+    assert!(turn["timings"]["voice_to_voice"].as_f64().is_some());
+
+    // The caller hangs up; the bot ends the call and frees it.
+    caller.hang_up(call).unwrap();
+    let t0 = Instant::now();
+    while bot.live_calls() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "call not reaped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("caller BYE to call reaped: {:?}", t0.elapsed());
+
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    println!("{report:#?}");
+    assert!(!report.already_shut_down);
+    assert!(report.event_thread_joined);
+    assert!(report.sip.as_ref().is_some_and(|s| s.thread_joined));
+    assert!(report.components.all_clean(), "{report:?}");
+    assert!(
+        bot.shutdown(Instant::now() + Duration::from_secs(1))
+            .already_shut_down
+    );
+    // The transcript ends with the summary line.
+    let lines = turns(dir.path());
+    assert_eq!(lines.last().unwrap()["type"], "summary");
+    rtp.shutdown(Instant::now() + Duration::from_secs(1));
+    caller.shutdown(Instant::now() + Duration::from_secs(1));
+}
+
+#[test]
+fn heavy_bot_start_failure_names_the_setting_and_reconfigure_rolls_back() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let mut bad = settings(dir.path(), "/nonexistent/model.bin".into());
+    let e = Bot::start(bad.clone()).unwrap_err();
+    assert!(e.to_string().contains("stt.model"), "{e}");
+
+    bad.stt.model = model.clone();
+    let mut bot = Bot::start(bad.clone()).unwrap();
+    // invalid: a missing model; the old one keeps serving
+    let mut next = bad.clone();
+    next.stt.model = "/nonexistent/other.bin".into();
+    let e = bot.reconfigure(next).unwrap_err();
+    assert_eq!(e.field, "stt.model");
+    // refused: SIP cannot change while running
+    let mut next = bad.clone();
+    next.sip.listen = SocketAddr::new(LOOPBACK, 1);
+    assert_eq!(bot.reconfigure(next).unwrap_err().field, "sip.listen");
+    // valid: new STT threads -> a new Whisper pool; dialogue changes apply to new calls
+    let mut next = bad.clone();
+    next.stt.threads = 1;
+    next.dialogue.greeting = "Hi again.".into();
+    let r = bot.reconfigure(next).unwrap();
+    assert_eq!(r.replaced, vec!["stt"]);
+    assert_eq!(
+        r.shut_down.len(),
+        1,
+        "old Whisper pool shut down at once (no live call)"
+    );
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+}
