@@ -7,8 +7,9 @@
 //! could carry at that rate, resident memory per call (RSS growth / N), and whether the
 //! sessions kept up (frames, loss, late, clock skips, channel overflow).
 //!
-//! `cargo bench -p callbot-benches --bench rtp` (env: `CALLBOT_RTP_BENCH_CALLS=50,200,300`,
-//! `CALLBOT_RTP_BENCH_SECONDS=5`). Linux only (reads `/proc/self`). Not criterion: the
+//! `cargo bench -p callbot-benches --bench rtp` (env: `CALLBOT_RTP_BENCH_CALLS=300`,
+//! `CALLBOT_RTP_BENCH_SECONDS=5`; with several N, only the first one's memory figure is
+//! meaningful: later runs reuse memory the allocator kept). Linux only (reads `/proc/self`). Not criterion: the
 //! figure wanted is a steady-state cost across many threads, not a micro-benchmark.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -134,7 +135,7 @@ fn main() {
     let ns: Vec<usize> = std::env::var("CALLBOT_RTP_BENCH_CALLS")
         .ok()
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| if is_bench { vec![50, 200, 300] } else { vec![5] });
+        .unwrap_or_else(|| if is_bench { vec![300] } else { vec![5] });
     let seconds = std::env::var("CALLBOT_RTP_BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())

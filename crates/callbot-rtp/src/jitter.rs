@@ -474,3 +474,40 @@ mod tests {
         assert!(s.duplicates > 100);
     }
 }
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_jumps_do_not_disturb_playout() {
+        // Timestamps jump forward (silence suppression at the sender), backwards (a
+        // buggy peer) and wrap: playout follows the sequence numbers only.
+        let mut jb = JitterBuffer::new(JitterConfig::default());
+        let t0 = Instant::now();
+        let ts = [0u32, 160, 320, 80_000, 80_160, 10, 170, u32::MAX - 100, 59, 219];
+        let mut out = Vec::new();
+        for (i, &t) in ts.iter().enumerate() {
+            let now = t0 + Duration::from_millis(20) * i as u32;
+            let pk = RtpPacket {
+                payload_type: 0,
+                marker: i == 3,
+                sequence: 500 + i as u16,
+                timestamp: t,
+                ssrc: 1,
+                payload: vec![0; 160],
+            };
+            assert_eq!(jb.push(now, pk), PushOutcome::Accepted);
+            if let Playout::Frame(p) = jb.pop(now) {
+                out.push(p.timestamp);
+            }
+        }
+        for i in 10..14u32 {
+            if let Playout::Frame(p) = jb.pop(t0 + Duration::from_millis(20) * i) {
+                out.push(p.timestamp);
+            }
+        }
+        assert_eq!(out, ts);
+        assert_eq!(jb.stats().lost + jb.stats().late + jb.stats().resyncs, 0);
+    }
+}
