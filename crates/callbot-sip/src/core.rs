@@ -6,7 +6,8 @@
 //! [`UserAgentCore::poll_event`], and [`UserAgentCore::poll_timeout`] says when to call
 //! `handle_timeout` next.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -365,10 +366,19 @@ struct Registration {
     unregistered: Option<bool>,
 }
 
+/// What a timer-heap entry points at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Server(ServerKey),
+    Client(String),
+}
+
 /// The sans-IO SIP user agent.
 #[derive(Debug)]
 pub struct UserAgentCore {
     cfg: CoreConfig,
+    /// Deadlines of transactions (entries may be stale: checked when they fire).
+    timer_heap: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     server_tx: HashMap<ServerKey, ServerTx>,
     client_tx: HashMap<String, ClientTx>,
     calls: HashMap<CallId, Call>,
@@ -440,6 +450,7 @@ impl UserAgentCore {
         });
         UserAgentCore {
             cfg,
+            timer_heap: BinaryHeap::new(),
             server_tx: HashMap::new(),
             client_tx: HashMap::new(),
             calls: HashMap::new(),
@@ -479,12 +490,27 @@ impl UserAgentCore {
         self.events.pop_front()
     }
 
-    /// When `handle_timeout` must be called next.
+    /// When `handle_timeout` must be called next (it may find nothing to do).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let s = self.server_tx.values().filter_map(ServerTx::next_deadline);
-        let c = self.client_tx.values().filter_map(ClientTx::next_deadline);
+        let t = self.timer_heap.peek().map(|Reverse((t, _))| *t);
         let r = self.registration.as_ref().and_then(|r| r.next_at);
-        s.chain(c).chain(r).min()
+        match (t, r) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn schedule_server(&mut self, key: &ServerKey) {
+        if let Some(d) = self.server_tx.get(key).and_then(ServerTx::next_deadline) {
+            self.timer_heap.push(Reverse((d, TimerKey::Server(key.clone()))));
+        }
+    }
+
+    fn schedule_client(&mut self, branch: &str) {
+        if let Some(d) = self.client_tx.get(branch).and_then(ClientTx::next_deadline) {
+            self.timer_heap
+                .push(Reverse((d, TimerKey::Client(branch.to_string()))));
+        }
     }
 
     /// Live call ids.
@@ -687,6 +713,7 @@ impl UserAgentCore {
             tx.send_response(now, code, bytes.clone(), &timers);
             let d = tx.dest;
             self.send(d, bytes);
+            self.schedule_server(key);
         }
     }
 
@@ -697,6 +724,7 @@ impl UserAgentCore {
             && tx.state == ServerState::Completed
         {
             tx.on_ack(now, &timers);
+            self.schedule_server(key);
             return;
         }
         // ACK for a 2xx: matched to the dialog.
@@ -715,6 +743,7 @@ impl UserAgentCore {
             && let Some(tx) = self.server_tx.get_mut(&k)
         {
             tx.on_ack(now, &timers);
+            self.schedule_server(&k);
         }
         self.events.push_back(SipEvent::CallConfirmed { call: call_id });
     }
@@ -982,13 +1011,16 @@ impl UserAgentCore {
         let was_completed = tx.state == ClientState::Completed;
         let fresh = tx.on_response(now, code, &timers);
         let owner = tx.owner;
+        let invite_tx = tx.invite;
+        let dest = tx.dest;
+        let ack = tx.ack.clone();
+        self.schedule_client(&branch);
         if !fresh {
             // Retransmitted final: INVITE non-2xx gets its ACK again, 2xx re-ACKed by the TU.
-            if was_completed && tx.invite {
+            if was_completed && invite_tx {
                 if code >= 300 {
-                    if let Some(ack) = tx.ack.clone() {
-                        let d = tx.dest;
-                        self.send(d, ack);
+                    if let Some(ack) = ack {
+                        self.send(dest, ack);
                     }
                 } else {
                     self.reack(&msg);
@@ -996,14 +1028,13 @@ impl UserAgentCore {
             }
             return;
         }
-        if tx.invite && code >= 300 {
+        if invite_tx && code >= 300 {
             // ACK for non-2xx: same branch, To from the response.
             let ack = self.build_non2xx_ack(&branch, &msg);
             if let Some(tx) = self.client_tx.get_mut(&branch) {
                 tx.ack = Some(ack.clone());
-                let d = tx.dest;
-                self.send(d, ack);
             }
+            self.send(dest, ack);
         }
         match owner {
             TxOwner::Register => self.on_register_response(now, code, &msg),
@@ -1202,7 +1233,8 @@ impl UserAgentCore {
         owner: TxOwner,
     ) {
         let tx = ClientTx::new(now, invite, bytes.clone(), dest, owner, &self.cfg.timers);
-        self.client_tx.insert(branch, tx);
+        self.client_tx.insert(branch.clone(), tx);
+        self.schedule_client(&branch);
         self.send(dest, bytes);
     }
 
@@ -1626,12 +1658,25 @@ impl UserAgentCore {
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         let timers = self.cfg.timers;
-        let due: Vec<ServerKey> = self
-            .server_tx
-            .iter()
-            .filter(|(_, t)| t.next_deadline().is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let mut due_server: Vec<ServerKey> = Vec::new();
+        let mut due_client: Vec<String> = Vec::new();
+        while let Some(Reverse((t, _))) = self.timer_heap.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, key))) = self.timer_heap.pop() else {
+                break;
+            };
+            match key {
+                TimerKey::Server(k) => due_server.push(k),
+                TimerKey::Client(k) => due_client.push(k),
+            }
+        }
+        due_server.sort();
+        due_server.dedup();
+        due_client.sort();
+        due_client.dedup();
+        let due = due_server;
         for k in due {
             let Some(tx) = self.server_tx.get_mut(&k) else {
                 continue;
@@ -1642,6 +1687,7 @@ impl UserAgentCore {
                         let d = tx.dest;
                         self.send(d, r);
                     }
+                    self.schedule_server(&k);
                 }
                 Some(ServerTimeout::Terminated) => {
                     self.server_tx.remove(&k);
@@ -1658,12 +1704,7 @@ impl UserAgentCore {
                 None => {}
             }
         }
-        let due: Vec<String> = self
-            .client_tx
-            .iter()
-            .filter(|(_, t)| t.next_deadline().is_some_and(|d| d <= now))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due = due_client;
         for k in due {
             let Some(tx) = self.client_tx.get_mut(&k) else {
                 continue;
@@ -1672,6 +1713,7 @@ impl UserAgentCore {
                 Some(ClientTimeout::Retransmit) => {
                     let (d, r) = (tx.dest, tx.request.clone());
                     self.send(d, r);
+                    self.schedule_client(&k);
                 }
                 Some(ClientTimeout::Terminated) => {
                     self.client_tx.remove(&k);
@@ -1759,6 +1801,7 @@ impl UserAgentCore {
         }
         self.server_tx.clear();
         self.client_tx.clear();
+        self.timer_heap.clear();
         if let Some(r) = self.registration.as_mut() {
             r.phase = RegPhase::Done;
             r.next_at = None;

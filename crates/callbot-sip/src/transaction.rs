@@ -37,7 +37,7 @@ impl Timers {
 }
 
 /// Server transaction key: branch, sent-by and method (ACK matches INVITE).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct ServerKey {
     pub(crate) branch: String,
     pub(crate) sent_by: String,
