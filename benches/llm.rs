@@ -31,7 +31,10 @@ fn first_sentence(c: &mut Criterion) {
             for _ in 0..iters {
                 let mut history = chat.new_history();
                 history.push_user("When are you open?");
-                let mut sentences = chat.start_reply(&history).unwrap().sentences(ChunkerConfig::default());
+                let mut sentences = chat
+                    .start_reply(&history)
+                    .unwrap()
+                    .sentences(ChunkerConfig::default());
                 let first = sentences.next().unwrap().unwrap();
                 let handed_out = Instant::now();
                 assert_eq!(first, "Hello there. ");
@@ -48,7 +51,10 @@ fn first_sentence(c: &mut Criterion) {
         b.iter(|| {
             let mut history = chat.new_history();
             history.push_user("When are you open?");
-            let mut sentences = chat.start_reply(&history).unwrap().sentences(ChunkerConfig::default());
+            let mut sentences = chat
+                .start_reply(&history)
+                .unwrap()
+                .sentences(ChunkerConfig::default());
             let first = sentences.next().unwrap().unwrap();
             for piece in sentences.by_ref() {
                 piece.unwrap();

@@ -39,7 +39,10 @@ fn chat_streams_replies_and_keeps_history() {
         .arg(server.url())
         .arg(&input);
     let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &dir.path().join("chat.log")).unwrap();
-    let status = child.wait_timeout(Duration::from_secs(20)).unwrap().expect("chat exits");
+    let status = child
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("chat exits");
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     let log = std::fs::read_to_string(dir.path().join("chat.log")).unwrap_or_default();
@@ -63,7 +66,10 @@ fn chat_reports_a_bad_url_without_panicking() {
     let mut cmd = Command::new(chat);
     cmd.args(["--url", "localhost:11434", "--model", "m"]);
     let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &dir.path().join("chat.log")).unwrap();
-    let status = child.wait_timeout(Duration::from_secs(10)).unwrap().expect("chat exits");
+    let status = child
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("chat exits");
     let mut out = String::new();
     stdout.read_to_string(&mut out).unwrap();
     assert_eq!(status.code(), Some(1));

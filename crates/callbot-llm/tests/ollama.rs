@@ -245,7 +245,7 @@ fn a_slow_reply_hits_the_total_timeout() {
             other => break other,
         }
     };
-    assert!(deltas >= 1 && deltas < 100, "{deltas}");
+    assert!((1..100).contains(&deltas), "{deltas}");
     assert_eq!(
         end,
         ReplyEvent::Failed(LlmError::Timeout {
@@ -446,4 +446,46 @@ fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
     assert_eq!(threads1, threads0);
     assert!(rss1 < rss0 + 4 * 1024, "RSS grew from {rss0} to {rss1} KiB");
     assert_eq!(chat.in_flight(), 0);
+}
+
+/// A listener whose accept queue is full drops new SYNs, so connecting hangs: the
+/// connect timeout must fire (and be told apart from "unreachable").
+#[test]
+fn a_hanging_connect_hits_the_connect_timeout() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue (never accepted).
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            fillers.push(s);
+        }
+    }
+    let hangs = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err();
+    if !hangs {
+        eprintln!("SKIP: this kernel accepts connections beyond the backlog");
+        return;
+    }
+    let mut cfg = OllamaConfig::new(&format!("http://{addr}"), "m");
+    cfg.connect_timeout = Duration::from_millis(200);
+    let chat = OllamaChat::new(cfg).unwrap();
+    let mut history = chat.new_history();
+    history.push_user("hi");
+    let started = Instant::now();
+    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    assert_eq!(
+        err,
+        LlmError::Timeout {
+            stage: TimeoutStage::Connect
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(listener);
 }

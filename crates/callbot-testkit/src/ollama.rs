@@ -729,8 +729,7 @@ async fn chat(
             && i == *after
         {
             let line = format!("{{\"error\":{}}}\n", json_string(message));
-            let ok = write_line(write, &line, false).await.is_ok()
-                && write_chunk(write, b"").await.is_ok();
+            let ok = write_line(write, &line, false).await.is_ok() && write_chunk(write, b"").await.is_ok();
             update(&|c: &mut ChatLog| c.finished = true);
             return ok;
         }
