@@ -137,6 +137,14 @@ fn heavy_answer_play_against_baresip() {
                 .iter()
                 .any(|l| l.contains("answered") && l.contains(codec_name))
         );
+        // baresip's RTCP reached the bot's RTCP port and parsed as SR/RR
+        let ended = lines.iter().find(|l| l.contains("ended")).expect("ended line");
+        let rtcp_in: u64 = ended
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("rtcp_in="))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(rtcp_in >= 1, "{ended}");
 
         // baresip heard REPLY.wav
         let heard = read_mono(result.received_audio.as_deref().unwrap());
