@@ -182,4 +182,21 @@ impl Bot {
             self.pump(Duration::from_millis(100));
         }
     }
+
+    /// Waits until every table is empty: calls, dialogs and both transaction tables
+    /// (transactions linger up to 64*T1 for their absorption timers).
+    pub(crate) fn wait_idle(&mut self, timeout: Duration) -> callbot_sip::CoreStats {
+        let end = Instant::now() + timeout;
+        loop {
+            let st = self.handle.stats().expect("stats");
+            let idle = st.calls == 0
+                && st.dialogs == 0
+                && st.server_transactions == 0
+                && st.client_transactions == 0;
+            if idle || Instant::now() >= end {
+                return st;
+            }
+            self.pump(Duration::from_millis(200));
+        }
+    }
 }

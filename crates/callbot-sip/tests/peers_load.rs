@@ -1,0 +1,115 @@
+//! Measurements (ignored by default; run with
+//! `cargo nextest run -p callbot-sip --test peers_load --run-ignored only --no-capture`,
+//! best with `--release`): signalling-only call setup rate with SIPp against the UA
+//! (goal >= 1,000 calls/s, 0 failed) and the process RSS after 10,000 calls versus after
+//! 100 (goal: within 1 MB). Prints the figures; asserts only the 0-failure goal and that
+//! the tables are empty afterwards (no timing assertions on a shared machine).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod peers_support;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use callbot_sip::SipConfig;
+use callbot_testkit::sipp::{SippStats, SippUac};
+use peers_support::Bot;
+
+/// Resident set size of this process in KiB (`/proc/self/status` VmRSS).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn calls(bot: &mut Bot, n: u32, rate: f64) -> SippStats {
+    let addr = bot.addr();
+    let stats = bot.run_while(|| {
+        SippUac::new(addr, n, rate)
+            .max_concurrent(2000)
+            .recv_timeout(Duration::from_secs(5))
+            .run()
+            .unwrap()
+    });
+    println!(
+        "{n} calls at {rate}/s: successful={} failed={} retransmissions={} wall={:.2}s -> {:.0} calls/s, setup avg {:?} ms",
+        stats.successful,
+        stats.failed,
+        stats.retransmissions,
+        stats.wall_time.as_secs_f64(),
+        stats.calls_per_second(),
+        stats.setup_avg_ms
+    );
+    stats
+}
+
+#[test]
+#[ignore = "measurement: run explicitly (see the file's docs)"]
+fn heavy_measure_setup_rate_and_rss() {
+    if callbot_testkit::tools::require("sipp").is_none() {
+        return;
+    }
+    let mut cfg = SipConfig::new(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
+    cfg.max_calls = 5000;
+    let mut bot = Bot::start_with(cfg);
+    let warm = calls(&mut bot, 100, 100.0);
+    assert_eq!(warm.failed, 0);
+    bot.events.clear();
+    let st = bot.wait_idle(Duration::from_secs(40));
+    let rss_100 = rss_kib();
+    println!("RSS after 100 calls: {rss_100} KiB ({st:?})");
+
+    let rate: f64 = std::env::var("CALLBOT_LOAD_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000.0);
+    let total: u32 = std::env::var("CALLBOT_LOAD_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let big = calls(&mut bot, total, rate);
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+    for (_, r) in bot.ended() {
+        *reasons.entry(r.to_string()).or_default() += 1;
+    }
+    println!(
+        "end reasons: {reasons:?}; stats right after: {:?}",
+        bot.handle.stats().unwrap()
+    );
+    println!(
+        "incoming-call events: {} for {} calls SIPp created",
+        bot.incoming(),
+        big.created
+    );
+    bot.events.clear();
+    bot.events.shrink_to_fit();
+    let st = bot.wait_idle(Duration::from_secs(120));
+    let rss_big = rss_kib();
+    println!(
+        "RSS after {} more calls: {rss_big} KiB; difference {} KiB ({st:?})",
+        total,
+        rss_big as i64 - rss_100 as i64
+    );
+    println!(
+        "LOAD-RESULT rate_goal={rate} calls={total} successful={} failed={} calls_per_s={:.0} rss_100_kib={rss_100} rss_after_kib={rss_big}",
+        big.successful,
+        big.failed,
+        big.calls_per_second()
+    );
+    assert_eq!(big.failed, 0, "{big:?}");
+    assert_eq!(
+        (
+            st.calls,
+            st.dialogs,
+            st.server_transactions,
+            st.client_transactions
+        ),
+        (0, 0, 0, 0)
+    );
+}
