@@ -256,3 +256,54 @@ fn frame_channel_never_blocks_and_counts_overflow() {
     assert!(rb.stats.overflow_drops > 10, "{:?}", rb.stats);
     assert_eq!(rb.stats.frames_delivered, rb.stats.overflow_drops + 20);
 }
+
+#[test]
+fn symmetric_rtp_answers_where_the_peer_really_is() {
+    // The SDP names a port nobody uses (a NATed peer); media really comes from `peer`.
+    let sdp_addr = SocketAddr::new(LO, callbot_testkit::ports::free_udp_port());
+    let peer = UdpSocket::bind((LO, 0)).unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut cfg = RtpSessionConfig::new(LO, Law::Ulaw, Some(sdp_addr));
+    cfg.ports = 40000..=49999;
+    let mut s = RtpSession::start(cfg).unwrap();
+    let mut buf = Vec::new();
+    for k in 0..5u16 {
+        callbot_rtp::packet::write_rtp(&mut buf, 0, k == 0, k, u32::from(k) * 160, 0xABCD, &[0xFF; 160]);
+        peer.send_to(&buf, s.local_addr()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let latched = s.events().recv_timeout(Duration::from_secs(1)).unwrap();
+    assert_eq!(
+        latched,
+        RtpEvent::SourceLatched {
+            addr: peer.local_addr().unwrap(),
+            ssrc: 0xABCD
+        }
+    );
+    // the bot's packets now reach the peer's real address
+    let mut got = [0u8; 2048];
+    let (n, from) = peer.recv_from(&mut got).unwrap();
+    assert_eq!(from, s.local_addr());
+    assert_eq!(n, 12 + 160);
+    // a re-INVITE moves the peer: new port, new SSRC
+    let moved = UdpSocket::bind((LO, 0)).unwrap();
+    s.retarget(Some(moved.local_addr().unwrap()), Law::Ulaw, 0, Some(101))
+        .unwrap();
+    for k in 0..5u16 {
+        callbot_rtp::packet::write_rtp(
+            &mut buf,
+            0,
+            k == 0,
+            9000 + k,
+            u32::from(k) * 160,
+            0x7777,
+            &[0xFF; 160],
+        );
+        moved.send_to(&buf, s.local_addr()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let r = s.shutdown(deadline());
+    assert_eq!(r.stats.ssrc_changes, 1);
+    assert_eq!(r.stats.packets_received, 10);
+    assert_eq!(r.stats.foreign_source, 0);
+}
