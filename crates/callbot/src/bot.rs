@@ -138,6 +138,8 @@ struct Shared {
     calls: Mutex<HashMap<CallId, LiveCall>>,
     accepting: AtomicBool,
     call_seq: AtomicU64,
+    /// Call threads poke `bot-sip` through this when they end, so it reaps at once.
+    wake: Sender<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,18 +218,20 @@ impl Bot {
             }
         };
         let local_sip = sip.local_addr();
+        let (wake, wake_rx) = bounded::<()>(1);
         let shared = Arc::new(Shared {
             settings: Mutex::new(settings),
             components: Mutex::new(components),
             calls: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             call_seq: AtomicU64::new(0),
+            wake,
         });
         let (stop_tx, stop_rx) = bounded::<()>(1);
         let (done_tx, event_done) = bounded::<()>(1);
         let (s2, sip2) = (Arc::clone(&shared), Arc::clone(&sip));
         let thread = std::thread::Builder::new().name("bot-sip".into()).spawn(move || {
-            event_loop(&s2, &sip2, &stop_rx);
+            event_loop(&s2, &sip2, &stop_rx, &wake_rx);
             drop(sip2);
             let _ = done_tx.send(());
         });
@@ -379,10 +383,11 @@ impl Drop for Bot {
 }
 
 /// The `bot-sip` thread: SIP events in, calls started and ended.
-fn event_loop(shared: &Arc<Shared>, sip: &Arc<SipHandle>, stop: &Receiver<()>) {
+fn event_loop(shared: &Arc<Shared>, sip: &Arc<SipHandle>, stop: &Receiver<()>, wake: &Receiver<()>) {
     loop {
         crossbeam_channel::select! {
             recv(stop) -> _ => return,
+            recv(wake) -> _ => {},
             recv(sip.events()) -> ev => match ev {
                 Ok(ev) => on_sip_event(shared, sip, ev),
                 Err(_) => return,
@@ -500,6 +505,7 @@ fn accept(
     let (control, control_rx) = bounded(8);
     let (done_tx, done) = bounded(1);
     let sip2 = Arc::clone(sip);
+    let wake = shared.wake.clone();
     let thread = std::thread::Builder::new()
         .name(format!("call-{n}"))
         .spawn(move || {
@@ -513,6 +519,7 @@ fn accept(
             drop(components);
             drop(sip2);
             let _ = done_tx.send(());
+            let _ = wake.try_send(());
         });
     match thread {
         Ok(thread) => {
