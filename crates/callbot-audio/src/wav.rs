@@ -62,8 +62,14 @@ pub fn read_wav_limited(path: impl AsRef<Path>, max: Duration) -> Result<AudioFr
     let mut reader = hound::WavReader::open(path).map_err(|e| wav_err(path, e))?;
     let spec = reader.spec();
     let channels = usize::from(spec.channels);
-    if channels == 0 || spec.sample_rate == 0 {
-        return Err(format_err(path, "zero channels or zero sample rate"));
+    if channels == 0 || spec.sample_rate == 0 || spec.sample_rate > crate::resample::MAX_RATE {
+        return Err(format_err(
+            path,
+            format!(
+                "unsupported: {} channels at {} Hz",
+                spec.channels, spec.sample_rate
+            ),
+        ));
     }
     let frames = reader.duration() as usize;
     let max_frames = crate::frame::samples_for(spec.sample_rate, max);
@@ -76,7 +82,8 @@ pub fn read_wav_limited(path: impl AsRef<Path>, max: Duration) -> Result<AudioFr
             ),
         ));
     }
-    let mut mono = Vec::with_capacity(frames);
+    // The header's length is not trusted for allocation: at most 1 M samples up front.
+    let mut mono = Vec::with_capacity(frames.min(1 << 20));
     let mut acc = 0.0f64;
     let mut in_frame = 0usize;
     let mut push = |v: f64, mono: &mut Vec<i16>| {
@@ -346,6 +353,31 @@ mod tests {
         }
         w.finalize().unwrap();
         assert_eq!(read_wav(&p).unwrap().samples, vec![16384, -32768, 0]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Any corruption of a valid file's bytes gives a frame or an error, never a panic
+        /// or a huge allocation.
+        #[test]
+        fn reader_survives_corrupted_files(
+            edits in proptest::collection::vec((0usize..200, proptest::num::u8::ANY), 1..12),
+            cut in 0usize..300,
+        ) {
+            let dir = tmp();
+            let p = dir.path().join("c.wav");
+            write_wav(&p, &AudioFrame::new(8000, (0..100).map(|i| i * 300).collect())).unwrap();
+            let mut bytes = std::fs::read(&p).unwrap();
+            for (at, v) in edits {
+                let i = at % bytes.len();
+                bytes[i] = v;
+            }
+            bytes.truncate(cut.max(1));
+            std::fs::write(&p, &bytes).unwrap();
+            if let Ok(f) = read_wav(&p) {
+                proptest::prop_assert!(f.len() <= 1 << 20);
+            }
+        }
     }
 
     #[test]
