@@ -232,6 +232,7 @@ pub struct MediaEngine {
     // receive playout
     rx_fifo: VecDeque<i16>,
     rx_real: bool,
+    rx_concealed: bool,
     last_frame: [i16; FRAME_SAMPLES],
     conceal_run: u32,
     started: bool,
@@ -280,6 +281,7 @@ impl MediaEngine {
             dtmf_rx: DtmfReceiver::new(),
             rx_fifo: VecDeque::with_capacity(4 * FRAME_SAMPLES),
             rx_real: false,
+            rx_concealed: false,
             last_frame: [0; FRAME_SAMPLES],
             conceal_run: 0,
             started: false,
@@ -622,6 +624,7 @@ impl MediaEngine {
                 }
                 Playout::Concealed => {
                     self.conceal_run += 1;
+                    self.rx_concealed = true;
                     let shift = self.conceal_run.min(15);
                     if self.conceal_run <= 3 {
                         self.rx_fifo.extend(self.last_frame.iter().map(|s| s >> shift));
@@ -645,17 +648,18 @@ impl MediaEngine {
         if !self.started {
             return frame;
         }
-        let kind = if have == 0 {
-            FrameKind::Silence
-        } else if self.rx_real && self.conceal_run == 0 {
+        let kind = if self.rx_concealed {
+            FrameKind::Concealed
+        } else if self.rx_real {
             FrameKind::Audio
         } else {
-            FrameKind::Concealed
+            FrameKind::Silence
         };
         if kind == FrameKind::Audio {
             self.last_frame = frame;
         }
         self.rx_real = false;
+        self.rx_concealed = false;
         self.stats.frames_delivered += 1;
         self.events.push_back(MediaEvent::Frame(ReceivedFrame {
             audio: callbot_audio::AudioFrame::new(SAMPLE_RATE, frame.to_vec()),
