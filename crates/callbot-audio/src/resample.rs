@@ -42,7 +42,9 @@ use audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{Fft, FixedSync, Resampler as _};
 
 use crate::error::AudioError;
-use crate::frame::{AudioFrame, duration_of, f32_to_i16, i16_to_f32};
+use dasp::Sample;
+
+use crate::frame::{AudioFrame, duration_of, f32_sample_to_i16, f32_to_i16, i16_to_f32};
 
 /// The highest sample rate accepted (Hz).
 pub const MAX_RATE: u32 = 384_000;
@@ -60,6 +62,9 @@ pub struct Resampler {
     engine: Option<Engine>,
     consumed: u64,
     produced: u64,
+    /// Scratch buffers for the `i16` entry points.
+    scratch_in: Vec<f32>,
+    scratch_out: Vec<f32>,
 }
 
 struct Engine {
@@ -132,6 +137,8 @@ impl Resampler {
             engine,
             consumed: 0,
             produced: 0,
+            scratch_in: Vec::new(),
+            scratch_out: Vec::new(),
         })
     }
 
@@ -209,6 +216,29 @@ impl Resampler {
             out.extend_from_slice(&tail[..keep]);
         }
         self.reset();
+    }
+
+    /// [`process`](Resampler::process) for 16-bit samples (converted with `dasp`; the
+    /// output is clipped to the `i16` range). Reuses internal buffers.
+    pub fn process_i16(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        let mut fin = std::mem::take(&mut self.scratch_in);
+        let mut fout = std::mem::take(&mut self.scratch_out);
+        fin.clear();
+        fin.extend(input.iter().map(|s| s.to_sample::<f32>()));
+        fout.clear();
+        self.process(&fin, &mut fout);
+        out.extend(fout.iter().map(|&v| f32_sample_to_i16(v)));
+        self.scratch_in = fin;
+        self.scratch_out = fout;
+    }
+
+    /// [`flush`](Resampler::flush) for the `i16` stream.
+    pub fn flush_i16(&mut self, out: &mut Vec<i16>) {
+        let mut fout = std::mem::take(&mut self.scratch_out);
+        fout.clear();
+        self.flush(&mut fout);
+        out.extend(fout.iter().map(|&v| f32_sample_to_i16(v)));
+        self.scratch_out = fout;
     }
 
     /// Drops held input and filter state, to start a new, unrelated stream.
@@ -474,6 +504,20 @@ mod tests {
             let out = stream(from, to, &input, 160);
             assert!(out.iter().all(|v| *v == 0.0 || v.abs() < 1e-6), "{from}->{to}");
         }
+    }
+
+    #[test]
+    fn i16_entry_points_match_the_f32_path() {
+        let pcm: Vec<i16> = (0..4410).map(|i| ((i * 7919) % 40000 - 20000) as i16).collect();
+        let mut r = Resampler::new(22050, 8000).unwrap();
+        let mut out = Vec::new();
+        for c in pcm.chunks(441) {
+            r.process_i16(c, &mut out);
+        }
+        r.flush_i16(&mut out);
+        let reference = resample_frame(&AudioFrame::new(22050, pcm), 8000).unwrap();
+        assert_eq!(out, reference.samples);
+        assert_eq!(out.len(), 1600);
     }
 
     #[test]
