@@ -534,9 +534,13 @@ mod properties {
             let mut last: Option<u16> = None;
             let resyncs_before = |jb: &JitterBuffer| jb.stats().resyncs + jb.stats().resets;
             let mut slot = 0u32;
+            let mut shift = 0u16;
             for (i, (off, hold)) in offsets.iter().enumerate() {
-                let mut seq = base.wrapping_add(i as u16).wrapping_add(*off).wrapping_sub(40);
-                if let Some(j) = jumps.get(i % 97) { if i % 97 == 0 && i > 0 { seq = seq.wrapping_add(*j); } }
+                // every 97 packets the sender may jump (persistently)
+                if i > 0 && i % 97 == 0 && let Some(j) = jumps.get(i / 97 - 1) {
+                    shift = shift.wrapping_add(*j);
+                }
+                let seq = base.wrapping_add(i as u16).wrapping_add(*off).wrapping_sub(40).wrapping_add(shift);
                 let now = t0 + Duration::from_millis(20) * slot;
                 let before = resyncs_before(&jb);
                 let pk = RtpPacket { payload_type: 0, marker: false, sequence: seq, timestamp: 0, ssrc: 1, payload: vec![] };
