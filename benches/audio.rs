@@ -3,6 +3,8 @@
 //! Criterion reports time per iteration and elements (input samples) per second; the
 //! multiple of real time is `elements per second / input rate` (the iteration is one
 //! second of audio, so also `1 s / time`). Run: `cargo bench -p callbot-benches --bench audio`.
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 
