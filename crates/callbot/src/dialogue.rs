@@ -53,6 +53,8 @@
 //! let t1 = t0 + Duration::from_secs(3);
 //! d.handle(t1, Input::SpeechStarted);
 //! d.handle(t1 + Duration::from_secs(1), Input::SpeechEnded { audio: vec![0; 16000], voice_ended: t1 });
+//! // the greeting's transcript line, then the transcription of the utterance
+//! assert!(matches!(d.poll_action(), Some(Action::TurnFinished(_))));
 //! assert!(matches!(d.poll_action(), Some(Action::Transcribe { .. })));
 //! ```
 

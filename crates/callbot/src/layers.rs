@@ -114,7 +114,7 @@ impl ChatModel for EchoChat {
 #[derive(Debug)]
 pub enum LlmComponent {
     /// An Ollama server.
-    Ollama(OllamaChat),
+    Ollama(Box<OllamaChat>),
     /// Echo mode (no server reachable at start).
     Echo(EchoChat),
 }
@@ -148,7 +148,7 @@ impl ChatModel for LlmComponent {
     }
     fn shutdown(&mut self, deadline: Instant) -> LlmShutdownReport {
         match self {
-            LlmComponent::Ollama(c) => ChatModel::shutdown(c, deadline),
+            LlmComponent::Ollama(c) => ChatModel::shutdown(c.as_mut(), deadline),
             LlmComponent::Echo(c) => ChatModel::shutdown(c, deadline),
         }
     }
@@ -255,7 +255,6 @@ impl ComponentFactory for LayerFactory {
             temperature: Some(l.temperature),
             num_predict: i32::try_from(l.num_predict).ok(),
             num_ctx: Some(u64::from(l.num_ctx)),
-            ..ChatOptions::default()
         };
         config.history_budget = history_budget(s);
         config.connect_timeout = secs(l.connect_timeout_secs);
@@ -263,7 +262,7 @@ impl ComponentFactory for LayerFactory {
         config.total_timeout = secs(l.reply_timeout_secs);
         let mut chat = OllamaChat::new(config).map_err(|e| SettingsError::new("llm.url", e.to_string()))?;
         match chat.probe(secs(l.connect_timeout_secs)) {
-            Ok(p) if p.model_available => Ok(LlmComponent::Ollama(chat)),
+            Ok(p) if p.model_available => Ok(LlmComponent::Ollama(Box::new(chat))),
             Ok(p) => {
                 let _ = ChatModel::shutdown(&mut chat, Instant::now() + Duration::from_secs(1));
                 Err(SettingsError::new(

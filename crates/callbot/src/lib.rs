@@ -1,7 +1,25 @@
 //! # callbot: the voice bot
 //!
-//! The composing crate: it turns the layer crates (SIP, RTP, audio, STT, LLM, TTS)
-//! into a phone voice bot. What exists so far, each usable and tested on its own:
+//! The composing crate: it turns the layer crates (SIP, RTP, audio, STT, LLM, TTS) into
+//! a phone voice bot. A call is answered, greeted, then loops: the caller's speech is
+//! endpointed (VAD), transcribed (Whisper), answered by the LLM (Ollama, or echo mode
+//! when none is reachable) and spoken back sentence by sentence (espeak-ng).
+//!
+//! ## What the handle owns, which threads it starts, how it stops
+//!
+//! [`Bot`] owns the SIP user agent (thread `sip-ua`), the shared [`components`] (the
+//! Whisper worker pool, the Ollama client with its runtime thread, the espeak-ng worker
+//! thread), the current [`Settings`] and the live calls. It starts `bot-sip` (SIP
+//! events: answer/reject, caller hang-ups, reaping ended calls) and one `call-N` thread
+//! per live call, which owns the call's `RtpSession` (thread `rtp-<port>`) and runs
+//! [`call::run_call`]. [`Bot::shutdown`]`(deadline)` rejects new calls with 503, has
+//! live calls say the shutdown phrase and hang up (BYE), joins every thread, shuts SIP
+//! down (unregistering) and then the components, logging "All components cleaned up";
+//! it returns a [`BotShutdownReport`], is idempotent, and `Drop` calls it.
+//! [`Bot::reconfigure`] builds changed components first and swaps them in, or changes
+//! nothing and names the failing setting; live calls keep what they started with.
+//!
+//! ## The modules
 //!
 //! - [`settings`]: [`Settings`] from a TOML file (serde), validated with errors that
 //!   name the field and the reason ([`SettingsError`]). Annotated example:
@@ -9,17 +27,37 @@
 //! - [`dialogue`]: the sans-IO turn-taking engine of one call ([`Dialogue`]): greeting,
 //!   endpoint -> transcribe -> streamed reply spoken sentence by sentence, barge-in,
 //!   noise guard, silence prompt and hang-up, maximum duration, DTMF actions, goodbye
-//!   before BYE, caller hang-up at any stage, per-turn stage timings. No threads,
-//!   no clock: time is passed in.
+//!   before BYE, caller hang-up at any stage, per-turn stage timings. No threads, no
+//!   clock: time is passed in.
+//! - [`call`]: the per-call I/O driver around the dialogue, over the [`call::CallMedia`]
+//!   and [`call::Endpointer`] traits and the layers' `Transcriber`, `ChatModel` and
+//!   `Synthesizer` traits, so any layer can be swapped.
 //! - [`components`]: the lifecycle of the shared STT/LLM/TTS components: build new
 //!   first, swap atomically, shut the old down when no live call holds it; on a failed
 //!   build nothing changes and the half-built ones are cleaned up.
+//! - [`layers`]: the real layers as components, and echo mode ([`layers::EchoChat`]).
 //! - [`transcript`]: the per-call JSON-lines transcript file, one fsynced line per
-//!   finished turn and a summary line at the end.
+//!   finished turn and a summary line at the end (written in place: no temp file).
+//! - [`bot`]: [`Bot`].
+//! - [`testing`]: instant test doubles (media, endpointer, STT, LLM, TTS) and the
+//!   [`testing::PipelineRig`] that measures the pipeline's own overhead per turn.
 //!
-//! Not there yet (later work on the composition issue): the per-call pipeline driver
-//! over the layer handles, `Bot::start` / `reconfigure` / `shutdown`, the `callbot`
-//! program and the demo.
+//! ## Example
+//!
+//! ```no_run
+//! use std::time::{Duration, Instant};
+//!
+//! let settings = callbot::Settings::load("examples/callbot.toml".as_ref())?;
+//! let mut bot = callbot::Bot::start(settings)?;
+//! println!("listening on {}, echo mode: {}", bot.sip_addr(), bot.echo_mode());
+//! // ... on SIGTERM:
+//! let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
+//! assert!(report.components.all_clean());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Not there yet: the `callbot` program (`examples/callbot.rs`, signals) and
+//! `cargo xtask demo`; see the composition issue.
 
 pub mod bot;
 pub mod call;
