@@ -192,8 +192,25 @@ pub enum MediaError {
 #[derive(Debug)]
 struct Job {
     id: PlaybackId,
-    samples: Vec<i16>,
+    media: JobMedia,
     pos: usize,
+}
+
+#[derive(Debug)]
+enum JobMedia {
+    /// 8 kHz PCM, encoded when sent.
+    Pcm(Vec<i16>),
+    /// G.711 codes sent as they are (transcoded only if the call's law differs).
+    Encoded(Law, Vec<u8>),
+}
+
+impl JobMedia {
+    fn len(&self) -> usize {
+        match self {
+            JobMedia::Pcm(v) => v.len(),
+            JobMedia::Encoded(_, v) => v.len(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -375,17 +392,25 @@ impl MediaEngine {
     /// Queues 8 kHz PCM to send after what is already queued. The matching
     /// [`MediaEvent::PlaybackFinished`] comes when its last packet has been sent.
     pub fn play(&mut self, pcm: Vec<i16>) -> Result<PlaybackId, MediaError> {
-        if self.queued + pcm.len() > MAX_QUEUED_SAMPLES {
+        self.enqueue(JobMedia::Pcm(pcm))
+    }
+
+    /// Queues pre-encoded G.711 (one code per sample, 8 kHz) after what is already
+    /// queued. Codes in the call's law go on the wire unchanged; another law is
+    /// transcoded. Completion is reported like [`MediaEngine::play`].
+    pub fn play_encoded(&mut self, law: Law, codes: Vec<u8>) -> Result<PlaybackId, MediaError> {
+        self.enqueue(JobMedia::Encoded(law, codes))
+    }
+
+    fn enqueue(&mut self, media: JobMedia) -> Result<PlaybackId, MediaError> {
+        let len = media.len();
+        if self.queued + len > MAX_QUEUED_SAMPLES {
             return Err(MediaError::QueueFull((self.queued / SAMPLE_RATE as usize) as u64));
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.queued += pcm.len();
-        self.jobs.push_back(Job {
-            id,
-            samples: pcm,
-            pos: 0,
-        });
+        self.queued += len;
+        self.jobs.push_back(Job { id, media, pos: 0 });
         Ok(id)
     }
 
@@ -406,7 +431,7 @@ impl MediaEngine {
         let mut dropped = 0u64;
         for job in self.jobs.drain(..) {
             let p = job.pos as u64;
-            let d = (job.samples.len() - job.pos.min(job.samples.len())) as u64;
+            let d = (job.media.len() - job.pos.min(job.media.len())) as u64;
             played += p;
             dropped += d;
             out.cancelled += 1;
@@ -693,21 +718,43 @@ impl MediaEngine {
             self.dtmf_tx.pop_front();
             self.dtmf_ts = None;
         }
+        let law = self.cfg.law;
+        let mut payload = std::mem::take(&mut self.scratch);
+        payload.clear();
         let mut filled = 0;
         while filled < FRAME_SAMPLES {
             let Some(job) = self.jobs.front_mut() else { break };
-            let rest = job.samples.get(job.pos..).unwrap_or_default();
-            let n = rest.len().min(FRAME_SAMPLES - filled);
-            if let (Some(dst), Some(src)) = (frame.get_mut(filled..filled + n), rest.get(..n)) {
-                dst.copy_from_slice(src);
+            let total = job.media.len();
+            let n = total.saturating_sub(job.pos).min(FRAME_SAMPLES - filled);
+            let range = job.pos..job.pos + n;
+            let dst = frame.get_mut(filled..filled + n).unwrap_or_default();
+            match &job.media {
+                JobMedia::Pcm(v) => {
+                    let src = v.get(range).unwrap_or_default();
+                    for (d, &x) in dst.iter_mut().zip(src) {
+                        *d = x;
+                    }
+                    law.encode_into(src, &mut payload);
+                }
+                JobMedia::Encoded(job_law, codes) => {
+                    let src = codes.get(range).unwrap_or_default();
+                    for (d, &c) in dst.iter_mut().zip(src) {
+                        *d = job_law.decode(c);
+                    }
+                    if *job_law == law {
+                        payload.extend_from_slice(src);
+                    } else {
+                        law.encode_into(dst, &mut payload);
+                    }
+                }
             }
             job.pos += n;
             filled += n;
             self.queued = self.queued.saturating_sub(n);
-            if job.pos >= job.samples.len() {
+            if job.pos >= total {
                 let done = PlaybackFinished {
                     id: job.id,
-                    played_samples: job.samples.len() as u64,
+                    played_samples: total as u64,
                     dropped_samples: 0,
                     completed: true,
                 };
@@ -716,24 +763,22 @@ impl MediaEngine {
             }
         }
         if filled > 0 {
+            // the end of the last request: pad the frame with silence
+            payload.resize(FRAME_SAMPLES, law.silence_code());
             let marker = self.tx_idle;
             self.tx_idle = false;
             self.stats.frames_played += 1;
-            let mut payload = std::mem::take(&mut self.scratch);
-            payload.clear();
-            self.cfg.law.encode_into(&frame, &mut payload);
             self.emit_rtp(self.cfg.payload_type, marker, ts, &payload);
-            self.scratch = payload;
         } else {
             self.tx_idle = true;
             if self.cfg.send_silence {
-                let code = self.cfg.law.silence_code();
-                let payload = [code; FRAME_SAMPLES];
+                payload.resize(FRAME_SAMPLES, law.silence_code());
                 // The first packet of the stream is marked; later silence is not a talkspurt.
                 let marker = self.stats.packets_sent == 0;
                 self.emit_rtp(self.cfg.payload_type, marker, ts, &payload);
             }
         }
+        self.scratch = payload;
         frame
     }
 
@@ -955,6 +1000,29 @@ mod tests {
             );
             assert!(s.jitter_ms < 1.0, "{}", s.jitter_ms);
         }
+    }
+
+    #[test]
+    fn pre_encoded_playback_goes_on_the_wire_unchanged() {
+        let mut p = Pair::new(Law::Ulaw);
+        // every code, including µ-law's negative zero 0x7F that re-encoding would change
+        let codes: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let id = p.a.play_encoded(Law::Ulaw, codes.clone()).unwrap();
+        // A-law codes into a µ-law call are transcoded
+        let alaw: Vec<u8> = vec![0xD5; 160];
+        p.a.play_encoded(Law::Alaw, alaw).unwrap();
+        p.run_for(Duration::from_millis(400), |_| true);
+        let wire: Vec<u8> = p.a_packets.iter().flat_map(|k| k.payload.clone()).collect();
+        assert_eq!(wire.len(), 1280); // 1000 + 160 codes -> 8 frames, the last padded
+        assert_eq!(&wire[..1000], &codes[..]);
+        assert!(
+            wire[1000..1160]
+                .iter()
+                .all(|&c| c == Law::Ulaw.encode(Law::Alaw.decode(0xD5)))
+        );
+        assert!(wire[1160..].iter().all(|&c| c == Law::Ulaw.silence_code()));
+        assert!(p.a_events.iter().any(|e| matches!(e,
+            MediaEvent::PlaybackFinished(f) if f.id == id && f.completed && f.played_samples == 1000)));
     }
 
     #[test]

@@ -42,8 +42,8 @@
 //!
 //! ## Limits
 //! G.711 only (PCMU/PCMA, 8 kHz), 20 ms packets sent; received packets of 10-60 ms
-//! are re-cut into 20 ms frames. Playback takes PCM (encoded on the socket thread); there is no
-//! pre-encoded playback path. No SRTP, no ICE
+//! are re-cut into 20 ms frames. Playback takes 8 kHz PCM (encoded on the socket thread) or
+//! pre-encoded G.711 codes. No SRTP, no ICE
 //! (STUN is recognised and dropped). A process killed with SIGKILL can leave a
 //! recorder's hidden `.part` file.
 //!

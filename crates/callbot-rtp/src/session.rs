@@ -319,6 +319,12 @@ impl RtpSession {
         Ok(self.engine()?.play(audio.samples)?)
     }
 
+    /// Queues pre-encoded G.711 codes (8 kHz, one per sample), sent as they are when
+    /// `law` is the call's codec (transcoded otherwise). Same completion event as `play`.
+    pub fn play_encoded(&self, law: Law, codes: Vec<u8>) -> Result<PlaybackId, RtpError> {
+        Ok(self.engine()?.play_encoded(law, codes)?)
+    }
+
     /// Empties the playback queue at once (barge-in); says what was cancelled.
     pub fn stop_playback(&self) -> Result<PlaybackStopped, RtpError> {
         Ok(self.engine()?.stop_playback())
