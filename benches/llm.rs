@@ -62,6 +62,34 @@ fn first_sentence(c: &mut Criterion) {
             first
         });
     });
+    // The same with the whole reply in one token line: no server time between tokens,
+    // only transfer and our processing.
+    server.set_script(Script {
+        split: TokenSplit::Whole,
+        ..Script::reply(REPLY)
+    });
+    group.bench_function("server_first_byte_to_first_sentence_one_line", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut history = chat.new_history();
+                history.push_user("When are you open?");
+                let mut sentences = chat
+                    .start_reply(&history)
+                    .unwrap()
+                    .sentences(ChunkerConfig::default());
+                let first = sentences.next().unwrap().unwrap();
+                let handed_out = Instant::now();
+                assert_eq!(first, "Hello there. ");
+                for piece in sentences.by_ref() {
+                    piece.unwrap();
+                }
+                let first_byte = server.last_chat().and_then(|c| c.first_token_at).unwrap();
+                total += handed_out.saturating_duration_since(first_byte);
+            }
+            total
+        });
+    });
     group.bench_function("chunker_whole_reply_by_words", |b| {
         let words: Vec<String> = REPLY.split_inclusive(' ').map(str::to_string).collect();
         let mut chunker = SentenceChunker::new(ChunkerConfig::default());

@@ -289,8 +289,8 @@ impl OllamaChat {
         self.threads.load(Ordering::SeqCst)
     }
 
-    /// Asks the server which models it has (`GET /api/tags` through ollama-rs), waiting
-    /// at most `timeout`. Use it at start to fall back (to echo mode, say) when the
+    /// Asks the server which models it has (`GET /api/tags` through ollama-rs), blocking
+    /// the calling thread at most `timeout` (call it from a plain thread). Use it at start to fall back (to echo mode, say) when the
     /// server is down: `Err(Unreachable)` / `Err(Timeout{Probe})`, or `Ok` with
     /// `model_available == false` when the model is missing.
     pub fn probe(&self, timeout: Duration) -> Result<Probe, LlmError> {

@@ -169,15 +169,15 @@ impl Reply {
         Some(self.track(event))
     }
 
-    /// Like [`Reply::recv`], waiting at most `timeout`: `Err(())` on timeout.
-    #[allow(clippy::result_unit_err)]
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<ReplyEvent>, ()> {
+    /// Like [`Reply::recv`], waiting at most `timeout`:
+    /// `Err(RecvTimeoutError::Timeout)` when nothing came in time.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<ReplyEvent>, RecvTimeoutError> {
         if self.finished {
             return Ok(None);
         }
         let event = match self.rx.recv_timeout(timeout) {
             Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => return Err(()),
+            Err(RecvTimeoutError::Timeout) => return Err(RecvTimeoutError::Timeout),
             Err(RecvTimeoutError::Disconnected) => ReplyEvent::Failed(self.gone()),
         };
         Ok(Some(self.track(event)))
@@ -252,7 +252,8 @@ impl Drop for Reply {
 }
 
 /// A reply as speakable pieces: `Ok(piece)` as each sentence completes, then `None`
-/// after the last piece, or one `Err` when the reply failed (pieces before it stay valid).
+/// after the last piece, or one `Err` when the reply failed (pieces before it stay
+/// valid; the unfinished sentence at the failure is dropped, not spoken half).
 #[derive(Debug)]
 pub struct Sentences {
     reply: Reply,
