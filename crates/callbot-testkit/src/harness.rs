@@ -166,3 +166,19 @@ pub fn audio_seconds(path: &Path) -> Result<f64, HarnessError> {
             detail: format!("no duration for {}", path.display()),
         })
 }
+
+/// An example binary of the `callbot-examples` package, as cargo builds it beside the
+/// running test (`target/<profile>/examples/NAME`). `None` (reported missing, which
+/// panics under `CALLBOT_REQUIRE_PEERS=1`) when it is not built: cargo builds a
+/// package's examples when that package's tests are built.
+pub fn example_bin(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/TEST -> target/<profile>/examples/NAME
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        crate::tools::missing(&format!("the {name} example ({})", path.display()));
+        None
+    }
+}
