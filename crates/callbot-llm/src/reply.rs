@@ -169,15 +169,16 @@ impl Reply {
         Some(self.track(event))
     }
 
-    /// Like [`Reply::recv`], waiting at most `timeout`:
-    /// `Err(RecvTimeoutError::Timeout)` when nothing came in time.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<ReplyEvent>, RecvTimeoutError> {
+    /// Like [`Reply::recv`], waiting at most `timeout`: `Err(())` when nothing came in
+    /// time (`Duration::ZERO` polls).
+    #[allow(clippy::result_unit_err)]
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<ReplyEvent>, ()> {
         if self.finished {
             return Ok(None);
         }
         let event = match self.rx.recv_timeout(timeout) {
             Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => return Err(RecvTimeoutError::Timeout),
+            Err(RecvTimeoutError::Timeout) => return Err(()),
             Err(RecvTimeoutError::Disconnected) => ReplyEvent::Failed(self.gone()),
         };
         Ok(Some(self.track(event)))
