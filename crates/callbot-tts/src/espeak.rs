@@ -358,6 +358,11 @@ struct ActiveJob {
     consumer_timeout: Duration,
     chunk_samples: usize,
     abort: Option<SendAbort>,
+    /// Passed to espeak as the message's user data: tells this job's events apart from
+    /// any late event of an earlier message.
+    tag: usize,
+    /// Signalled when espeak reports the end of this message (`MSG_TERMINATED`).
+    done: Sender<()>,
 }
 
 static ACTIVE: Mutex<Option<ActiveJob>> = Mutex::new(None);
@@ -372,12 +377,24 @@ fn active_slot() -> std::sync::MutexGuard<'static, Option<ActiveJob>> {
 unsafe extern "C" fn synth_callback(
     wav: *mut c_short,
     numsamples: c_int,
-    _events: *mut sys::espeak_EVENT,
+    events: *mut sys::espeak_EVENT,
 ) -> c_int {
     let run = std::panic::AssertUnwindSafe(|| {
         {
             let mut guard = active_slot();
             let Some(job) = guard.as_mut() else { return 1 };
+            if !events.is_null() {
+                // SAFETY: espeak passes a valid event list (at least one entry) for the
+                // duration of the call; we read the first entry's plain fields.
+                let first = unsafe { &*events };
+                if first.user_data as usize != job.tag {
+                    return 1; // an event of an earlier message: not ours
+                }
+                if wav.is_null() && first.type_ == sys::espeak_EVENT_TYPE_espeakEVENT_MSG_TERMINATED {
+                    let _ = job.done.try_send(());
+                    return 0;
+                }
+            }
             if job.abort.is_some() {
                 return 1;
             }
@@ -481,6 +498,7 @@ fn worker_main(ctx: WorkerContext) {
         current_voice: None,
         config,
         chunk_samples,
+        tag: 0,
     };
     let default_voice = worker.config.default_options.voice.clone();
     if let Err(e) = worker.set_voice(&default_voice) {
@@ -542,6 +560,8 @@ struct Worker {
     config: EspeakConfig,
     /// Largest chunk handed to a job (espeak's buffers can exceed `chunk_ms`).
     chunk_samples: usize,
+    /// Tag of the last message handed to espeak.
+    tag: usize,
 }
 
 impl Worker {
@@ -582,24 +602,30 @@ impl Worker {
     /// Runs `espeak_Synth` on `text`, feeding `sink` through the callback. Returns the
     /// status code and the job state (`None` only if the slot was emptied meanwhile).
     fn synth(
-        &self,
+        &mut self,
         text: &CString,
         sink: ChunkSender,
         stop: &Arc<Signal>,
     ) -> Option<(sys::espeak_ERROR, ActiveJob)> {
-        *active_slot() = Some(ActiveJob {
+        self.tag = self.tag.wrapping_add(1).max(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        // Held across `espeak_Synth` so the callback cannot see the job half set up.
+        let mut slot = active_slot();
+        *slot = Some(ActiveJob {
             sink,
             stop: Arc::clone(stop),
             consumer_timeout: self.config.consumer_timeout,
             chunk_samples: self.chunk_samples,
             abort: None,
+            tag: self.tag,
+            done: done_tx,
         });
         let bytes = text.as_bytes_with_nul();
         let flags = sys::espeakCHARS_UTF8 | sys::espeakENDPAUSE;
         // SAFETY: worker thread; `bytes` is NUL-terminated UTF-8 that espeak copies into
-        // its command queue (and that outlives the synthesis anyway); SSML and phoneme
-        // input are off (flags); the identifier and user data pointers are unused (null).
-        let mut code = unsafe {
+        // its command queue; SSML and phoneme input are off (flags); the identifier
+        // pointer is unused (null) and the user data is an integer tag, never dereferenced.
+        let code = unsafe {
             sys::espeak_Synth(
                 bytes.as_ptr().cast(),
                 bytes.len(),
@@ -608,13 +634,28 @@ impl Worker {
                 0,
                 flags as c_uint,
                 std::ptr::null_mut(),
-                std::ptr::null_mut(),
+                self.tag as *mut std::ffi::c_void,
             )
         };
+        drop(slot);
         if code == sys::espeak_ERROR_EE_OK {
-            // SAFETY: worker thread; waits until the queued synthesis has finished (or
-            // was aborted by the callback returning 1), so no callback runs afterwards.
-            code = unsafe { sys::espeak_Synchronize() };
+            // espeak's command thread runs the synthesis and then reports the end of the
+            // message to the callback, which signals `done`. (Not `espeak_Synchronize`: it
+            // polls every 20 ms.) The callback gives up within `consumer_timeout` per chunk
+            // and at once on cancel or stop, so this wait ends; as a safety net, a message
+            // that makes no progress for `consumer_timeout` + 5 s is abandoned.
+            let patience = self.config.consumer_timeout + Duration::from_secs(5);
+            let mut sent = 0;
+            while done_rx.recv_timeout(patience).is_err() {
+                let now_sent = active_slot().as_ref().map_or(0, |j| j.sink.samples_sent());
+                if now_sent == sent {
+                    tracing::error!(?patience, "espeak-ng made no progress on a message");
+                    let mut job = active_slot().take()?;
+                    job.abort.get_or_insert(SendAbort::Stalled);
+                    return Some((sys::espeak_ERROR_EE_INTERNAL_ERROR, job));
+                }
+                sent = now_sent;
+            }
         }
         let job = active_slot().take()?;
         Some((code, job))

@@ -396,10 +396,16 @@ impl SynthesisJob {
     }
 
     /// The next chunk: `Ok(Some(chunk))`, `Ok(None)` when all audio was delivered, or the
-    /// job's error. Waits at most `timeout` ([`TtsError::RecvTimeout`]).
+    /// job's error. Waits at most `timeout` ([`TtsError::RecvTimeout`]). Once the job is
+    /// cancelled this returns [`TtsError::Cancelled`] at once, even if chunks were queued.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<AudioFrame>, TtsError> {
         if self.ended {
             return Ok(None);
+        }
+        if self.cancel.is_cancelled() {
+            // Audio already queued is not wanted any more.
+            self.ended = true;
+            return Err(TtsError::Cancelled);
         }
         match self.rx.recv_timeout(timeout) {
             Ok(event) => self.on_event(event),
@@ -419,6 +425,10 @@ impl SynthesisJob {
     /// Interprets one event read from [`SynthesisJob::events`]: `Ok(Some(chunk))`,
     /// `Ok(None)` at the successful end, or the job's error.
     pub fn on_event(&mut self, event: SynthesisEvent) -> Result<Option<AudioFrame>, TtsError> {
+        if self.cancel.is_cancelled() && !self.ended {
+            self.ended = true;
+            return Err(TtsError::Cancelled);
+        }
         match event {
             SynthesisEvent::Chunk(chunk) => Ok(Some(chunk)),
             SynthesisEvent::Finished(summary) => {
