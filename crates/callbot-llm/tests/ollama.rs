@@ -489,3 +489,24 @@ fn a_hanging_connect_hits_the_connect_timeout() {
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(listener);
 }
+
+#[test]
+fn an_http_error_status_is_a_server_error_with_its_message() {
+    let server = OllamaServer::start(Script {
+        http_error: Some((500, "llama runner process has terminated".into())),
+        ..Script::default()
+    })
+    .unwrap();
+    let chat = chat(&server);
+    let mut history = chat.new_history();
+    history.push_user("hi");
+    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    assert_eq!(
+        err,
+        LlmError::Server("HTTP 500: llama runner process has terminated".into())
+    );
+    // The handle is still usable after errors.
+    server.set_script(Script::default());
+    let (text, _) = chat.start_reply(&history).unwrap().collect_text().unwrap();
+    assert_eq!(text, "hi");
+}

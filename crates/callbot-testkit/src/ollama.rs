@@ -73,6 +73,9 @@ pub struct Script {
     pub models: Vec<String>,
     /// `done_reason` of the final line.
     pub done_reason: String,
+    /// Answer chats with this HTTP status and `{"error": message}` instead of a reply
+    /// (Ollama answers 500 when a model fails to load, 400 on a bad request).
+    pub http_error: Option<(u16, String)>,
 }
 
 impl Default for Script {
@@ -88,6 +91,7 @@ impl Default for Script {
             drop_after: None,
             models: vec!["test-model:latest".to_string()],
             done_reason: "stop".to_string(),
+            http_error: None,
         }
     }
 }
@@ -457,6 +461,7 @@ fn status_text(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        500 => "Internal Server Error",
         _ => "Error",
     }
 }
@@ -647,6 +652,10 @@ async fn chat(
             json_string(&format!("model '{model}' not found"))
         );
         return respond(write, 404, "application/json", body.as_bytes()).await;
+    }
+    if let Some((status, message)) = &script.http_error {
+        let body = format!(r#"{{"error":{}}}"#, json_string(message));
+        return respond(write, *status, "application/json", body.as_bytes()).await;
     }
     let index = {
         let mut state = shared.lock();
