@@ -682,9 +682,7 @@ impl Worker {
             return None;
         }
         let started = Instant::now();
-        let Some((code, job)) = self.synth(&text, sink, stop) else {
-            return None;
-        };
+        let (code, job) = self.synth(&text, sink, stop)?;
         let synthesis = started.elapsed();
         match job.abort {
             Some(abort) => {

@@ -246,7 +246,10 @@ impl ChunkSender {
             sample_rate: self.sample_rate,
         });
         let event = match self.tx.try_send(event) {
-            Ok(()) => return Ok(self.count(n)),
+            Ok(()) => {
+                self.count(n);
+                return Ok(());
+            }
             Err(TrySendError::Disconnected(_)) => return Err(SendAbort::ReceiverGone),
             Err(TrySendError::Full(event)) => event,
         };
@@ -255,7 +258,10 @@ impl ChunkSender {
         let stop = stop.unwrap_or(&never);
         crossbeam_channel::select! {
             send(self.tx, event) -> res => match res {
-                Ok(()) => Ok(self.count(n)),
+                Ok(()) => {
+                    self.count(n);
+                    Ok(())
+                }
                 Err(_) => Err(SendAbort::ReceiverGone),
             },
             recv(self.cancel.watch()) -> _ => Err(SendAbort::Cancelled),
