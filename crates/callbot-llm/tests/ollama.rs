@@ -510,3 +510,50 @@ fn an_http_error_status_is_a_server_error_with_its_message() {
     let (text, _) = chat.start_reply(&history).unwrap().collect_text().unwrap();
     assert_eq!(text, "hi");
 }
+
+#[test]
+fn concurrent_calls_share_one_handle() {
+    let server = OllamaServer::start(Script::default()).unwrap();
+    let chat = std::sync::Arc::new(chat(&server));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let chat = std::sync::Arc::clone(&chat);
+            std::thread::Builder::new()
+                .name(format!("call-{t}"))
+                .spawn(move || {
+                    let mut history = chat.new_history();
+                    for i in 0..25 {
+                        let said = format!("Call {t} turn {i} says hello.");
+                        history.push_user(&said);
+                        let reply = chat.start_reply(&history).unwrap();
+                        if i % 5 == 4 {
+                            drop(reply); // hung up mid-reply
+                            history.commit_assistant("");
+                            continue;
+                        }
+                        let (text, _) = reply.collect_text().unwrap();
+                        // After a hang-up the unanswered user turn merges with this one.
+                        assert_eq!(Some(text.as_str()), history.pending_user());
+                        assert!(text.ends_with(&said));
+                        history.commit_assistant(&text);
+                    }
+                    history.turns().len()
+                })
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        assert!(w.join().unwrap() <= 24);
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while chat.in_flight() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(chat.in_flight(), 0);
+    // 80 answered; the 20 dropped at once may not even have been sent.
+    assert!(
+        (80..=100).contains(&server.chat_total()),
+        "{}",
+        server.chat_total()
+    );
+}
