@@ -510,7 +510,7 @@ impl ReplyJob {
                 return;
             }
             Err(e) => {
-                tracing::debug!(error = %e, "reply failed");
+                tracing::warn!(error = %e, "LLM reply failed");
                 ReplyEvent::Failed(e)
             }
         };
