@@ -433,7 +433,7 @@ fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
             }
         }
     };
-    run(100); // warm up: pool connections, allocator arenas
+    run(300); // warm up: pool connections, allocator arenas, the server's 256-entry log
     let (rss0, threads0) = (rss_kib(), threads());
     let started = Instant::now();
     run(1000);
@@ -444,7 +444,7 @@ fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
         server.connections()
     );
     assert_eq!(threads1, threads0);
-    assert!(rss1 < rss0 + 4 * 1024, "RSS grew from {rss0} to {rss1} KiB");
+    assert!(rss1 < rss0 + 2 * 1024, "RSS grew from {rss0} to {rss1} KiB");
     assert_eq!(chat.in_flight(), 0);
 }
 
