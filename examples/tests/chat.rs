@@ -2,28 +2,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use callbot_testkit::harness::example_bin;
 use callbot_testkit::ollama::{OllamaServer, Script};
 use callbot_testkit::process::Child;
 
-/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples.
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        callbot_testkit::tools::missing(&format!("the {name} example binary ({})", path.display()));
-        None
-    }
-}
-
 #[test]
 fn chat_streams_replies_and_keeps_history() {
-    let Some(chat) = example("chat") else { return };
+    let Some(chat) = example_bin("chat") else { return };
     let server = OllamaServer::start(Script {
         split_multibyte: true,
         ..Script::default()
@@ -61,7 +49,7 @@ fn chat_streams_replies_and_keeps_history() {
 
 #[test]
 fn chat_reports_a_bad_url_without_panicking() {
-    let Some(chat) = example("chat") else { return };
+    let Some(chat) = example_bin("chat") else { return };
     let dir = callbot_testkit::temp_dir("chat-example");
     let mut cmd = Command::new(chat);
     cmd.args(["--url", "localhost:11434", "--model", "m"]);
