@@ -50,6 +50,9 @@ pub struct CoreConfig {
     pub user_agent: String,
     /// Retry-After seconds on 503 while shutting down.
     pub retry_after_secs: u32,
+    /// Longest an unanswered call may ring: an incoming call the application neither
+    /// answered nor rejected gets 480, an outgoing one is cancelled (`EndReason::Timeout`).
+    pub ring_timeout: Duration,
     /// Credentials used for digest challenges on INVITE (and REGISTER when registering).
     pub credentials: Option<DigestCredentials>,
     /// Register with a registrar, if set.
@@ -67,6 +70,7 @@ impl CoreConfig {
             timers: Timers::default(),
             user_agent: concat!("callbot-sip/", env!("CARGO_PKG_VERSION")).into(),
             retry_after_secs: 5,
+            ring_timeout: Duration::from_secs(120),
             credentials: None,
             registration: None,
         }
@@ -131,7 +135,8 @@ pub enum EndReason {
     LocalHangup,
     /// The caller cancelled before we answered (we sent 487).
     CallerCancelled,
-    /// We rejected the incoming call with this status.
+    /// We rejected the incoming call with this status (480 when the application let it
+    /// ring longer than `ring_timeout`).
     Rejected {
         /// Status we sent.
         code: u16,
@@ -145,7 +150,8 @@ pub enum EndReason {
     },
     /// We answered but no ACK arrived within 64*T1 (we sent BYE).
     NoAck,
-    /// No response to our INVITE or BYE in time.
+    /// No response to our INVITE or BYE in time, or our INVITE rang longer than
+    /// `ring_timeout` (we cancelled it).
     Timeout,
     /// The remote answer was unusable (no codec, bad SDP); we sent BYE.
     MediaFailed(String),
@@ -371,6 +377,8 @@ struct Registration {
 enum TimerKey {
     Server(ServerKey),
     Client(String),
+    /// The ring timeout of an unanswered call.
+    Ring(CallId),
 }
 
 /// The sans-IO SIP user agent.
@@ -833,6 +841,8 @@ impl UserAgentCore {
             end_reason: None,
         };
         self.dialogs.insert((msg.call_id.clone(), local_tag), id);
+        self.timer_heap
+            .push(Reverse((now + self.cfg.ring_timeout, TimerKey::Ring(id))));
         self.calls.insert(id, call);
         if let Some(tx) = self.server_tx.get_mut(key) {
             tx.call = Some(id);
@@ -977,6 +987,15 @@ impl UserAgentCore {
                 && let Some(tx) = self.server_tx.get_mut(&k)
             {
                 tx.call = None;
+            }
+            // Our INVITE without a final response has no timer left (Proceeding): drop it.
+            if let Some(b) = &call.invite_branch
+                && self
+                    .client_tx
+                    .get(b)
+                    .is_some_and(|tx| tx.state != ClientState::Completed)
+            {
+                self.client_tx.remove(b);
             }
             tracing::debug!(%id, %reason, "call ended");
             self.events.push_back(SipEvent::CallEnded { call: id, reason });
@@ -1299,6 +1318,8 @@ impl UserAgentCore {
         self.dialogs.insert((call.sip_call_id.clone(), local_tag), id);
         self.calls.insert(id, call);
         self.send_invite(now, id, None);
+        self.timer_heap
+            .push(Reverse((now + self.cfg.ring_timeout, TimerKey::Ring(id))));
         Ok(id)
     }
 
@@ -1357,6 +1378,10 @@ impl UserAgentCore {
             dest,
             TxOwner::Cancel(id),
         );
+        // RFC 3261 9.1: without a final response to the INVITE 64*T1 after the CANCEL,
+        // the INVITE transaction is considered destroyed.
+        self.timer_heap
+            .push(Reverse((now + self.cfg.timers.t64(), TimerKey::Ring(id))));
     }
 
     fn on_invite_response(&mut self, now: Instant, id: CallId, code: u16, msg: &SipMsg) {
@@ -1660,6 +1685,7 @@ impl UserAgentCore {
         let timers = self.cfg.timers;
         let mut due_server: Vec<ServerKey> = Vec::new();
         let mut due_client: Vec<String> = Vec::new();
+        let mut due_ring: Vec<CallId> = Vec::new();
         while let Some(Reverse((t, _))) = self.timer_heap.peek() {
             if *t > now {
                 break;
@@ -1670,6 +1696,7 @@ impl UserAgentCore {
             match key {
                 TimerKey::Server(k) => due_server.push(k),
                 TimerKey::Client(k) => due_client.push(k),
+                TimerKey::Ring(id) => due_ring.push(id),
             }
         }
         due_server.sort();
@@ -1702,6 +1729,36 @@ impl UserAgentCore {
                     }
                 }
                 None => {}
+            }
+        }
+        for id in due_ring {
+            match self.calls.get(&id).map(|c| c.state) {
+                Some(CallState::Incoming) => {
+                    tracing::info!(%id, "incoming call not answered in time: 480");
+                    let _ = self.reject(now, id, 480);
+                }
+                Some(CallState::Outgoing) => {
+                    tracing::info!(%id, "outgoing call not answered in time: CANCEL");
+                    self.cancel_invite(now, id);
+                    if let Some(c) = self.calls.get_mut(&id) {
+                        c.end_reason = Some(EndReason::Timeout);
+                    }
+                }
+                Some(CallState::Terminating)
+                    if self
+                        .calls
+                        .get(&id)
+                        .is_some_and(|c| c.invite_branch.is_some() && c.ack.is_none()) =>
+                {
+                    // Cancelled 64*T1 ago and still no final response.
+                    let reason = self
+                        .calls
+                        .get(&id)
+                        .and_then(|c| c.end_reason.clone())
+                        .unwrap_or(EndReason::Timeout);
+                    self.end_call(id, reason);
+                }
+                _ => {}
             }
         }
         let due = due_client;

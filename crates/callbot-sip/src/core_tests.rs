@@ -898,3 +898,56 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn ring_timeouts_reject_unanswered_and_cancel_unanswered_outgoing() {
+    let t0 = Instant::now();
+    let mut cfg = CoreConfig::new(LOCAL.parse().unwrap());
+    cfg.ring_timeout = Duration::from_secs(60);
+    let mut ua = UserAgentCore::new(cfg, t0);
+    ua.handle_datagram(
+        t0,
+        peer(),
+        invite("rt1", "z9hG4bKrt1", None, 1, &offer_sdp(40000, "0")).as_bytes(),
+    );
+    drain(&mut ua);
+    let [SipEvent::IncomingCall { call: incoming, .. }] = events(&mut ua)[..] else {
+        panic!()
+    };
+    let out = ua.call(t0, "sip:bob@127.0.0.1:5070", peer(), rtp()).unwrap();
+    let inv = drain(&mut ua).remove(0).1;
+    ua.handle_datagram(t0, peer(), respond_to(&inv, 180, Some("b"), "", "").as_bytes());
+    events(&mut ua);
+    assert!(
+        run_until(&mut ua, t0 + Duration::from_millis(59_999))
+            .iter()
+            .all(|(_, m)| m.method() == Some(&Method::Invite))
+    );
+    let sent = run_until(&mut ua, t0 + Duration::from_secs(60));
+    assert!(
+        sent.iter().any(|(_, m)| m.status() == Some(480)),
+        "unanswered incoming call gets 480"
+    );
+    assert!(
+        sent.iter().any(|(_, m)| m.method() == Some(&Method::Cancel)),
+        "unanswered outgoing call is cancelled"
+    );
+    assert_eq!(
+        events(&mut ua),
+        vec![SipEvent::CallEnded {
+            call: incoming,
+            reason: EndReason::Rejected { code: 480 }
+        }]
+    );
+    // The callee never answers the CANCEL nor sends 487: gone 64*T1 later, tables empty.
+    run_until(&mut ua, t0 + Duration::from_secs(92));
+    assert_eq!(
+        events(&mut ua),
+        vec![SipEvent::CallEnded {
+            call: out,
+            reason: EndReason::Timeout
+        }]
+    );
+    run_until(&mut ua, t0 + Duration::from_secs(200));
+    assert_empty(&ua);
+}
