@@ -1,113 +1,68 @@
 //! `cargo xtask demo`: the bot end to end on loopback.
 //!
-//! Until the composition crate (`callbot`) has its bot and `callbot` example, this runs
-//! the parts that exist and says which are missing.
+//! 1. `cargo xtask deps` installs what is missing (as root) or says what to install.
+//! 2. The Whisper model: `$CALLBOT_WHISPER_MODEL`, `../shared/models/ggml-tiny.en.bin`,
+//!    else `cargo xtask model` (finds or downloads `ggml-tiny.en.bin`).
+//! 3. Runs the `demo_call` example (release): `callbot::Bot` on 127.0.0.1, a real SIP
+//!    call to it from callbot's own UAC that asks a spoken question (espeak-ng), the
+//!    bot's answer recorded and transcribed back; both sides of the conversation and
+//!    the stage timings are printed; the bot shuts down; exit 0. With no Ollama on
+//!    `http://127.0.0.1:11434` the bot runs in echo mode.
 
-use std::path::Path;
+use std::path::PathBuf;
+use std::process::Command;
 
-/// Examples the full demo uses, in order, and what each shows.
-const PARTS: &[(&str, &str)] = &[
-    ("speak", "text to speech with espeak-ng (callbot-tts)"),
-    ("transcribe", "Whisper transcription (callbot-stt)"),
-    (
-        "answer_play",
-        "answer a SIP call and play audio (callbot-sip + callbot-rtp)",
-    ),
-    ("callbot", "the voice bot (callbot)"),
-];
-
-fn has_example(name: &str) -> bool {
-    let manifest =
-        std::fs::read_to_string(crate::root().join("examples").join("Cargo.toml")).unwrap_or_default();
-    manifest.contains(&format!("name = \"{name}\""))
-        && crate::root()
-            .join("examples")
-            .join(format!("{name}.rs"))
-            .is_file()
+fn model() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("CALLBOT_WHISPER_MODEL").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let shared = crate::root()
+        .join("..")
+        .join("shared")
+        .join("models")
+        .join("ggml-tiny.en.bin");
+    if shared.is_file() {
+        return Ok(shared);
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["xtask", "model"])
+        .current_dir(crate::root())
+        .output()
+        .map_err(|e| format!("cargo xtask model: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo xtask model failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if path.is_empty() {
+        return Err("cargo xtask model printed no path".into());
+    }
+    Ok(PathBuf::from(path))
 }
 
 pub(crate) fn run() -> Result<(), String> {
     crate::deps::run()?;
-    let missing: Vec<&(&str, &str)> = PARTS.iter().filter(|p| !has_example(p.0)).collect();
-    for (name, what) in PARTS {
-        println!(
-            "demo: {name:12} {}: {what}",
-            if has_example(name) { "present" } else { "MISSING" }
-        );
+    let model = model()?;
+    println!("demo: Whisper model {}", model.display());
+    let model = model.to_string_lossy().to_string();
+    let mut args = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "callbot-examples",
+        "--example",
+        "demo_call",
+        "--",
+        "--model",
+        &model,
+    ];
+    let url = std::env::var("OLLAMA_HOST").ok().filter(|u| u.starts_with("http"));
+    if let Some(u) = url.as_deref() {
+        args.extend(["--ollama-url", u]);
     }
-    if has_example("speak") && has_example("transcribe") {
-        round_trip()?;
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        println!(
-            "demo: not complete yet: {} still missing; see the open issues",
-            missing.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
-        );
-        Ok(())
-    }
-}
-
-/// TTS -> WAV -> Whisper, with the parts that exist.
-fn round_trip() -> Result<(), String> {
-    let tmp = std::env::temp_dir().join(format!("callbot-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("temp dir: {e}"))?;
-    let result = round_trip_in(&tmp);
-    let _ = std::fs::remove_dir_all(&tmp);
-    result
-}
-
-fn round_trip_in(tmp: &Path) -> Result<(), String> {
-    let wav = tmp.join("hello.wav");
-    let wav_s = wav.to_string_lossy().to_string();
-    let text = "Hello, I would like to book a table for two tomorrow at seven.";
-    crate::run_cmd(
-        "cargo",
-        &[
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "callbot-examples",
-            "--example",
-            "speak",
-            "--",
-            "--out",
-            &wav_s,
-            text,
-        ],
-        &[],
-    )?;
-    let model = std::env::var("CALLBOT_WHISPER_MODEL")
-        .ok()
-        .filter(|m| !m.is_empty());
-    let model = match model {
-        Some(m) => m,
-        None => {
-            let shared = crate::root()
-                .join("..")
-                .join("shared")
-                .join("models")
-                .join("ggml-tiny.en.bin");
-            shared.to_string_lossy().to_string()
-        }
-    };
-    crate::run_cmd(
-        "cargo",
-        &[
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "callbot-examples",
-            "--example",
-            "transcribe",
-            "--",
-            "--model",
-            &model,
-            &wav_s,
-        ],
-        &[],
-    )
+    crate::run_cmd("cargo", &args, &[])
 }
