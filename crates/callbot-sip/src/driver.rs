@@ -45,6 +45,8 @@ pub struct SipConfig {
     pub event_capacity: usize,
     /// Retry-After seconds on 503 during shutdown.
     pub retry_after_secs: u32,
+    /// Longest an unanswered call rings (incoming: 480; outgoing: CANCEL).
+    pub ring_timeout: Duration,
 }
 
 impl SipConfig {
@@ -61,6 +63,7 @@ impl SipConfig {
             registration: None,
             event_capacity: 1024,
             retry_after_secs: 5,
+            ring_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -183,6 +186,7 @@ impl SipUserAgent {
         core_cfg.credentials = config.credentials.clone();
         core_cfg.registration = config.registration.clone();
         core_cfg.retry_after_secs = config.retry_after_secs;
+        core_cfg.ring_timeout = config.ring_timeout;
         let (event_tx, event_rx) = bounded(config.event_capacity.max(1));
         let (cmd_tx, cmd_rx) = bounded::<Command>(256);
         let (done_tx, done_rx) = bounded::<ThreadReport>(1);
