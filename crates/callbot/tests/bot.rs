@@ -196,3 +196,73 @@ fn heavy_bot_start_failure_names_the_setting_and_reconfigure_rolls_back() {
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
 }
+
+/// Shutdown with live calls: each caller gets BYE, every thread is joined, bounded.
+#[test]
+fn heavy_bot_shutdown_with_live_calls_sends_bye_to_each() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let mut s = settings(dir.path(), model);
+    s.dialogue.shutdown_phrase = "Bye.".into();
+    let n = 3;
+    let mut bot = Bot::start(s).unwrap();
+    let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
+    let mut sessions = Vec::new();
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        let rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
+        calls.push(
+            caller
+                .call(
+                    &format!("sip:bot@{}", bot.sip_addr()),
+                    bot.sip_addr(),
+                    rtp.local_addr(),
+                )
+                .unwrap(),
+        );
+        sessions.push(rtp);
+    }
+    let mut answered = 0;
+    while answered < n {
+        if let SipEvent::CallAnswered { .. } = caller.events().recv_timeout(Duration::from_secs(5)).unwrap() {
+            answered += 1;
+        }
+    }
+    let t0 = Instant::now();
+    while bot.live_calls() < n {
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let report = bot.shutdown(Instant::now() + Duration::from_millis(500));
+    let took = started.elapsed();
+    println!("shutdown with {n} live calls: {took:?}\n{report:#?}");
+    assert_eq!(report.live_calls, n);
+    assert_eq!(report.calls_ended, n);
+    assert_eq!(report.calls_abandoned, 0);
+    assert!(report.event_thread_joined);
+    assert!(report.components.all_clean());
+    assert!(
+        took < Duration::from_millis(800),
+        "bounded by the deadline: {took:?}"
+    );
+    // every caller got BYE from the bot
+    let mut byes = 0;
+    let t0 = Instant::now();
+    while byes < n && t0.elapsed() < Duration::from_secs(3) {
+        if let Ok(SipEvent::CallEnded { reason, .. }) =
+            caller.events().recv_timeout(Duration::from_millis(200))
+        {
+            assert_eq!(reason, callbot_sip::EndReason::RemoteHangup);
+            byes += 1;
+        }
+    }
+    assert_eq!(byes, n, "every call got BYE");
+    for mut rtp in sessions {
+        rtp.shutdown(Instant::now() + Duration::from_secs(1));
+    }
+    caller.shutdown(Instant::now() + Duration::from_secs(1));
+}
