@@ -20,13 +20,25 @@
 //! **one named worker thread, `callbot-tts-espeak`**, which initialises the library,
 //! serves requests one at a time from a bounded queue ([`EspeakConfig::request_queue`];
 //! a full queue is [`TtsError::QueueFull`], never a wait) and terminates the library.
+//! The library runs in its retrieval (asynchronous) mode, so between `espeak_Initialize`
+//! and `espeak_Terminate` it also has **one internal command thread** of its own, which
+//! runs each synthesis and calls our synth callback; the worker hands it one message at
+//! a time and waits for its end-of-message event. (Synchronous mode would avoid that
+//! thread, but libespeak-ng 1.51 hangs in the second `espeak_Terminate` of a process in
+//! that mode, so an engine could not be restarted; `espeak_Synchronize` is not used
+//! either: it polls every 20 ms.) Both threads are gone when shutdown returns.
 //! Only **one engine may live per process**: a second [`EspeakSynthesizer::start`] while
 //! one lives returns [`TtsError::AlreadyRunning`] (sharing would give the engine two
 //! owners). Many calls share one engine through [`EspeakSynthesizer::client`]: an
 //! [`EspeakClient`] is `Clone + Send + Sync` and implements [`Synthesizer`].
 //!
+//! Voice names are espeak-ng's (`en-us`, `en`, `en-gb-x-rp`, `de`, ... as listed by
+//! `espeak-ng --voices`; an unknown one is [`TtsError::VoiceNotFound`]). The default
+//! [`VoiceOptions`] are `en-us`, 175 wpm, pitch 50, volume 100.
+//!
 //! A cancelled job stops within one chunk (the synth callback returns 1 to abort
-//! espeak); a consumer that leaves its channel full longer than
+//! espeak) and its receiver returns [`TtsError::Cancelled`] at once, dropping audio still
+//! queued; a consumer that leaves its channel full longer than
 //! [`EspeakConfig::consumer_timeout`] loses its job ([`TtsError::ConsumerStalled`]) so it
 //! cannot starve other calls. [`EspeakSynthesizer::shutdown`] fails queued requests,
 //! aborts the running one, joins the worker (which calls `espeak_Terminate`) within the
