@@ -266,3 +266,89 @@ fn heavy_bot_shutdown_with_live_calls_sends_bye_to_each() {
     }
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
+
+/// Barge-in on a real call: the caller speaks over the bot's greeting; measures the
+/// delay from the caller's speech onset to the last loud bot frame the caller receives
+/// (it includes the caller's own jitter buffer, so it over-estimates).
+#[test]
+fn heavy_bot_barge_in_stops_the_greeting() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let Some(question) = speech(dir.path(), "Sorry to interrupt, what time is it?") else {
+        return;
+    };
+    let onset_offset = question
+        .samples
+        .iter()
+        .position(|s| s.unsigned_abs() > 1000)
+        .map_or(Duration::ZERO, |i| Duration::from_secs_f64(i as f64 / 8000.0));
+    let mut s = settings(dir.path(), model);
+    s.dialogue.greeting = "Hello, this is the call bot. I can answer your questions about almost anything you like, so please go ahead and ask me whatever you want to know.".into();
+    let mut bot = Bot::start(s).unwrap();
+    let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
+    let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
+    let call = caller
+        .call(
+            &format!("sip:bot@{}", bot.sip_addr()),
+            bot.sip_addr(),
+            rtp.local_addr(),
+        )
+        .unwrap();
+    let media = loop {
+        if let SipEvent::CallAnswered { media, .. } =
+            caller.events().recv_timeout(Duration::from_secs(5)).unwrap()
+        {
+            break media;
+        }
+    };
+    rtp.retarget(
+        Some(media.remote_rtp),
+        Law::Ulaw,
+        media.payload_type,
+        media.telephone_event,
+    )
+    .unwrap();
+    let loud = |f: &callbot_rtp::ReceivedFrame| f.audio.samples.iter().any(|s| s.unsigned_abs() > 500);
+    // wait for 1 s of greeting
+    let mut loud_frames = 0;
+    let t0 = Instant::now();
+    while loud_frames < 50 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no greeting heard");
+        if let Ok(f) = rtp.frames().recv_timeout(Duration::from_millis(100))
+            && loud(&f)
+        {
+            loud_frames += 1;
+        }
+    }
+    rtp.play(question).unwrap();
+    let onset = Instant::now() + onset_offset;
+    let mut last_loud = onset;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        if let Ok(f) = rtp.frames().recv_timeout(Duration::from_millis(100))
+            && loud(&f)
+        {
+            last_loud = Instant::now();
+        }
+    }
+    let delay = last_loud.saturating_duration_since(onset);
+    println!("barge-in: caller speech onset to last loud bot frame received: {delay:?}");
+    assert!(
+        delay < Duration::from_secs(1),
+        "the greeting was not stopped: {delay:?}"
+    );
+    caller.hang_up(call).unwrap();
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
+    assert!(report.components.all_clean());
+    let lines = turns(dir.path());
+    let greeting = lines
+        .iter()
+        .find(|l| l["kind"] == "greeting")
+        .expect("greeting turn");
+    assert_eq!(greeting["interrupted"], true, "{greeting}");
+    println!("greeting as heard: {}", greeting["bot"]);
+    rtp.shutdown(Instant::now() + Duration::from_secs(1));
+    caller.shutdown(Instant::now() + Duration::from_secs(1));
+}
