@@ -463,3 +463,106 @@ impl Drop for PipelineRig {
         self.stop();
     }
 }
+
+/// A transcriber whose jobs never finish: they stay pending until cancelled, so tests
+/// can check that a call cancels its transcription (see [`HangingTranscriber::all_stopped`]).
+#[derive(Debug, Default)]
+pub struct HangingTranscriber {
+    jobs: Mutex<Vec<callbot_stt::JobCompletion>>,
+}
+
+impl HangingTranscriber {
+    /// Jobs submitted.
+    pub fn submitted(&self) -> usize {
+        self.jobs.lock().map(|j| j.len()).unwrap_or(0)
+    }
+    /// Whether every submitted job was cancelled.
+    pub fn all_stopped(&self) -> bool {
+        self.jobs
+            .lock()
+            .map(|j| j.iter().all(|c| c.is_stopped()))
+            .unwrap_or(false)
+    }
+}
+
+impl Transcriber for HangingTranscriber {
+    fn submit(&self, _request: TranscriptionRequest) -> Result<TranscriptionJob, SttError> {
+        let (job, completion) = job_channel(Instant::now() + Duration::from_secs(3600));
+        if let Ok(mut j) = self.jobs.lock() {
+            j.push(completion);
+        }
+        Ok(job)
+    }
+    fn shutdown(&mut self, _deadline: Instant) -> SttShutdownReport {
+        SttShutdownReport::default()
+    }
+}
+
+/// A chat model whose replies never produce anything until cancelled.
+#[derive(Debug, Default)]
+pub struct HangingChat {
+    replies: Mutex<Vec<callbot_llm::ReplySender>>,
+}
+
+impl HangingChat {
+    /// Replies started.
+    pub fn started(&self) -> usize {
+        self.replies.lock().map(|r| r.len()).unwrap_or(0)
+    }
+    /// Whether every started reply was cancelled.
+    pub fn all_cancelled(&self) -> bool {
+        self.replies
+            .lock()
+            .map(|r| r.iter().all(|s| s.is_cancelled()))
+            .unwrap_or(false)
+    }
+}
+
+impl ChatModel for HangingChat {
+    fn new_history(&self) -> History {
+        History::new(None, HistoryBudget::default())
+    }
+    fn start_reply(&self, _history: &History) -> Result<Reply, LlmError> {
+        let (tx, reply) = Reply::channel(4);
+        if let Ok(mut r) = self.replies.lock() {
+            r.push(tx);
+        }
+        Ok(reply)
+    }
+    fn shutdown(&mut self, _deadline: Instant) -> LlmShutdownReport {
+        LlmShutdownReport::default()
+    }
+}
+
+/// A synthesizer whose jobs never deliver audio until cancelled.
+#[derive(Debug, Default)]
+pub struct HangingSynth {
+    jobs: Mutex<Vec<callbot_tts::ChunkSender>>,
+}
+
+impl HangingSynth {
+    /// Jobs started.
+    pub fn started(&self) -> usize {
+        self.jobs.lock().map(|j| j.len()).unwrap_or(0)
+    }
+    /// Whether every job was cancelled.
+    pub fn all_cancelled(&self) -> bool {
+        self.jobs
+            .lock()
+            .map(|j| j.iter().all(|s| s.is_cancelled()))
+            .unwrap_or(false)
+    }
+}
+
+impl Synthesizer for HangingSynth {
+    fn sample_rate(&self) -> u32 {
+        8000
+    }
+    fn synthesize(&self, _text: &str, _options: &VoiceOptions) -> Result<SynthesisJob, TtsError> {
+        let (job, tx) = SynthesisJob::channel(8000, 4);
+        if let Ok(mut j) = self.jobs.lock() {
+            j.push(tx);
+        }
+        Ok(job)
+    }
+}

@@ -284,3 +284,105 @@ fn caller_hang_up_ends_the_call_promptly() {
     assert_eq!(out.summary.unwrap().reason, EndReason::CallerHungUp);
     assert_eq!(h.remote.stops().len(), 1, "greeting playback stopped");
 }
+
+fn hanging_call(
+    stt: Arc<dyn callbot_stt::Transcriber>,
+    llm: Arc<dyn callbot_llm::ChatModel>,
+    tts: Arc<dyn callbot_tts::Synthesizer>,
+    greeting: &str,
+) -> (FakeMediaRemote, Sender<CallControl>, JoinHandle<CallOutcome>) {
+    let (media, remote) = FakeMedia::new(true);
+    let (control, control_rx) = crossbeam_channel::bounded(4);
+    let setup = CallSetup {
+        call_id: "hang".into(),
+        dialogue: DialogueConfig {
+            greeting: greeting.into(),
+            ..DialogueConfig::default()
+        },
+        stt,
+        stt_options: Default::default(),
+        stt_timeout: Duration::from_secs(3600),
+        llm,
+        chunker: Default::default(),
+        tts,
+        voice: Default::default(),
+        transcript_dir: None,
+        preroll: Duration::from_millis(200),
+        max_utterance: Duration::from_secs(30),
+        turn_observer: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("hang-call".into())
+        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
+        .unwrap();
+    (remote, control, thread)
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The caller hangs up while each stage is busy: the stage's job is cancelled (the
+/// layer sees it) and the call's thread ends. Prints hang-up -> call end per stage.
+#[test]
+fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
+    // STT
+    let stt = Arc::new(callbot::testing::HangingTranscriber::default());
+    let (remote, control, thread) = hanging_call(
+        stt.clone(),
+        Arc::new(InstantChat::new("x")),
+        Arc::new(InstantSynth::default()),
+        "",
+    );
+    remote.frames(5000, 10);
+    remote.frames(0, 5);
+    wait_for("the transcription", || stt.submitted() == 1);
+    assert!(!stt.all_stopped());
+    let t = Instant::now();
+    control.send(CallControl::CallerHungUp).unwrap();
+    thread.join().unwrap();
+    println!("hang-up during STT: call ended in {:?}", t.elapsed());
+    assert!(stt.all_stopped(), "transcription cancelled");
+
+    // LLM
+    let llm = Arc::new(callbot::testing::HangingChat::default());
+    let (remote, control, thread) = hanging_call(
+        Arc::new(InstantTranscriber::new(&["hello"])),
+        llm.clone(),
+        Arc::new(InstantSynth::default()),
+        "",
+    );
+    remote.frames(5000, 10);
+    remote.frames(0, 5);
+    wait_for("the reply", || llm.started() == 1);
+    assert!(!llm.all_cancelled());
+    let t = Instant::now();
+    control.send(CallControl::CallerHungUp).unwrap();
+    thread.join().unwrap();
+    println!("hang-up during LLM: call ended in {:?}", t.elapsed());
+    assert!(llm.all_cancelled(), "reply cancelled");
+
+    // TTS (the greeting's synthesis never finishes)
+    let tts = Arc::new(callbot::testing::HangingSynth::default());
+    let (_remote, control, thread) = hanging_call(
+        Arc::new(InstantTranscriber::new(&["hello"])),
+        Arc::new(InstantChat::new("x")),
+        tts.clone(),
+        "Hello.",
+    );
+    wait_for("the synthesis", || tts.started() == 1);
+    assert!(!tts.all_cancelled());
+    let t = Instant::now();
+    control.send(CallControl::CallerHungUp).unwrap();
+    let out = thread.join().unwrap();
+    println!("hang-up during TTS: call ended in {:?}", t.elapsed());
+    assert!(tts.all_cancelled(), "synthesis cancelled");
+    assert_eq!(out.summary.unwrap().reason, EndReason::CallerHungUp);
+}
