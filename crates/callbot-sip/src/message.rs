@@ -359,18 +359,19 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
         return Parsed::Drop("empty");
     };
     // Unfold and split headers.
-    let mut raw: Vec<String> = Vec::new();
+    let mut raw: Vec<std::borrow::Cow<'_, str>> = Vec::with_capacity(16);
     for line in lines {
         if line.starts_with([' ', '\t']) {
             match raw.last_mut() {
                 Some(last) => {
-                    last.push(' ');
-                    last.push_str(line.trim());
+                    let l = last.to_mut();
+                    l.push(' ');
+                    l.push_str(line.trim());
                 }
                 None => return Parsed::Drop("folded first line"),
             }
         } else {
-            raw.push(line.to_string());
+            raw.push(line.into());
         }
     }
     let mut headers: Vec<(String, String)> = Vec::with_capacity(raw.len() + 1);
@@ -502,32 +503,33 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
             StartLine::Response { code, reason }
         }
     };
-    let Some(e) = echo.clone() else {
+    // Checks that need the echo headers; the rejects move them into the answer.
+    let checked = (|| {
+        let e = echo.as_ref()?;
+        let Some(top_via) = e.vias.first().and_then(|v| Via::parse(v)) else {
+            return Some(Err((400, "malformed Via")));
+        };
+        let mut cseq_parts = e.cseq.split_whitespace();
+        let cseq = cseq_parts.next().and_then(|n| n.parse::<u32>().ok());
+        let cseq_method = cseq_parts.next().map(str::to_ascii_uppercase);
+        let (Some(cseq), Some(cseq_method), None) = (cseq, cseq_method, cseq_parts.next()) else {
+            return Some(Err((400, "malformed CSeq")));
+        };
+        if let StartLine::Request { method, .. } = &start
+            && !cseq_method.eq_ignore_ascii_case(method.as_str())
+        {
+            return Some(Err((400, "CSeq method does not match the request")));
+        }
+        Some(Ok((top_via, cseq, cseq_method)))
+    })();
+    let (top_via, cseq, cseq_method) = match checked {
+        None => return Parsed::Drop("missing mandatory header"),
+        Some(Err((code, reason))) => return reject(code, reason),
+        Some(Ok(v)) => v,
+    };
+    let Some(e) = echo else {
         return Parsed::Drop("missing mandatory header");
     };
-    let Some(top_via) = e.vias.first().and_then(|v| Via::parse(v)) else {
-        return reject(400, "malformed Via");
-    };
-    let mut cseq_parts = e.cseq.split_whitespace();
-    let cseq = cseq_parts.next().and_then(|n| n.parse::<u32>().ok());
-    let cseq_method = cseq_parts.next().map(str::to_string);
-    let (Some(cseq), Some(cseq_method)) = (cseq, cseq_method) else {
-        return reject(400, "malformed CSeq");
-    };
-    if cseq_parts.next().is_some() {
-        return reject(400, "malformed CSeq");
-    }
-    if let StartLine::Request { method, .. } = &start {
-        let m = method.as_str();
-        let matches = cseq_method.eq_ignore_ascii_case(m)
-            || (matches!(method, Method::Ack | Method::Cancel) && cseq_method.eq_ignore_ascii_case(m));
-        if !matches {
-            return reject(400, "CSeq method does not match the request");
-        }
-    }
-    if e.call_id.is_empty() {
-        return reject(400, "empty Call-ID");
-    }
     let from_tag = tag_param(&e.from);
     let to_tag = tag_param(&e.to);
     Parsed::Message(Box::new(SipMsg {
@@ -539,7 +541,7 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
         to: e.to,
         call_id: e.call_id,
         cseq,
-        cseq_method: cseq_method.to_ascii_uppercase(),
+        cseq_method,
         vias: e.vias,
         headers,
         body: body.to_vec(),
