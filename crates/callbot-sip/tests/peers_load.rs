@@ -65,51 +65,60 @@ fn heavy_measure_setup_rate_and_rss() {
     let rss_100 = rss_kib();
     println!("RSS after 100 calls: {rss_100} KiB ({st:?})");
 
-    let rate: f64 = std::env::var("CALLBOT_LOAD_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000.0);
-    let total: u32 = std::env::var("CALLBOT_LOAD_CALLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let big = calls(&mut bot, total, rate);
-    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
-    for (_, r) in bot.ended() {
-        *reasons.entry(r.to_string()).or_default() += 1;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rate = env("CALLBOT_LOAD_RATE").unwrap_or(1000.0);
+    let total = env("CALLBOT_LOAD_CALLS").unwrap_or(10_000.0) as u32;
+    let runs = env("CALLBOT_LOAD_RUNS").unwrap_or(2.0) as u32;
+    let mut rss_prev = rss_100;
+    for run in 1..=runs {
+        let big = calls(&mut bot, total, rate);
+        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
+        for (_, r) in bot.ended() {
+            *reasons.entry(r.to_string()).or_default() += 1;
+        }
+        println!(
+            "run {run}: incoming-call events {} for {} calls; end reasons {reasons:?}; right after: {:?}",
+            bot.incoming(),
+            big.created,
+            bot.handle.stats().unwrap()
+        );
+        bot.events.clear();
+        bot.events.shrink_to_fit();
+        // Transactions linger 64*T1 (32 s); calls whose ACK and BYE were lost end after
+        // timer H and their BYE's timeout.
+        let t0 = std::time::Instant::now();
+        let mut st = bot.wait_idle(Duration::from_secs(10));
+        while t0.elapsed() < Duration::from_secs(120)
+            && (st.calls, st.server_transactions, st.client_transactions) != (0, 0, 0)
+        {
+            println!("draining after {:.0?}: {st:?}", t0.elapsed());
+            st = bot.wait_idle(Duration::from_secs(10));
+        }
+        let late: Vec<String> = bot.ended().iter().map(|(_, r)| r.to_string()).collect();
+        if !late.is_empty() {
+            println!("calls ended while draining: {} ({:?})", late.len(), late.first());
+        }
+        bot.events.clear();
+        let rss = rss_kib();
+        println!(
+            "LOAD-RESULT run={run} rate_goal={rate} calls={total} successful={} failed={} retransmissions={} calls_per_s={:.0} rss_kib={rss} rss_growth_kib={} (vs 100-call baseline {})",
+            big.successful,
+            big.failed,
+            big.retransmissions,
+            big.calls_per_second(),
+            rss as i64 - rss_prev as i64,
+            rss as i64 - rss_100 as i64
+        );
+        rss_prev = rss;
+        assert_eq!(big.failed, 0, "{big:?}");
+        assert_eq!(
+            (
+                st.calls,
+                st.dialogs,
+                st.server_transactions,
+                st.client_transactions
+            ),
+            (0, 0, 0, 0)
+        );
     }
-    println!(
-        "end reasons: {reasons:?}; stats right after: {:?}",
-        bot.handle.stats().unwrap()
-    );
-    println!(
-        "incoming-call events: {} for {} calls SIPp created",
-        bot.incoming(),
-        big.created
-    );
-    bot.events.clear();
-    bot.events.shrink_to_fit();
-    let st = bot.wait_idle(Duration::from_secs(120));
-    let rss_big = rss_kib();
-    println!(
-        "RSS after {} more calls: {rss_big} KiB; difference {} KiB ({st:?})",
-        total,
-        rss_big as i64 - rss_100 as i64
-    );
-    println!(
-        "LOAD-RESULT rate_goal={rate} calls={total} successful={} failed={} calls_per_s={:.0} rss_100_kib={rss_100} rss_after_kib={rss_big}",
-        big.successful,
-        big.failed,
-        big.calls_per_second()
-    );
-    assert_eq!(big.failed, 0, "{big:?}");
-    assert_eq!(
-        (
-            st.calls,
-            st.dialogs,
-            st.server_transactions,
-            st.client_transactions
-        ),
-        (0, 0, 0, 0)
-    );
 }

@@ -311,7 +311,9 @@ fn keep_files(from: &Path, to: &Path) {
 
 /// The UAC scenario: INVITE (one codec + telephone-event 101), optional 100/180/183,
 /// 200 (its Contact captured; the answer must carry the offered PT), ACK to the Contact,
-/// optional RTP stream, hold, BYE, 200. Response times `setup` and `bye`.
+/// optional RTP stream, hold, BYE, 200. Response times `setup` and `bye`. Responses are
+/// matched to their transaction (`start_txn`/`response_txn`): without it SIPp takes a
+/// retransmitted 200 to the INVITE (after a lost ACK) as the answer to its BYE.
 pub fn uac_scenario(codec: SippCodec, hold: Duration, audio: Option<&Path>) -> String {
     let pt = codec.pt();
     let name = codec.name();
@@ -334,7 +336,7 @@ pub fn uac_scenario(codec: SippCodec, hold: Duration, audio: Option<&Path>) -> S
         r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="callbot uac">
-  <send retrans="500" start_rtd="setup">
+  <send retrans="500" start_rtd="setup" start_txn="invite">
     <![CDATA[
 
       INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
@@ -365,11 +367,11 @@ pub fn uac_scenario(codec: SippCodec, hold: Duration, audio: Option<&Path>) -> S
     ]]>
   </send>
 
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
+  <recv response="100" optional="true" response_txn="invite"/>
+  <recv response="180" optional="true" response_txn="invite"/>
+  <recv response="183" optional="true" response_txn="invite"/>
 
-  <recv response="200" rtd="setup">
+  <recv response="200" rtd="setup" response_txn="invite">
     <action>
       <ereg regexp="sips?:[^>; ]+" search_in="hdr" header="Contact:"
             check_it="true" assign_to="remote_contact"/>
@@ -378,7 +380,7 @@ pub fn uac_scenario(codec: SippCodec, hold: Duration, audio: Option<&Path>) -> S
     </action>
   </recv>
 
-  <send>
+  <send ack_txn="invite">
     <![CDATA[
 
       ACK [$remote_contact] SIP/2.0
@@ -395,7 +397,7 @@ pub fn uac_scenario(codec: SippCodec, hold: Duration, audio: Option<&Path>) -> S
   </send>
 
 {rtp_start}{pause}{rtp_stop}
-  <send retrans="500" start_rtd="bye">
+  <send retrans="500" start_rtd="bye" start_txn="bye">
     <![CDATA[
 
       BYE [$remote_contact] SIP/2.0
@@ -411,7 +413,7 @@ pub fn uac_scenario(codec: SippCodec, hold: Duration, audio: Option<&Path>) -> S
     ]]>
   </send>
 
-  <recv response="200" rtd="bye" crlf="true"/>
+  <recv response="200" rtd="bye" crlf="true" response_txn="bye"/>
 
   <Reference variables="answered_codec"/>
 
