@@ -38,7 +38,7 @@
 //! - [`layers`]: the real layers as components, and echo mode ([`layers::EchoChat`]).
 //! - [`transcript`]: the per-call JSON-lines transcript file, one fsynced line per
 //!   finished turn and a summary line at the end (written in place: no temp file).
-//! - [`bot`]: [`Bot`].
+//! - [`bot`]: the running bot, [`Bot`], and the VAD endpointer adapter.
 //! - [`testing`]: instant test doubles (media, endpointer, STT, LLM, TTS) and the
 //!   [`testing::PipelineRig`] that measures the pipeline's own overhead per turn.
 //!
