@@ -8,6 +8,12 @@
 //! - [`tools`]: is a peer program installed? Under `CALLBOT_REQUIRE_PEERS=1` (set by
 //!   `cargo xtask ci`) a missing tool fails the test instead of skipping it.
 //! - [`TempDir`]: re-export of `tempfile::TempDir`, removed on drop.
+//! - Real SIP peers, driven the way `../shared/peers/` documents them (loopback only,
+//!   config in a temp dir): [`sipp`] (UAC load with parsed statistics, built-in UAS),
+//!   [`baresip`] (caller with recording, auto-answering callee), [`kamailio`]
+//!   (digest-auth registrar that routes to the registered contact), [`sipsak`]
+//!   (one-shot REGISTER), [`torture`] (the 56-message torture set with its INDEX);
+//!   shared pieces and [`harness::example_bin`] in [`harness`].
 //!
 //! Nothing here starts threads that outlive the value that owns them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
