@@ -60,7 +60,9 @@ pub(crate) fn run() -> Result<(), String> {
         "--model",
         &model,
     ];
-    let url = std::env::var("OLLAMA_HOST").ok().filter(|u| u.starts_with("http"));
+    let url = std::env::var("OLLAMA_HOST")
+        .ok()
+        .filter(|u| u.starts_with("http"));
     if let Some(u) = url.as_deref() {
         args.extend(["--ollama-url", u]);
     }
