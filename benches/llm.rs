@@ -106,5 +106,36 @@ fn first_sentence(c: &mut Criterion) {
     assert!(!report.timed_out);
 }
 
-criterion_group!(benches, first_sentence);
+/// Baseline for the figures above: a loopback TCP round trip between two threads (two
+/// hops, two thread wake-ups: the same kernel work our path has without any of our code).
+fn loopback_baseline(c: &mut Criterion) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.set_nodelay(true).unwrap();
+    server.set_nodelay(true).unwrap();
+    let echo = std::thread::Builder::new()
+        .name("echo".into())
+        .spawn(move || {
+            let mut b = [0u8; 1];
+            while server.read_exact(&mut b).is_ok() && b[0] != 0 {
+                if server.write_all(&b).is_err() {
+                    break;
+                }
+            }
+        })
+        .unwrap();
+    c.bench_function("llm/baseline_loopback_tcp_round_trip", |b| {
+        let mut buf = [0u8; 1];
+        b.iter(|| {
+            client.write_all(&[1]).unwrap();
+            client.read_exact(&mut buf).unwrap();
+        });
+    });
+    client.write_all(&[0]).unwrap();
+    echo.join().unwrap();
+}
+
+criterion_group!(benches, first_sentence, loopback_baseline);
 criterion_main!(benches);

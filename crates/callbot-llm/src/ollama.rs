@@ -235,6 +235,8 @@ impl OllamaChat {
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .no_proxy()
+            // A redirect would turn the POST into a GET elsewhere: report it instead.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
             .build()
