@@ -9,7 +9,9 @@
 //!
 //! An [`OllamaChat`] owns, for its whole life:
 //! - **one HTTP client** (`reqwest`, one connection pool, kept-alive connections
-//!   reused across replies; a client per call leaks in long-running bots);
+//!   reused across replies; a client per call leaks in long-running bots). Plain
+//!   `http` only (no TLS in this build), no proxy, no redirects: Ollama is reached
+//!   directly;
 //! - **one tokio runtime**: multi-thread with **one worker thread named
 //!   `callbot-llm`** (and at most two blocking-pool threads, only used to resolve a
 //!   host name, which exit after 10 s idle);
