@@ -352,3 +352,77 @@ fn heavy_bot_barge_in_stops_the_greeting() {
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Reconfiguration during a live call, alternating valid and invalid settings: every
+/// invalid one is refused with the old components still serving, the live call keeps
+/// its components, and after the call ends everything retired is shut down and the
+/// thread count is back to where it was.
+#[test]
+fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let base = settings(dir.path(), model);
+    let mut bot = Bot::start(base.clone()).unwrap();
+    let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
+    let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
+    // bot idle + the caller's own SIP and RTP threads
+    let idle_threads = threads();
+    let call = caller
+        .call(
+            &format!("sip:bot@{}", bot.sip_addr()),
+            bot.sip_addr(),
+            rtp.local_addr(),
+        )
+        .unwrap();
+    loop {
+        if let SipEvent::CallAnswered { .. } = caller.events().recv_timeout(Duration::from_secs(5)).unwrap() {
+            break;
+        }
+    }
+    let cycles = 20;
+    let started = Instant::now();
+    for i in 0..cycles {
+        let mut next = base.clone();
+        if i % 2 == 0 {
+            next.stt.threads = 1 + (i / 2) % 2;
+            next.dialogue.greeting = format!("Greeting {i}.");
+            bot.reconfigure(next).unwrap();
+        } else {
+            next.stt.model = "/nonexistent/model.bin".into();
+            let e = bot.reconfigure(next).unwrap_err();
+            assert_eq!(e.field, "stt.model");
+        }
+        assert_eq!(bot.live_calls(), 1, "the live call survives cycle {i}");
+    }
+    println!(
+        "{cycles} reconfigurations (half invalid) during a live call: {:?}",
+        started.elapsed()
+    );
+    // The call still works end to end: hang up, it is reaped.
+    caller.hang_up(call).unwrap();
+    let t0 = Instant::now();
+    while bot.live_calls() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The Whisper pool the call held is shut down once it ended.
+    std::thread::sleep(Duration::from_millis(300));
+    let now = threads();
+    println!("threads: idle {idle_threads}, after {cycles} reconfigurations and the call {now}");
+    assert!(
+        now <= idle_threads + 1,
+        "threads back to baseline: {idle_threads} -> {now}"
+    );
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+    rtp.shutdown(Instant::now() + Duration::from_secs(1));
+    caller.shutdown(Instant::now() + Duration::from_secs(1));
+}
