@@ -557,3 +557,71 @@ fn concurrent_calls_share_one_handle() {
         server.chat_total()
     );
 }
+
+/// ollama-rs's own stream also swallows an error line mid-stream (it only prints it):
+/// the reply just looks shorter. Ours fails with `LlmError::Server` (test above).
+#[test]
+fn ollama_rs_own_stream_hides_error_lines() {
+    use ollama_rs::generation::chat::ChatMessage;
+    use ollama_rs::generation::chat::request::ChatMessageRequest;
+    use tokio_stream::StreamExt as _;
+
+    let server = OllamaServer::start(Script {
+        reply: ReplyText::Fixed("One two three four".into()),
+        error_after: Some((2, "CUDA error: out of memory".into())),
+        ..Script::default()
+    })
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (text, errors) = rt.block_on(async {
+        let ollama = ollama_rs::Ollama::try_new(server.url()).unwrap();
+        let request = ChatMessageRequest::new("test-model".into(), vec![ChatMessage::user("hi".into())]);
+        let mut stream = ollama.send_chat_messages_stream(request).await.unwrap();
+        let (mut text, mut errors) = (String::new(), 0);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(item) => text.push_str(&item.message.content),
+                Err(()) => errors += 1,
+            }
+        }
+        (text, errors)
+    });
+    assert_eq!(text, "One two");
+    assert_eq!(errors, 0);
+}
+
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn shutdown_logs_the_lifecycle_line_once() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let server = OllamaServer::start(Script::default()).unwrap();
+        let mut chat = chat(&server);
+        let _ = chat.shutdown(Instant::now() + Duration::from_secs(2));
+        let _ = chat.shutdown(Instant::now() + Duration::from_secs(2));
+        drop(chat);
+    });
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.matches("LLM client started").count(), 1, "{text}");
+    assert_eq!(text.matches("LLM client shutdown complete").count(), 1, "{text}");
+}
