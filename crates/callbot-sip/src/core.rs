@@ -801,15 +801,20 @@ impl UserAgentCore {
         self.next_call += 1;
         let local_tag = random_token(12);
         let remote_target = msg.contact_uri().unwrap_or_default();
-        let peer = match uri_socket_addr(&remote_target) {
-            Some(a) if msg.header("Record-Route").is_none() => a,
-            _ => self.server_tx.get(key).map_or(self.cfg.local_addr, |t| t.dest),
-        };
         let route_set: Vec<String> = msg
             .header_all("Record-Route")
             .flat_map(message::split_commas)
             .map(str::to_string)
             .collect();
+        // In-dialog requests go to the first route (loose routing), else to the Contact;
+        // when neither names an IP address, back where the INVITE came from.
+        let next_hop = match route_set.first() {
+            Some(r) => message::name_addr_uri(r).and_then(|u| uri_socket_addr(&u)),
+            None => uri_socket_addr(&remote_target),
+        };
+        let peer = next_hop
+            .or_else(|| self.server_tx.get(key).map(|t| t.dest))
+            .unwrap_or(self.cfg.local_addr);
         let local_party = format!("{};tag={local_tag}", msg.to);
         let media = offer.media.clone();
         let call = Call {
@@ -911,11 +916,14 @@ impl UserAgentCore {
             }
             None => media::offer_body(local_rtp, call.sdp_session, call.sdp_version),
         };
-        let extra = [
-            ("Contact", contact),
-            ("Allow", ALLOW.to_string()),
-            ("Content-Type", "application/sdp".to_string()),
-        ];
+        // RFC 3261 12.1.1: the Record-Route of the request is copied into the response.
+        let mut extra: Vec<(&str, String)> = msg
+            .header_all("Record-Route")
+            .map(|r| ("Record-Route", r.to_string()))
+            .collect();
+        extra.push(("Contact", contact));
+        extra.push(("Allow", ALLOW.to_string()));
+        extra.push(("Content-Type", "application/sdp".to_string()));
         // The re-INVITE's 2xx is retransmitted until its ACK like the first one.
         call.state = CallState::Answered;
         call.invite_tx = Some(key.clone());
@@ -1125,7 +1133,9 @@ impl UserAgentCore {
                 command: "ring",
             });
         };
-        let bytes = message::build_response(code, &echo, Some(&call.local_tag), &[("Contact", contact)], b"");
+        let mut extra = record_routes(&call.route_set);
+        extra.push(("Contact", contact));
+        let bytes = message::build_response(code, &echo, Some(&call.local_tag), &extra, b"");
         self.respond_bytes(now, &k, code, bytes);
         Ok(())
     }
@@ -1153,11 +1163,10 @@ impl UserAgentCore {
         let body = media::answer_body(&offer, local_rtp, call.sdp_session, call.sdp_version);
         call.local_rtp = Some(local_rtp);
         call.state = CallState::Answered;
-        let extra = [
-            ("Contact", contact),
-            ("Allow", ALLOW.to_string()),
-            ("Content-Type", "application/sdp".to_string()),
-        ];
+        let mut extra = record_routes(&call.route_set);
+        extra.push(("Contact", contact));
+        extra.push(("Allow", ALLOW.to_string()));
+        extra.push(("Content-Type", "application/sdp".to_string()));
         let bytes = message::build_response(200, &echo, Some(&call.local_tag), &extra, &body);
         self.respond_bytes(now, &k, 200, bytes);
         Ok(())
@@ -1871,6 +1880,11 @@ impl UserAgentCore {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }
+}
+
+/// The Record-Route headers a UAS copies into its responses (RFC 3261 12.1.1).
+fn record_routes(route_set: &[String]) -> Vec<(&'static str, String)> {
+    route_set.iter().map(|r| ("Record-Route", r.clone())).collect()
 }
 
 fn method_of(owner: TxOwner) -> &'static str {

@@ -951,3 +951,41 @@ fn ring_timeouts_reject_unanswered_and_cancel_unanswered_outgoing() {
     run_until(&mut ua, t0 + Duration::from_secs(200));
     assert_empty(&ua);
 }
+
+#[test]
+fn record_route_is_copied_and_followed() {
+    let t0 = Instant::now();
+    let mut ua = core(t0);
+    let proxy: SocketAddr = "127.0.0.1:5090".parse().unwrap();
+    let inv = invite("rr1", "z9hG4bKrr1", None, 1, &offer_sdp(40000, "0")).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRecord-Route: <sip:127.0.0.1:5090;lr>\r\n",
+    );
+    ua.handle_datagram(t0, proxy, inv.as_bytes());
+    drain(&mut ua);
+    let [SipEvent::IncomingCall { call, .. }] = events(&mut ua)[..] else {
+        panic!()
+    };
+    ua.ring(t0, call).unwrap();
+    ua.answer(t0, call, rtp()).unwrap();
+    let sent = drain(&mut ua);
+    for (_, m) in &sent {
+        assert_eq!(
+            m.header("Record-Route"),
+            Some("<sip:127.0.0.1:5090;lr>"),
+            "{:?}",
+            m.status()
+        );
+    }
+    let tag = sent[1].1.to_tag.clone().unwrap();
+    ua.handle_datagram(
+        t0,
+        proxy,
+        request("ACK", "rr1", "z9hG4bKrra", Some(&tag), 1).as_bytes(),
+    );
+    ua.hang_up(t0, call).unwrap();
+    let sent = drain(&mut ua);
+    let (dest, bye) = &sent[0];
+    assert_eq!(*dest, proxy, "in-dialog requests follow the route set");
+    assert_eq!(bye.header("Route"), Some("<sip:127.0.0.1:5090;lr>"));
+}
