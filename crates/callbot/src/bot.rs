@@ -481,7 +481,7 @@ fn accept(
         name: call_name.clone(),
     });
     let endpointer =
-        VadEndpointer::new(8000, VadConfig::default()).map_err(|e| (500, format!("VAD: {e}")))?;
+        VadEndpointer::new(8000, settings.vad_config()).map_err(|e| (500, format!("VAD: {e}")))?;
     let mut rtp = RtpSession::start(rtp_cfg).map_err(|e| (503, format!("RTP: {e}")))?;
     if let Err(e) = sip.answer(call, rtp.local_addr()) {
         rtp.shutdown(Instant::now() + Duration::from_millis(500));

@@ -310,6 +310,28 @@ impl Default for NoiseGuardSettings {
     }
 }
 
+/// `[dialogue.vad]`: voice activity detection and end of utterance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VadSettings {
+    /// Speech score (0 to 1) at which a frame counts as speech.
+    pub threshold: f32,
+    /// Speech shorter than this is ignored (clicks, coughs); it also delays barge-in.
+    pub min_speech_secs: f64,
+    /// Silence that ends an utterance (the endpoint hangover).
+    pub hangover_secs: f64,
+}
+
+impl Default for VadSettings {
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            min_speech_secs: 0.12,
+            hangover_secs: 0.6,
+        }
+    }
+}
+
 /// `[dialogue]`: what the bot says and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -339,6 +361,8 @@ pub struct DialogueSettings {
     pub barge_in: bool,
     /// Which transcripts are treated as noise.
     pub noise_guard: NoiseGuardSettings,
+    /// Voice activity detection.
+    pub vad: VadSettings,
     /// DTMF digit (`0`-`9`, `*`, `#`, `A`-`D`) to action.
     pub dtmf: BTreeMap<String, DtmfAction>,
 }
@@ -358,6 +382,7 @@ impl Default for DialogueSettings {
             shutdown_phrase: "Sorry, I have to go now. Goodbye.".into(),
             barge_in: true,
             noise_guard: NoiseGuardSettings::default(),
+            vad: VadSettings::default(),
             dtmf: BTreeMap::new(),
         }
     }
@@ -651,6 +676,15 @@ impl Settings {
                 format!("{} is outside 1..=100", g.min_words),
             ));
         }
+        let v = &d.vad;
+        if !(v.threshold.is_finite() && (0.05..=0.95).contains(&v.threshold)) {
+            return Err(SettingsError::new(
+                "dialogue.vad.threshold",
+                format!("{} is outside 0.05..=0.95", v.threshold),
+            ));
+        }
+        seconds("dialogue.vad.min_speech_secs", v.min_speech_secs, 0.02, 2.0)?;
+        seconds("dialogue.vad.hangover_secs", v.hangover_secs, 0.1, 5.0)?;
         for (key, action) in &d.dtmf {
             let field = format!("dialogue.dtmf.{key}");
             if dtmf_digit(key).is_none() {
@@ -662,6 +696,19 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// The VAD configuration derived from `dialogue.vad`.
+    pub fn vad_config(&self) -> callbot_audio::vad::VadConfig {
+        let v = &self.dialogue.vad;
+        let base = callbot_audio::vad::VadConfig::default();
+        callbot_audio::vad::VadConfig {
+            threshold: v.threshold,
+            release_threshold: base.release_threshold.min(v.threshold),
+            min_speech: secs(v.min_speech_secs),
+            hangover: secs(v.hangover_secs),
+            ..base
+        }
     }
 
     /// The dialogue engine's configuration derived from these settings.
@@ -922,6 +969,15 @@ mod tests {
             (
                 "[dialogue.noise_guard]\nmin_words = 0",
                 "dialogue.noise_guard.min_words",
+            ),
+            ("[dialogue.vad]\nthreshold = 1.0", "dialogue.vad.threshold"),
+            (
+                "[dialogue.vad]\nmin_speech_secs = 0.0",
+                "dialogue.vad.min_speech_secs",
+            ),
+            (
+                "[dialogue.vad]\nhangover_secs = 9.0",
+                "dialogue.vad.hangover_secs",
             ),
             ("[dialogue.dtmf]\n11 = { say = \"x\" }", "dialogue.dtmf.11"),
             ("[dialogue.dtmf]\n5 = { say = \"\" }", "dialogue.dtmf.5"),
