@@ -44,7 +44,7 @@ impl Default for Decoding {
 pub enum AudioWindow {
     /// Sized from the utterance (length plus margin, see
     /// [`WhisperTranscriber::audio_ctx_for`](crate::WhisperTranscriber::audio_ctx_for)):
-    /// 2-4x faster than the full window on short turns, same accuracy on the test set.
+    /// about 2x faster than the full window on phone turns, same accuracy on the test set.
     #[default]
     Auto,
     /// The model's full window (30 s for Whisper), whatever the utterance length.

@@ -11,17 +11,21 @@
 //! [`WhisperTranscriber`] owns **one** whisper.cpp model (a `whisper-rs` context, loaded once
 //! and shared by every job), a bounded job queue (`queue_capacity`, default 8) and
 //! `workers` named threads `stt-whisper-N` (default: one per two cores, so one on a 2-core
-//! machine, with 2 compute threads per job). Each worker owns one whisper state, so a running
-//! job has its own state and the model is never used by two jobs' states at once; after a
-//! failed or aborted job the worker frees its state and allocates a fresh one.
+//! machine, with 2 compute threads per job). Every job runs on a whisper state of its own,
+//! never shared and freed when the job ends, so results never depend on earlier jobs; each
+//! worker allocates the state for its next job while it waits, off the latency path.
 //!
 //! Before whisper.cpp sees the model file, its whole layout is checked
 //! ([`validate_model_file`]): a missing, foreign or truncated file is an error, never a
 //! whisper.cpp `abort()`. whisper.cpp's own log lines go to `tracing` (target `whisper_cpp`).
 //!
 //! Every job has a deadline (the request's, or `default_timeout`) and a cancel flag, both
-//! checked by whisper.cpp's abort callback between compute steps: cancelling (or dropping)
-//! the [`TranscriptionJob`] of a caller who hung up frees the worker within milliseconds.
+//! checked by whisper.cpp's abort callback: cancelling (or dropping) the
+//! [`TranscriptionJob`] of a caller who hung up frees the worker at whisper.cpp's next
+//! check. whisper.cpp 1.8.3 checks after its encoder pass and at every decoder step (a few
+//! milliseconds apart), but not inside the encoder pass, so a cancel that lands there
+//! waits for the pass to end: about 0.1 s for a 3-4 s turn with the auto window, up to
+//! about 1 s for a 30 s utterance on 2 cores.
 //! Audio shorter than [`MIN_UTTERANCE`] returns an empty transcript without running whisper;
 //! audio longer than [`MAX_UTTERANCE`] (30 s) is refused. The encoder window is sized from
 //! the utterance ([`AudioWindow::Auto`]) instead of whisper's fixed 30 s.
@@ -29,7 +33,8 @@
 //! [`Transcriber::shutdown`] fails queued jobs with [`SttError::Cancelled`], lets running
 //! jobs finish until the deadline and aborts them then, joins the workers (each frees its
 //! state before it ends), frees the model last and logs "Whisper model cleaned up". It is
-//! idempotent; `Drop` calls it with a 2 s deadline.
+//! idempotent; `Drop` calls it with a 2 s deadline. It returns by the deadline plus
+//! [`WhisperConfig::abort_grace`] at the latest.
 //!
 //! ```no_run
 //! use std::time::{Duration, Instant};

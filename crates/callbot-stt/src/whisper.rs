@@ -23,12 +23,12 @@ use crate::model_file::{ModelInfo, validate_model_file};
 const FRAMES_PER_SECOND: usize = 50;
 /// Frames added to the utterance length by [`AudioWindow::Auto`] (2.56 s of padding).
 const AUTO_MARGIN_FRAMES: usize = 128;
+/// Smallest window [`AudioWindow::Auto`] uses (15.36 s): smaller ones cost accuracy.
+const AUTO_MIN_FRAMES: usize = 768;
 /// The auto window is a multiple of this many frames.
 const AUTO_ROUND_FRAMES: usize = 64;
 /// Longest initial prompt accepted, in bytes.
 const MAX_PROMPT_BYTES: usize = 1000;
-/// How long shutdown waits for aborted jobs to return after its deadline.
-const ABORT_GRACE: Duration = Duration::from_millis(500);
 /// Deadline used by `Drop`.
 const DROP_SHUTDOWN: Duration = Duration::from_secs(2);
 /// How long `new` waits for the workers to allocate their states.
@@ -40,7 +40,7 @@ pub struct WhisperConfig {
     /// The ggml model file (e.g. `ggml-tiny.en.bin`).
     pub model_path: PathBuf,
     /// Worker threads, i.e. jobs run at the same time (1..=64). Each holds one whisper state
-    /// (about 30 MB for tiny).
+    /// at a time (the running job's, or the one ready for its next job).
     pub workers: usize,
     /// Jobs that may wait for a worker (1..=10,000); beyond it `submit` fails with
     /// [`SttError::QueueFull`].
@@ -49,6 +49,12 @@ pub struct WhisperConfig {
     pub threads_per_job: usize,
     /// Deadline of requests that carry none, counted from submission.
     pub default_timeout: Duration,
+    /// How long [`shutdown`](Transcriber::shutdown) waits, after its deadline, for aborted
+    /// jobs to return. whisper.cpp checks the abort flag between its encoder pass and each
+    /// decoder step, so this must cover one encoder pass (about 1 s for a 30 s utterance on
+    /// 2 cores; far less for phone turns). A worker still busy after it is left to finish on
+    /// its own (reported in [`SttShutdownReport::workers_not_joined`]).
+    pub abort_grace: Duration,
 }
 
 impl WhisperConfig {
@@ -63,6 +69,7 @@ impl WhisperConfig {
             queue_capacity: 8,
             threads_per_job: (cores / workers).clamp(1, 4),
             default_timeout: Duration::from_secs(30),
+            abort_grace: Duration::from_secs(5),
         }
     }
 
@@ -264,8 +271,13 @@ impl WhisperTranscriber {
     }
 
     /// The encoder window [`AudioWindow::Auto`] picks for `samples` of 16 kHz audio: the
-    /// utterance's 20 ms frames plus 128 (2.56 s), rounded up to a multiple of 64, at most
-    /// the model's window (1500). 3-4 s utterances get 384, a 30 s one the full window.
+    /// utterance's 20 ms frames plus 128 (2.56 s), rounded up to a multiple of 64, at least
+    /// 768 (15.36 s) and at most the model's window (1500 = 30 s). Phone turns up to 12 s
+    /// get 768: about half the encoder work of the full window.
+    ///
+    /// Why 768: on the espeak-ng test sentences (3-4 s, five voices) tiny.en scored
+    /// 16.2 % WER with the full window, 15.3 % at 768, 18.0 % at 640, 20.7 % at 512 and
+    /// 24.3 % at 384 and 448: smaller windows are faster but lose more than 2 points.
     pub fn audio_ctx_for(&self, samples: usize) -> u16 {
         let full = self.shared.as_ref().map_or(1500, |s| s.n_audio_ctx);
         auto_audio_ctx(samples, full)
@@ -274,7 +286,8 @@ impl WhisperTranscriber {
 
 fn auto_audio_ctx(samples: usize, full: usize) -> u16 {
     let frames = samples.div_ceil(usize::try_from(SAMPLE_RATE).unwrap_or(16_000) / FRAMES_PER_SECOND);
-    let ctx = (frames + AUTO_MARGIN_FRAMES).div_ceil(AUTO_ROUND_FRAMES) * AUTO_ROUND_FRAMES;
+    let ctx =
+        ((frames + AUTO_MARGIN_FRAMES).div_ceil(AUTO_ROUND_FRAMES) * AUTO_ROUND_FRAMES).max(AUTO_MIN_FRAMES);
     u16::try_from(ctx.min(full)).unwrap_or(u16::MAX)
 }
 
@@ -396,9 +409,10 @@ impl Transcriber for WhisperTranscriber {
 
         let mut pending = self.workers.iter().filter(|w| !w.done).count();
         let mut aborted = false;
+        let mut aborted_at = deadline;
         while pending > 0 {
             let limit = if aborted {
-                deadline.max(Instant::now()) + ABORT_GRACE
+                aborted_at + self.config.abort_grace
             } else {
                 deadline
             };
@@ -411,6 +425,7 @@ impl Transcriber for WhisperTranscriber {
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) if !aborted => {
                     aborted = true;
+                    aborted_at = Instant::now();
                     if let Some(shared) = &self.shared {
                         shared.abort_all.store(true, Ordering::Release);
                     }
@@ -495,7 +510,17 @@ fn worker_main(
                 shared.cancelled_by_workers.fetch_add(1, Ordering::AcqRel);
                 continue;
             }
-            run_job(&shared, &mut state, job);
+            // A fresh state per job: results never depend on earlier jobs (whisper's
+            // temperature fallback draws from a random generator kept in the state).
+            let st = match state.take() {
+                Some(st) => Some(st),
+                None => shared.ctx.create_state().ok(),
+            };
+            run_job(&shared, st, job);
+            // The used state is freed; allocate the next one now, off the next job's path.
+            if !shared.closing.load(Ordering::Acquire) {
+                state = shared.ctx.create_state().ok();
+            }
         }
     }
     // States first, then our reference to the model, then tell shutdown we are done.
@@ -573,7 +598,8 @@ fn params_template(language: &str, decoding: Decoding) -> FullParams<'static, 's
         .clone()
 }
 
-fn run_job(shared: &Shared, state: &mut Option<WhisperState>, job: Job) {
+/// Runs one job on its own `state` (freed when this returns).
+fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
     let started = Instant::now();
     let queued = started.saturating_duration_since(job.submitted);
     let Job {
@@ -588,11 +614,7 @@ fn run_job(shared: &Shared, state: &mut Option<WhisperState>, job: Job) {
         completion.complete(Err(err));
         return;
     }
-    if state.is_none() {
-        // Re-created after a failed or aborted job.
-        *state = shared.ctx.create_state().ok();
-    }
-    let Some(st) = state.as_mut() else {
+    let Some(mut st) = state else {
         completion.complete(Err(SttError::StateAllocation));
         return;
     };
@@ -625,8 +647,6 @@ fn run_job(shared: &Shared, state: &mut Option<WhisperState>, job: Job) {
     let inference = started.elapsed();
 
     if check.fired.load(Ordering::Acquire) || result.is_err() {
-        // Do not reuse a state whisper.cpp left mid-computation.
-        *state = None;
         let err = if shared.abort_all.load(Ordering::Acquire) && check.fired.load(Ordering::Acquire) {
             shared.aborted_by_shutdown.fetch_add(1, Ordering::AcqRel);
             SttError::Cancelled
@@ -641,7 +661,7 @@ fn run_job(shared: &Shared, state: &mut Option<WhisperState>, job: Job) {
         completion.complete(Err(err));
         return;
     }
-    let mut transcript = collect(st, shared.token_eot, samples_to_duration(audio.len()));
+    let mut transcript = collect(&st, shared.token_eot, samples_to_duration(audio.len()));
     transcript.audio_ctx = if audio_ctx == 0 {
         u16::try_from(shared.n_audio_ctx).unwrap_or(u16::MAX)
     } else {
@@ -685,8 +705,9 @@ fn collect(st: &WhisperState, token_eot: i32, audio: Duration) -> Transcript {
         no_speech_max = Some(no_speech_max.map_or(no_speech, |m| m.max(no_speech)));
         segments.push(Segment {
             text,
-            start: centis(seg.start_timestamp()),
-            end: centis(seg.end_timestamp()),
+            // whisper's timestamps can run past the audio into the padded window.
+            start: centis(seg.start_timestamp()).min(audio),
+            end: centis(seg.end_timestamp()).min(audio),
             #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
             avg_logprob: if n == 0 { 0.0 } else { (sum / n as f64) as f32 },
             no_speech_prob: no_speech,
@@ -728,7 +749,11 @@ mod tests {
                 "{secs} s -> {ctx}"
             );
         }
-        assert_eq!(auto_audio_ctx(16_000 * 7 / 2, 1500), 320);
+        assert_eq!(auto_audio_ctx(16_000 * 7 / 2, 1500), 768);
+        assert_eq!(auto_audio_ctx(16_000 * 12, 1500), 768);
+        assert_eq!(auto_audio_ctx(16_000 * 20, 1500), 1152);
+        assert_eq!(auto_audio_ctx(16_000 * 30, 1500), 1500);
+        assert_eq!(auto_audio_ctx(16_000, 448), 448, "never above the model's window");
     }
 
     #[test]
