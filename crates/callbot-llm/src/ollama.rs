@@ -516,10 +516,19 @@ impl ReplyJob {
                 ReplyEvent::Failed(e)
             }
         };
+        let error = match &last {
+            ReplyEvent::Failed(e) => e.clone(),
+            _ => LlmError::Cancelled,
+        };
         tokio::select! {
             biased;
             () = cancel.cancelled() => {}
-            _ = deliver(&sender, last, total_deadline + Duration::from_secs(1)) => {}
+            r = deliver(&sender, last, total_deadline + Duration::from_secs(1)) => {
+                if r.is_err() {
+                    // The consumer sees it once it has drained the channel.
+                    cancel.set_undelivered(error);
+                }
+            }
         }
     }
 

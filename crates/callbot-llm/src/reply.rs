@@ -52,6 +52,8 @@ pub enum ReplyEvent {
 pub(crate) struct CancelState {
     cancelled: AtomicBool,
     notify: tokio::sync::Notify,
+    /// The final error when it could not be queued (the consumer never made room).
+    undelivered: std::sync::Mutex<Option<LlmError>>,
 }
 
 impl CancelState {
@@ -60,6 +62,12 @@ impl CancelState {
         // notify_one stores a permit when nobody waits yet, so the producer cannot miss it.
         self.notify.notify_one();
         first
+    }
+
+    pub(crate) fn set_undelivered(&self, error: LlmError) {
+        if let Ok(mut slot) = self.undelivered.lock() {
+            *slot = Some(error);
+        }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -165,7 +173,7 @@ impl Reply {
         if self.finished {
             return None;
         }
-        let event = self.rx.recv().unwrap_or(ReplyEvent::Failed(self.gone()));
+        let event = self.rx.recv().unwrap_or_else(|_| ReplyEvent::Failed(self.gone()));
         Some(self.track(event))
     }
 
@@ -231,7 +239,9 @@ impl Reply {
     }
 
     fn gone(&self) -> LlmError {
-        if self.cancel.is_cancelled() {
+        if let Some(e) = self.cancel.undelivered.lock().ok().and_then(|s| s.clone()) {
+            e
+        } else if self.cancel.is_cancelled() {
             LlmError::Cancelled
         } else {
             LlmError::Shutdown

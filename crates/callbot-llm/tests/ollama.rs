@@ -625,3 +625,32 @@ fn shutdown_logs_the_lifecycle_line_once() {
     assert_eq!(text.matches("LLM client started").count(), 1, "{text}");
     assert_eq!(text.matches("LLM client shutdown complete").count(), 1, "{text}");
 }
+
+#[test]
+fn a_consumer_that_never_reads_gets_the_timeout_not_a_shutdown() {
+    let server = OllamaServer::start(slow_script(50, 0)).unwrap();
+    let mut cfg = config(&server);
+    cfg.channel_capacity = 4;
+    cfg.total_timeout = Duration::from_millis(200);
+    let chat = OllamaChat::new(cfg).unwrap();
+    let mut history = chat.new_history();
+    history.push_user("hi");
+    let mut reply = chat.start_reply(&history).unwrap();
+    // Do not read until the task gave up (the total timeout, then 1 s of grace for the
+    // final event).
+    let until = Instant::now() + Duration::from_secs(5);
+    std::thread::sleep(Duration::from_millis(300));
+    while chat.in_flight() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(chat.in_flight(), 0);
+    assert_eq!(reply.events().len(), 4);
+    let events: Vec<ReplyEvent> = std::iter::from_fn(|| reply.recv()).collect();
+    assert_eq!(events.len(), 5, "{events:?}");
+    assert_eq!(
+        events.last(),
+        Some(&ReplyEvent::Failed(LlmError::Timeout {
+            stage: TimeoutStage::Total
+        }))
+    );
+}
