@@ -43,6 +43,13 @@
 //! CSeq survive, and are dropped and counted otherwise. Responses go where the top Via
 //! says (`rport`/`received`, RFC 3581).
 //!
+//! ## Limits
+//!
+//! UDP only (no TCP/TLS); an INVITE must carry an SDP offer (a delayed offer gets 488);
+//! no reliable provisionals (`Require: 100rel` gets 420), no session timers, no UPDATE or
+//! INFO (405). Unanswered calls ring at most `ring_timeout` (incoming: 480, outgoing:
+//! CANCEL).
+//!
 //! ## Example: answer every call
 //!
 //! ```no_run
