@@ -178,6 +178,16 @@ impl SipUserAgent {
             bound
         };
         let wake = socket.try_clone().map_err(bind_err)?;
+        // The wake datagram goes to the bound socket itself (loopback when unspecified).
+        let wake_addr = if bound.ip().is_unspecified() {
+            let lo = match bound.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            SocketAddr::new(lo, bound.port())
+        } else {
+            bound
+        };
         let mut core_cfg = CoreConfig::new(advertised);
         core_cfg.user = config.user.clone();
         core_cfg.max_calls = config.max_calls;
@@ -204,6 +214,7 @@ impl SipUserAgent {
             events: event_rx,
             commands: Some(cmd_tx),
             wake: Some(wake),
+            wake_addr,
             thread: Some(thread),
             done: done_rx,
             report: None,
@@ -218,6 +229,7 @@ pub struct SipHandle {
     events: Receiver<SipEvent>,
     commands: Option<Sender<Command>>,
     wake: Option<UdpSocket>,
+    wake_addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
     done: Receiver<ThreadReport>,
     report: Option<SipShutdownReport>,
@@ -252,7 +264,7 @@ impl SipHandle {
         if let Some(w) = &self.wake {
             // An empty datagram to our own socket: ignored as a keep-alive, but it ends
             // the thread's blocking read at once.
-            let _ = w.send_to(&[], self.local_addr);
+            let _ = w.send_to(&[], self.wake_addr);
         }
     }
 

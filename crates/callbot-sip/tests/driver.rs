@@ -221,3 +221,24 @@ fn commands_are_answered_promptly() {
     assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
     assert!(ua.hang_up(callbot_sip::CallId(99)).is_err());
 }
+
+#[test]
+fn unspecified_bind_with_advertised_address() {
+    let mut cfg = SipConfig::new("0.0.0.0:0".parse().unwrap());
+    cfg.advertise_ip = Some("192.0.2.10".parse().unwrap());
+    let mut ua = SipUserAgent::start(cfg).unwrap();
+    assert_eq!(ua.local_addr().ip().to_string(), "192.0.2.10");
+    // Commands still wake the thread (the wake datagram goes to loopback).
+    let t = Instant::now();
+    for _ in 0..10 {
+        ua.stats().unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_millis(1000), "{:?}", t.elapsed());
+    let peer = Peer::new("127.0.0.1");
+    let to = SocketAddr::new("127.0.0.1".parse().unwrap(), ua.local_addr().port());
+    peer.send(to, &options(&peer, to, "optu"));
+    let resp = peer.recv();
+    assert!(resp.starts_with("SIP/2.0 200"), "{resp}");
+    let report = ua.shutdown(Instant::now() + Duration::from_secs(1));
+    assert!(report.thread_joined && !report.timed_out);
+}
