@@ -426,3 +426,98 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
+
+/// Voice-to-voice with the real layers and a local Ollama-protocol server answering in
+/// 100 ms: several turns on one call; prints p50/p95 of each stage from the transcript.
+#[test]
+fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let Some(question) = speech(dir.path(), "What is the capital of France?") else {
+        return;
+    };
+    let mut script = callbot_testkit::ollama::Script::reply("Paris is the capital of France.");
+    script.first_token_delay = Duration::from_millis(100);
+    let mut llm = callbot_testkit::ollama::OllamaServer::start(script).unwrap();
+    let mut s = settings(dir.path(), model);
+    s.llm.url = llm.url();
+    s.llm.model = "test-model".into();
+    let mut bot = Bot::start(s).unwrap();
+    assert!(!bot.echo_mode());
+    let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
+    let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
+    let call = caller
+        .call(
+            &format!("sip:bot@{}", bot.sip_addr()),
+            bot.sip_addr(),
+            rtp.local_addr(),
+        )
+        .unwrap();
+    let media = loop {
+        if let SipEvent::CallAnswered { media, .. } =
+            caller.events().recv_timeout(Duration::from_secs(5)).unwrap()
+        {
+            break media;
+        }
+    };
+    rtp.retarget(
+        Some(media.remote_rtp),
+        Law::Ulaw,
+        media.payload_type,
+        media.telephone_event,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    let n = 3;
+    for i in 1..=n {
+        rtp.play(question.clone()).unwrap();
+        let t0 = Instant::now();
+        loop {
+            let done = turns(dir.path())
+                .iter()
+                .filter(|l| l["kind"] == "conversation")
+                .count();
+            if done >= i {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(40), "turn {i} missing");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // let the reply finish playing (about 2 s)
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    caller.hang_up(call).unwrap();
+    let lines = turns(dir.path());
+    let convo: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "conversation").collect();
+    for l in &convo {
+        assert_eq!(l["bot"], "Paris is the capital of France.", "{l}");
+    }
+    let stat = |key: &str| {
+        let mut v: Vec<f64> = convo.iter().filter_map(|l| l["timings"][key].as_f64()).collect();
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "{key:>20}: p50 {:7.0} ms  p95 {:7.0} ms  (n={})",
+            at(0.5),
+            at(0.95),
+            v.len()
+        );
+    };
+    for key in [
+        "endpoint",
+        "stt",
+        "llm_first_token",
+        "tts_first_audio",
+        "voice_to_voice",
+    ] {
+        stat(key);
+    }
+    println!("heard: {}", convo[0]["user"]);
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
+    assert!(report.components.all_clean());
+    llm.shutdown(Instant::now() + Duration::from_secs(1));
+    rtp.shutdown(Instant::now() + Duration::from_secs(1));
+    caller.shutdown(Instant::now() + Duration::from_secs(1));
+}
