@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 
 use callbot_audio::g711::Law;
 use callbot_stt::{
-    AudioWindow, TranscribeOptions, Transcriber, TranscriptionRequest, WhisperConfig,
-    WhisperTranscriber,
+    AudioWindow, TranscribeOptions, Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber,
 };
 use callbot_testkit::speech::{self, SENTENCES};
 use criterion::Criterion;
@@ -36,7 +35,11 @@ fn median(mut v: Vec<f64>) -> f64 {
         return f64::NAN;
     }
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 fn parse_window(s: &str) -> Option<AudioWindow> {
@@ -80,7 +83,11 @@ fn windows_table(stt: &WhisperTranscriber, clean: &[(&str, Vec<f32>)], phone: &[
                     }
                 }
                 if std::env::var_os("CALLBOT_STT_VERBOSE").is_some() {
-                    println!("  {window:?} {set} [{ei}/{ni}] {:.2} s: {:?}", t.audio.as_secs_f64(), t.text);
+                    println!(
+                        "  {window:?} {set} [{ei}/{ni}] {:.2} s: {:?}",
+                        t.audio.as_secs_f64(),
+                        t.text
+                    );
                 }
             }
             #[allow(clippy::cast_precision_loss)]
@@ -126,7 +133,10 @@ impl Direct {
 }
 
 fn overhead_table(stt: &WhisperTranscriber, direct: &Direct, clips: &[Vec<f32>]) {
-    let rounds: usize = std::env::var("CALLBOT_STT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let rounds: usize = std::env::var("CALLBOT_STT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let (mut h_total, mut d_total) = (0.0, 0.0);
     let (mut h_all, mut d_all) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -152,7 +162,10 @@ fn overhead_table(stt: &WhisperTranscriber, direct: &Direct, clips: &[Vec<f32>])
             one(false);
         }
     }
-    println!("\n== handle vs direct whisper-rs (same audio, settings, {rounds} rounds x {} clips) ==", clips.len());
+    println!(
+        "\n== handle vs direct whisper-rs (same audio, settings, {rounds} rounds x {} clips) ==",
+        clips.len()
+    );
     println!(
         "handle total {h_total:.3} s (median {:.3} s), direct total {d_total:.3} s (median {:.3} s), ratio {:.3}",
         median(h_all),

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use callbot_audio::{resample, wav};
 use callbot_examples::{Args, init_logging};
 use callbot_stt::{
-    AudioWindow, Decoding, SAMPLE_RATE, TranscribeOptions, Transcriber, TranscriptionRequest,
-    WhisperConfig, WhisperTranscriber,
+    AudioWindow, Decoding, SAMPLE_RATE, TranscribeOptions, Transcriber, TranscriptionRequest, WhisperConfig,
+    WhisperTranscriber,
 };
 
 fn main() -> ExitCode {
@@ -95,7 +95,10 @@ fn run() -> Result<bool, String> {
                 start.elapsed().as_secs_f64()
             ),
             Err(e) => {
-                println!("{path}: {e}\t[{seconds:.2} s audio, {:.3} s]", start.elapsed().as_secs_f64());
+                println!(
+                    "{path}: {e}\t[{seconds:.2} s audio, {:.3} s]",
+                    start.elapsed().as_secs_f64()
+                );
                 all_ok = false;
             }
         }
