@@ -521,3 +521,50 @@ fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
+
+/// 20 concurrent calls from SIPp with RTP (espeak-ng speech looped): none fails, all
+/// are reaped, and the bot's threads are back to their idle count.
+#[test]
+fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("sipp").is_none() {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let Some(audio) = speech(dir.path(), "Hello, I would like to know the opening hours.") else {
+        return;
+    };
+    let wav = dir.path().join("caller8k.wav");
+    callbot_audio::wav::write_wav(&wav, &audio).unwrap();
+    let n = 20;
+    let mut s = settings(dir.path(), model);
+    s.dialogue.max_calls = n as usize;
+    let base = callbot_testkit::ports::free_udp_port_range(2 * n as u16 + 2);
+    s.media.rtp_port_min = base;
+    s.media.rtp_port_max = base + 2 * n as u16 + 1;
+    let mut bot = Bot::start(s).unwrap();
+    let idle = threads();
+    let stats = callbot_testkit::sipp::SippUac::new(bot.sip_addr(), n, 20.0)
+        .media(callbot_testkit::sipp::UacMedia::Rtp { audio: wav })
+        .hold(Duration::from_secs(4))
+        .max_concurrent(n)
+        .run()
+        .unwrap();
+    println!(
+        "SIPp: {} calls, {} successful, {} failed, setup avg {:?} ms, wall {:?}",
+        stats.created, stats.successful, stats.failed, stats.setup_avg_ms, stats.wall_time
+    );
+    assert_eq!(stats.failed, 0, "{}", stats.errors);
+    assert_eq!(stats.successful, u64::from(n));
+    let t0 = Instant::now();
+    while bot.live_calls() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "calls not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(threads(), idle, "threads back to idle");
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+}
