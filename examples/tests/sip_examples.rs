@@ -175,3 +175,89 @@ fn heavy_register_example_wrong_password_exits_1() {
         "{tries} REGISTERs with the wrong password"
     );
 }
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Measurement (ignored; run with `--run-ignored only --no-capture`, best `--release`):
+/// SIPp signalling-only calls against the `answer` example process, its call setup rate,
+/// and its RSS after 100 calls and after each further run of CALLBOT_LOAD_CALLS (10,000)
+/// calls at CALLBOT_LOAD_RATE (1,000/s), measured once its transactions have expired
+/// (64*T1 = 32 s after the last call).
+#[test]
+#[ignore = "measurement: run explicitly"]
+fn heavy_measure_answer_example_rate_and_rss() {
+    if callbot_testkit::tools::require("sipp").is_none() {
+        return;
+    }
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let rate = env("CALLBOT_LOAD_RATE").unwrap_or(1000.0);
+    let total = env("CALLBOT_LOAD_CALLS").unwrap_or(10_000.0) as u32;
+    let runs = env("CALLBOT_LOAD_RUNS").unwrap_or(2.0) as u32;
+    let dir = callbot_testkit::temp_dir("answer-load");
+    let Some(bin) = example_bin("answer") else {
+        return;
+    };
+    let addr = SocketAddr::new(LO, callbot_testkit::ports::free_udp_port());
+    let log = dir.path().join("answer.log");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--listen",
+        &addr.to_string(),
+        "--hold",
+        "60",
+        "--max-calls",
+        "5000",
+    ])
+    .env("RUST_LOG", "warn");
+    let mut child = Child::spawn("answer", cmd, &log).unwrap();
+    assert!(wait_until(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || read_lossy(&log).contains("listening on")
+    ));
+    let pid = child.pid();
+    let linger = Duration::from_secs(35);
+    let warm = callbot_testkit::sipp::SippUac::new(addr, 100, 100.0)
+        .run()
+        .unwrap();
+    assert_eq!(warm.failed, 0);
+    std::thread::sleep(linger);
+    let rss_100 = rss_kib(pid);
+    println!("answer example: RSS after 100 calls {rss_100} KiB");
+    let mut prev = rss_100;
+    for run in 1..=runs {
+        let st = callbot_testkit::sipp::SippUac::new(addr, total, rate)
+            .max_concurrent(2000)
+            .recv_timeout(Duration::from_secs(5))
+            .run()
+            .unwrap();
+        let rss_peak = rss_kib(pid);
+        std::thread::sleep(linger);
+        let rss = rss_kib(pid);
+        println!(
+            "ANSWER-LOAD run={run} calls={total} rate_goal={rate} successful={} failed={} retransmissions={} calls_per_s={:.0} setup_avg_ms={:?} rss_right_after_kib={rss_peak} rss_after_expiry_kib={rss} growth_over_previous_kib={} growth_over_100_kib={}",
+            st.successful,
+            st.failed,
+            st.retransmissions,
+            st.calls_per_second(),
+            st.setup_avg_ms,
+            rss as i64 - prev as i64,
+            rss as i64 - rss_100 as i64
+        );
+        prev = rss;
+        assert_eq!(st.failed, 0, "{st:?}");
+    }
+    let status = child.stop();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
