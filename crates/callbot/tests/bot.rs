@@ -353,6 +353,19 @@ fn heavy_bot_barge_in_stops_the_greeting() {
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
 
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
@@ -546,25 +559,39 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
     s.media.rtp_port_max = base + 2 * n as u16 + 1;
     let mut bot = Bot::start(s).unwrap();
     let idle = threads();
-    let stats = callbot_testkit::sipp::SippUac::new(bot.sip_addr(), n, 20.0)
-        .media(callbot_testkit::sipp::UacMedia::Rtp { audio: wav })
-        .hold(Duration::from_secs(4))
-        .max_concurrent(n)
-        .run()
-        .unwrap();
-    println!(
-        "SIPp: {} calls, {} successful, {} failed, setup avg {:?} ms, wall {:?}",
-        stats.created, stats.successful, stats.failed, stats.setup_avg_ms, stats.wall_time
-    );
-    assert_eq!(stats.failed, 0, "{}", stats.errors);
-    assert_eq!(stats.successful, u64::from(n));
-    let t0 = Instant::now();
-    while bot.live_calls() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(5), "calls not reaped");
-        std::thread::sleep(Duration::from_millis(20));
+    let mut rss = Vec::new();
+    let mut fds = Vec::new();
+    for batch in 1..=3 {
+        let stats = callbot_testkit::sipp::SippUac::new(bot.sip_addr(), n, 20.0)
+            .media(callbot_testkit::sipp::UacMedia::Rtp { audio: wav.clone() })
+            .hold(Duration::from_secs(4))
+            .max_concurrent(n)
+            .run()
+            .unwrap();
+        println!(
+            "SIPp batch {batch}: {} calls, {} successful, {} failed, wall {:?}",
+            stats.created, stats.successful, stats.failed, stats.wall_time
+        );
+        assert_eq!(stats.failed, 0, "{}", stats.errors);
+        assert_eq!(stats.successful, u64::from(n));
+        let t0 = Instant::now();
+        while bot.live_calls() > 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "calls not reaped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(threads(), idle, "threads back to idle after batch {batch}");
+        rss.push(rss_kb());
+        fds.push(open_fds());
     }
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(threads(), idle, "threads back to idle");
+    println!(
+        "RSS after each batch: {rss:?} KB ({:+.1} KB per call from batch 2 to 3); fds {fds:?}",
+        (rss[2] as f64 - rss[1] as f64) / f64::from(n),
+    );
+    assert!(
+        fds.iter().all(|f| *f == fds[0]),
+        "file descriptors back to the same count"
+    );
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
 }
