@@ -9,7 +9,7 @@
 //! transcription took. Any WAV rate and channel count is accepted: the file is downmixed
 //! to mono and resampled to 16 kHz. Options: `--threads N`, `--beam N` (beam search),
 //! `--language CODE` (or `auto`), `--prompt TEXT`, `--full-window` (whisper's fixed 30 s
-//! window instead of one sized from the audio).
+//! window instead of one sized from the audio), `--timeout SECS` (per file, default 120).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             eprintln!("transcribe: {e}");
             eprintln!(
                 "usage: transcribe --model PATH [--threads N] [--beam N] [--language CODE] \
-                 [--prompt TEXT] [--full-window] FILE.wav..."
+                 [--prompt TEXT] [--full-window] [--timeout SECS] FILE.wav..."
             );
             ExitCode::from(2)
         }
@@ -50,13 +50,22 @@ fn load(path: &str) -> Result<Vec<f32>, String> {
 /// Returns whether every file was transcribed.
 fn run() -> Result<bool, String> {
     let args = Args::parse(&["full-window"])?;
-    args.reject_unknown(&["model", "threads", "beam", "language", "prompt", "full-window"])?;
+    args.reject_unknown(&[
+        "model",
+        "threads",
+        "beam",
+        "language",
+        "prompt",
+        "full-window",
+        "timeout",
+    ])?;
     if args.positional.is_empty() {
         return Err("no WAV file given".into());
     }
     let mut config = WhisperConfig::new(args.required("model")?);
     config.threads_per_job = args.parsed_or("threads", config.threads_per_job)?;
     let beam: u8 = args.parsed_or("beam", 0)?;
+    let timeout = Duration::from_secs(args.parsed_or("timeout", 120u64)?);
     let options = TranscribeOptions {
         language: args.get("language").unwrap_or("en").to_string(),
         decoding: if beam > 0 {
@@ -85,7 +94,7 @@ fn run() -> Result<bool, String> {
         };
         let request = TranscriptionRequest::new(audio)
             .with_options(options.clone())
-            .with_deadline(Instant::now() + Duration::from_secs(120));
+            .with_deadline(Instant::now() + timeout);
         let seconds = request.duration().as_secs_f64();
         let start = Instant::now();
         match stt.transcribe(request) {
@@ -103,7 +112,8 @@ fn run() -> Result<bool, String> {
             }
         }
     }
-    let report = stt.shutdown(Instant::now() + Duration::from_secs(5));
+    // Returns as soon as the worker has stopped; the deadline only bounds a stuck one.
+    let report = stt.shutdown(Instant::now() + Duration::from_secs(30));
     tracing::debug!(?report, "transcriber shut down");
     Ok(all_ok)
 }
