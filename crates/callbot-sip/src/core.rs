@@ -1689,32 +1689,9 @@ impl UserAgentCore {
 
     // ------------------------------------------------------------- timers
 
-    /// Gives memory back after a load peak: tables keep their peak capacity otherwise.
-    fn shrink_tables(&mut self) {
-        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
-            if m.capacity() > 1024 && m.len() < m.capacity() / 4 {
-                m.shrink_to(m.len() * 2);
-            }
-        }
-        shrink(&mut self.server_tx);
-        shrink(&mut self.client_tx);
-        shrink(&mut self.calls);
-        shrink(&mut self.dialogs);
-        if self.timer_heap.capacity() > 4096 && self.timer_heap.len() < self.timer_heap.capacity() / 4 {
-            self.timer_heap.shrink_to(self.timer_heap.len() * 2);
-        }
-        if self.transmits.capacity() > 1024 && self.transmits.is_empty() {
-            self.transmits.shrink_to(64);
-        }
-        if self.events.capacity() > 1024 && self.events.is_empty() {
-            self.events.shrink_to(64);
-        }
-    }
-
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.run_timers(now);
-        self.shrink_tables();
     }
 
     fn run_timers(&mut self, now: Instant) {
