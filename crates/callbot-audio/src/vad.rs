@@ -268,6 +268,35 @@ impl Endpointer {
         matches!(self.state, State::Speaking { .. })
     }
 
+    /// While an utterance is under way and its latest frames are not speech (the
+    /// endpoint hangover is running): the end of its last speech frame, which is what
+    /// the utterance's [`VadEvent::SpeechEnd`] will carry if no speech follows. `None`
+    /// when idle or while the caller is speaking. A caller can start work on the
+    /// utterance so far at this moment (speculative transcription) and drop it when
+    /// this turns back to `None` (the caller went on speaking).
+    pub fn paused_since(&self) -> Option<Duration> {
+        match self.state {
+            State::Speaking { onset, last_speech } if self.frame_index > last_speech + 1 => {
+                Some(frame_time(end_frame(onset, last_speech)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Changes [`VadConfig::min_speech`] from the next frame on (for example a shorter
+    /// one while the bot speaks, so barge-in is detected sooner). A burst already
+    /// pending is judged against the new value. Out-of-range values are clamped to
+    /// 16 ms..=60 s and below `max_speech`.
+    pub fn set_min_speech(&mut self, min_speech: Duration) {
+        let frame = Duration::from_millis(16);
+        let hi = Duration::from_secs(60)
+            .min(self.config.max_speech.saturating_sub(frame))
+            .max(frame);
+        let d = min_speech.clamp(frame, hi);
+        self.config.min_speech = d;
+        self.min_speech_frames = frames_in(d).max(1);
+    }
+
     /// The score of the last 16 ms frame (0..1).
     pub fn last_score(&self) -> f32 {
         self.last_score
@@ -632,6 +661,74 @@ mod tests {
             ep.on_frame(0.99, &mut events);
         }
         assert!(ep.thresholds().0 <= 0.9 + 1e-6);
+    }
+
+    #[test]
+    fn paused_since_reports_the_hangover_and_clears_on_resume() {
+        let cfg = VadConfig {
+            min_speech: ms(48), // 3 frames
+            hangover: ms(160),  // 10 frames
+            noise_margin: None,
+            ..VadConfig::default()
+        };
+        let mut ep = Endpointer::new(16000, cfg).unwrap();
+        let mut ev = Vec::new();
+        let mut feed = |ep: &mut Endpointer, s: f32, n: usize, ev: &mut Vec<VadEvent>| {
+            for _ in 0..n {
+                ep.on_frame(s, ev);
+            }
+        };
+        feed(&mut ep, 0.1, 5, &mut ev);
+        assert_eq!(ep.paused_since(), None, "idle");
+        feed(&mut ep, 0.9, 2, &mut ev);
+        assert_eq!(ep.paused_since(), None, "pending");
+        feed(&mut ep, 0.9, 10, &mut ev);
+        assert!(ep.in_speech());
+        assert_eq!(ep.paused_since(), None, "speaking");
+        feed(&mut ep, 0.1, 4, &mut ev);
+        // last speech frame 16: ends at frame 17 less the 2-frame earshot lag
+        assert_eq!(ep.paused_since(), Some(ms(16 * 15)));
+        feed(&mut ep, 0.9, 1, &mut ev);
+        assert_eq!(ep.paused_since(), None, "resumed");
+        feed(&mut ep, 0.1, 5, &mut ev);
+        let paused = ep.paused_since();
+        assert_eq!(paused, Some(ms(16 * 20)));
+        feed(&mut ep, 0.1, 5, &mut ev);
+        assert_eq!(ep.paused_since(), None, "ended");
+        assert_eq!(
+            ev,
+            vec![
+                VadEvent::SpeechStart { at: ms(80) },
+                VadEvent::SpeechEnd {
+                    start: ms(80),
+                    at: paused.unwrap(),
+                    forced: false
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn set_min_speech_applies_from_the_next_frame() {
+        let cfg = VadConfig {
+            min_speech: ms(160), // 10 frames
+            noise_margin: None,
+            ..VadConfig::default()
+        };
+        let mut ep = Endpointer::new(16000, cfg).unwrap();
+        let mut ev = Vec::new();
+        for _ in 0..3 {
+            ep.on_frame(0.9, &mut ev);
+        }
+        assert!(ev.is_empty());
+        ep.set_min_speech(ms(48));
+        assert_eq!(ep.config().min_speech, ms(48));
+        ep.on_frame(0.9, &mut ev);
+        assert_eq!(ev, vec![VadEvent::SpeechStart { at: Duration::ZERO }]);
+        ep.set_min_speech(Duration::ZERO);
+        assert_eq!(ep.config().min_speech, ms(16));
+        ep.set_min_speech(ms(100_000));
+        assert!(ep.config().min_speech < ep.config().max_speech);
     }
 
     #[test]
