@@ -673,7 +673,7 @@ mod tests {
         };
         let mut ep = Endpointer::new(16000, cfg).unwrap();
         let mut ev = Vec::new();
-        let mut feed = |ep: &mut Endpointer, s: f32, n: usize, ev: &mut Vec<VadEvent>| {
+        let feed = |ep: &mut Endpointer, s: f32, n: usize, ev: &mut Vec<VadEvent>| {
             for _ in 0..n {
                 ep.on_frame(s, ev);
             }
