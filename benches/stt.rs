@@ -195,6 +195,8 @@ fn main() {
     let mut config = WhisperConfig::new(&model);
     config.workers = 1;
     config.threads_per_job = THREADS;
+    // Measurements must not be cut short on a busy machine.
+    config.default_timeout = Duration::from_secs(600);
     let mut stt = WhisperTranscriber::new(config).unwrap();
     let only = std::env::var("CALLBOT_STT_BENCH").unwrap_or_default();
 
