@@ -43,13 +43,14 @@ pub(crate) fn run() -> Result<(), String> {
         ],
         &[],
     )?;
-    // Built with the dev profile: CI only proves the benchmarks compile, and this shares
+    // Only the criterion targets (`--bench '*'`, not every lib and bin in bench mode),
+    // built with the dev profile: CI only proves the benchmarks compile, and this shares
     // every dependency with the test build instead of compiling whisper.cpp and the rest a
     // second time with the release profile. `cargo bench` (release) is for measuring.
     step(
         "benches build",
         "cargo",
-        &["bench", "--no-run", "--workspace", "--profile", "dev"],
+        &["bench", "--no-run", "--workspace", "--bench", "*", "--profile", "dev"],
         &[],
     )?;
     step(
