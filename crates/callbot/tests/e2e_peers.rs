@@ -1,0 +1,311 @@
+//! End-to-end tests of the whole bot against real peers (issue 7, "Tested end to end
+//! with real peers"): Kamailio as the registrar and proxy, baresip as the caller sending
+//! espeak-ng speech and recording what the bot says, Whisper tiny.en as the judge.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use callbot::settings::RegistrationSettings;
+use callbot::{Bot, Settings};
+use callbot_audio::AudioFrame;
+use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
+use callbot_testkit::baresip::{BaresipCall, CallEnd};
+use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
+use callbot_testkit::speech;
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn settings(dir: &Path, model: PathBuf) -> Settings {
+    let mut s = Settings::default();
+    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
+    s.stt.model = model;
+    s.stt.threads = 2;
+    // Nothing listens there: echo mode.
+    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
+    s.llm.connect_timeout_secs = 0.3;
+    s.dialogue.max_calls = 4;
+    let base = callbot_testkit::ports::free_udp_port_range(10);
+    s.media.rtp_port_min = base;
+    s.media.rtp_port_max = base + 9;
+    s.transcripts.dir = Some(dir.join("transcripts"));
+    s
+}
+
+/// Every JSON line of every transcript file, in file order.
+fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir.join("transcripts")) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Writes 8 kHz mono S16 `samples` as a WAV file.
+fn write_8k(path: &Path, samples: Vec<i16>) {
+    callbot_audio::wav::write_wav(path, &AudioFrame::new(8000, samples)).unwrap();
+}
+
+fn silence_8k(secs: f64) -> Vec<i16> {
+    vec![0; (secs * 8000.0) as usize]
+}
+
+/// Splits 8 kHz audio into utterances at pauses of at least 400 ms (20 ms frames whose
+/// peak is below 300), each padded with 100 ms either side.
+fn utterances(samples: &[i16]) -> Vec<&[i16]> {
+    let frame = 160;
+    let loud: Vec<bool> = samples
+        .chunks(frame)
+        .map(|c| c.iter().any(|s| s.unsigned_abs() > 300))
+        .collect();
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut quiet = 0;
+    for (i, l) in loud.iter().enumerate() {
+        if *l {
+            start.get_or_insert(i);
+            quiet = 0;
+        } else if let Some(s) = start {
+            quiet += 1;
+            if quiet >= 20 {
+                let end = i + 1 - quiet;
+                out.push((s, end));
+                start = None;
+            }
+        }
+    }
+    if let Some(s) = start {
+        out.push((s, loud.len() - quiet));
+    }
+    out.into_iter()
+        .map(|(s, e)| {
+            let a = (s * frame).saturating_sub(800);
+            let b = (e * frame + 800).min(samples.len());
+            &samples[a..b]
+        })
+        .collect()
+}
+
+/// Whisper tiny.en's reading of 8 kHz audio, utterance by utterance.
+fn transcribe_8k(stt: &mut WhisperTranscriber, samples: &[i16]) -> String {
+    let mut text = Vec::new();
+    for u in utterances(samples) {
+        let at16 =
+            callbot_audio::resample::resample_frame(&AudioFrame::new(8000, u.to_vec()), 16_000).unwrap();
+        let audio: Vec<f32> = at16.samples.iter().map(|s| f32::from(*s) / 32768.0).collect();
+        let t = stt
+            .submit(TranscriptionRequest::new(audio).with_deadline(Instant::now() + Duration::from_secs(20)))
+            .unwrap()
+            .wait()
+            .unwrap();
+        text.push(t.text.trim().to_string());
+    }
+    text.join(" ")
+}
+
+/// The bot registers at Kamailio with digest authentication; baresip calls the bot's
+/// AOR through Kamailio, which routes the INVITE to the registered contact; the bot
+/// answers and its greeting reaches baresip; on shutdown the bot unregisters.
+#[test]
+fn heavy_e2e_registration_through_kamailio_then_a_routed_call() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("kamailio").is_none()
+        || callbot_testkit::tools::require("baresip").is_none()
+    {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    let (user, password) = ("callbot", "s3cret-pw");
+    let kam = Kamailio::start(&KamailioConfig::new(user, password)).unwrap();
+    let mut s = settings(dir.path(), model);
+    s.dialogue.greeting = "Hello, this is the call bot.".into();
+    s.sip.registration = Some(RegistrationSettings {
+        server: kam.addr().to_string(),
+        user: user.into(),
+        password: password.into(),
+        expires: 120,
+    });
+    let registering = Instant::now();
+    let mut bot = Bot::start(s).unwrap();
+    let reg = kam.wait_event(Duration::from_secs(10), |e| {
+        matches!(e, RegistrarEvent::RegOk { .. })
+    });
+    println!("registered after {:?}: {reg:?}", registering.elapsed());
+    let Some(RegistrarEvent::RegOk { aor, contact, .. }) = reg else {
+        panic!("the bot did not register: {}", kam.log());
+    };
+    assert!(aor.contains(user), "{aor}");
+    assert!(contact.contains(&bot.sip_addr().port().to_string()), "{contact}");
+    assert!(
+        kam.count(|e| matches!(e, RegistrarEvent::Challenge { .. })) >= 1,
+        "digest challenge expected first"
+    );
+
+    // baresip dials the AOR at Kamailio, not the bot.
+    let wav = dir.path().join("caller.wav");
+    write_8k(&wav, silence_8k(1.0));
+    let out = dir.path().join("heard.wav");
+    let result = BaresipCall::new(kam.addr(), &wav)
+        .callee_user(user)
+        .record_to(&out)
+        .hold(Duration::from_secs(4))
+        .run()
+        .unwrap();
+    println!(
+        "routed call: answered {} setup {:?} ended {:?} codec {:?} received {:.2} s",
+        result.answered, result.setup_time, result.ended_by, result.codec, result.received_seconds
+    );
+    assert!(result.answered, "{}", result.log);
+    assert!(
+        kam.count(|e| matches!(e, RegistrarEvent::Routed { method, .. } if method == "INVITE")) >= 1,
+        "the INVITE went through Kamailio: {:?}",
+        kam.events()
+    );
+    assert!(result.rtp_received);
+    assert_eq!(result.ended_by, CallEnd::LocalHangup);
+    let heard = callbot_audio::wav::read_wav(&out).unwrap();
+    let loud = heard.samples.iter().filter(|s| s.unsigned_abs() > 1000).count();
+    assert!(
+        loud > 800,
+        "the greeting reached the caller ({loud} loud samples)"
+    );
+    assert!(
+        transcript_lines(dir.path())
+            .iter()
+            .any(|l| l["kind"] == "greeting"),
+        "the call has a transcript"
+    );
+
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    println!("{report:#?}");
+    let sip = report.sip.expect("SIP shut down");
+    assert_eq!(sip.unregistered, Some(true), "{sip}");
+    assert!(
+        kam.wait_event(Duration::from_secs(3), |e| matches!(
+            e,
+            RegistrarEvent::Unregistered { .. }
+        ))
+        .is_some(),
+        "Kamailio saw the unregistration: {:?}",
+        kam.events()
+    );
+    kam.stop();
+}
+
+/// baresip calls the bot (echo mode, real Whisper tiny.en and espeak-ng) and says two
+/// espeak-ng sentences over G.711; the transcript file holds the caller's words (WER at
+/// most 35 % on 8 kHz speech, as the issue asks), and what baresip recorded, read back
+/// by Whisper, matches what the transcript says the bot said (same 35 % bound: it is the
+/// same channel, espeak-ng speech through 8 kHz G.711 read by tiny.en).
+#[test]
+fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("baresip").is_none() {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    // Two short sentences (about 2.5 s each): the bot gives Whisper 10 s per utterance
+    // and on this shared 2-core machine (load 8-9) tiny.en needs 3.5-4.5 s for 2.5 s of
+    // speech, so 4 s sentences time out and, as the bot is now, leave no turn at all.
+    let said = [speech::SENTENCES[3], speech::SENTENCES[6]];
+    let mut caller = silence_8k(4.0);
+    let mut starts = Vec::new();
+    for s in said {
+        let Some(pcm) = speech::espeak(s.text, s.voice) else {
+            return;
+        };
+        starts.push(caller.len() as f64 / 8000.0);
+        caller.extend(speech::telephone_8k(&pcm, None));
+        caller.extend(silence_8k(11.0));
+    }
+    let hold = Duration::from_secs_f64(caller.len() as f64 / 8000.0 + 1.0);
+    let wav = dir.path().join("caller.wav");
+    write_8k(&wav, caller);
+
+    let mut s = settings(dir.path(), model.clone());
+    s.dialogue.greeting = "Hello, this is the call bot.".into();
+    s.dialogue.silence_prompt_after_secs = 50.0;
+    s.dialogue.silence_hangup_after_secs = 60.0;
+    let mut bot = Bot::start(s).unwrap();
+    assert!(bot.echo_mode());
+    let out = dir.path().join("heard.wav");
+    let started = Instant::now();
+    let result = BaresipCall::new(bot.sip_addr(), &wav)
+        .record_to(&out)
+        .hold(hold)
+        .run()
+        .unwrap();
+    println!(
+        "call: answered {} setup {:?} ended {:?} after {:?}, received {:.1} s (speech starts {starts:?})",
+        result.answered,
+        result.setup_time,
+        result.ended_by,
+        started.elapsed(),
+        result.received_seconds
+    );
+    assert!(result.answered, "{}", result.log);
+    assert_eq!(result.ended_by, CallEnd::LocalHangup);
+    let t0 = Instant::now();
+    while bot.live_calls() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "call not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+
+    // What the bot heard, from the transcript file.
+    let lines = transcript_lines(dir.path());
+    let convo: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "conversation").collect();
+    for l in &lines {
+        println!("transcript: {l}");
+    }
+    assert_eq!(
+        convo.len(),
+        said.len(),
+        "one conversation turn per sentence: {lines:?}"
+    );
+    let reference: Vec<&str> = said.iter().map(|s| s.text).collect();
+    let heard: Vec<&str> = convo.iter().map(|l| l["user"].as_str().unwrap()).collect();
+    let (errors, words) = speech::wer(&reference.join(" "), &heard.join(" "));
+    let caller_wer = errors as f64 / words as f64;
+    println!(
+        "caller side: WER {:.1} % ({errors}/{words}): heard {heard:?}",
+        caller_wer * 100.0
+    );
+    assert!(caller_wer <= 0.35, "caller WER {caller_wer:.3}");
+
+    // What the bot said (transcript) against what baresip recorded, read back by Whisper.
+    let bot_said: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.get("bot").is_some_and(|b| b.is_string()))
+        .map(|l| l["bot"].as_str().unwrap())
+        .collect();
+    assert!(bot_said.iter().any(|b| b.starts_with("You said")), "{bot_said:?}");
+    let recorded = callbot_audio::wav::read_wav(result.received_audio.as_ref().expect("recording")).unwrap();
+    assert_eq!(recorded.sample_rate, 8000);
+    let mut stt = WhisperTranscriber::new(WhisperConfig::new(&model)).unwrap();
+    let read_back = transcribe_8k(&mut stt, &recorded.samples);
+    stt.shutdown(Instant::now() + Duration::from_secs(2));
+    let (errors, words) = speech::wer(&bot_said.join(" "), &read_back);
+    let bot_wer = errors as f64 / words as f64;
+    println!(
+        "bot side: WER {:.1} % ({errors}/{words}); said {bot_said:?}; recording read back: {read_back:?}",
+        bot_wer * 100.0
+    );
+    assert!(bot_wer <= 0.35, "bot-side WER {bot_wer:.3}");
+}
