@@ -176,19 +176,6 @@ fn heavy_register_example_wrong_password_exits_1() {
     );
 }
 
-/// VmRSS of a process in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Measurement (ignored; run with `--run-ignored only --no-capture`, best `--release`):
 /// SIPp signalling-only calls against the `answer` example process, its call setup rate,
 /// and its RSS after 100 calls and after each further run of CALLBOT_LOAD_CALLS (10,000)
@@ -233,7 +220,7 @@ fn heavy_measure_answer_example_rate_and_rss() {
         .unwrap();
     assert_eq!(warm.failed, 0);
     std::thread::sleep(linger);
-    let rss_100 = rss_kib(pid);
+    let rss_100 = callbot_testkit::resources::rss_kib_of(pid);
     println!("answer example: RSS after 100 calls {rss_100} KiB");
     let mut prev = rss_100;
     for run in 1..=runs {
@@ -242,9 +229,9 @@ fn heavy_measure_answer_example_rate_and_rss() {
             .recv_timeout(Duration::from_secs(5))
             .run()
             .unwrap();
-        let rss_peak = rss_kib(pid);
+        let rss_peak = callbot_testkit::resources::rss_kib_of(pid);
         std::thread::sleep(linger);
-        let rss = rss_kib(pid);
+        let rss = callbot_testkit::resources::rss_kib_of(pid);
         println!(
             "ANSWER-LOAD run={run} calls={total} rate_goal={rate} successful={} failed={} retransmissions={} calls_per_s={:.0} setup_avg_ms={:?} rss_right_after_kib={rss_peak} rss_after_expiry_kib={rss} growth_over_previous_kib={} growth_over_100_kib={}",
             st.successful,

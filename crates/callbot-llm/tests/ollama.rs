@@ -400,19 +400,6 @@ fn sentences_and_barge_in_history() {
     );
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 #[test]
 fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
     let server = OllamaServer::start(Script::reply("Hello there. How can I help you today?")).unwrap();
@@ -434,11 +421,11 @@ fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
         }
     };
     run(300); // warm up: pool connections, allocator arenas, the server's 256-entry log
-    let (rss0, threads0) = (rss_kib(), threads());
+    let (rss0, threads0) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
     let started = Instant::now();
     run(1000);
     let elapsed = started.elapsed();
-    let (rss1, threads1) = (rss_kib(), threads());
+    let (rss1, threads1) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
     eprintln!(
         "1000 chats in {elapsed:?}: RSS {rss0} -> {rss1} KiB, threads {threads0} -> {threads1}, connections {}",
         server.connections()

@@ -15,19 +15,6 @@ use callbot_sip::SipConfig;
 use callbot_testkit::sipp::{SippStats, SippUac};
 use peers_support::Bot;
 
-/// Resident set size of this process in KiB (`/proc/self/status` VmRSS).
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn calls(bot: &mut Bot, n: u32, rate: f64) -> SippStats {
     let addr = bot.addr();
     let stats = bot.run_while(|| {
@@ -62,7 +49,7 @@ fn heavy_measure_setup_rate_and_rss() {
     assert_eq!(warm.failed, 0);
     bot.events.clear();
     let st = bot.wait_idle(Duration::from_secs(40));
-    let rss_100 = rss_kib();
+    let rss_100 = callbot_testkit::resources::rss_kib();
     println!("RSS after 100 calls: {rss_100} KiB ({st:?})");
 
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
@@ -99,7 +86,7 @@ fn heavy_measure_setup_rate_and_rss() {
             println!("calls ended while draining: {} ({:?})", late.len(), late.first());
         }
         bot.events.clear();
-        let rss = rss_kib();
+        let rss = callbot_testkit::resources::rss_kib();
         println!(
             "LOAD-RESULT run={run} rate_goal={rate} calls={total} successful={} failed={} retransmissions={} calls_per_s={:.0} rss_kib={rss} rss_growth_kib={} (vs 100-call baseline {})",
             big.successful,

@@ -7,6 +7,7 @@
 //! - [`ports`]: free loopback UDP ports for peers, so tests run in parallel.
 //! - [`tools`]: is a peer program installed? Under `CALLBOT_REQUIRE_PEERS=1` (set by
 //!   `cargo xtask ci`) a missing tool fails the test instead of skipping it.
+//! - [`resources`]: RSS, threads and open fds from `/proc`, for back-to-baseline checks.
 //! - [`TempDir`]: re-export of `tempfile::TempDir`, removed on drop.
 //! - Real SIP peers, driven the way `../shared/peers/` documents them (loopback only,
 //!   config in a temp dir): [`sipp`] (UAC load with parsed statistics, built-in UAS),
@@ -24,6 +25,7 @@ pub mod kamailio;
 pub mod ollama;
 pub mod ports;
 pub mod process;
+pub mod resources;
 pub mod sipp;
 pub mod sipsak;
 pub mod speech;

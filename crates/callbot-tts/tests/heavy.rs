@@ -22,18 +22,6 @@ fn soon() -> Instant {
     Instant::now() + Duration::from_secs(30)
 }
 
-/// Resident memory of this process in kB (`VmRSS` in /proc/self/status).
-fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-/// Threads of this process (/proc/self/task).
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
-
 /// 1,000 requests on one handle, a third of them cancelled or dropped mid-stream: memory
 /// and thread count stay flat and every completed request is whole.
 #[test]
@@ -79,11 +67,11 @@ fn heavy_thousand_syntheses_keep_rss_and_threads_flat() {
         completed
     };
     run(100, 0); // warm-up: allocator pools, espeak caches
-    let (rss0, threads0) = (rss_kb(), threads());
+    let (rss0, threads0) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
     let started = Instant::now();
     let completed = run(1000, 100);
     let elapsed = started.elapsed();
-    let (rss1, threads1) = (rss_kb(), threads());
+    let (rss1, threads1) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
     eprintln!(
         "1000 requests ({completed} complete) in {elapsed:?}; RSS {rss0} -> {rss1} kB; threads {threads0} -> {threads1}"
     );
@@ -93,7 +81,7 @@ fn heavy_thousand_syntheses_keep_rss_and_threads_flat() {
     assert_eq!(report.requests_served, 1100);
     assert!(report.worker_joined);
     // After shutdown the worker and libespeak-ng's own thread are gone.
-    assert!(threads() < threads1, "{} threads after shutdown", threads());
+    assert!(callbot_testkit::resources::threads() < threads1, "{} threads after shutdown", callbot_testkit::resources::threads());
 }
 
 /// Ten things a phone bot says (the TTS speaks the bot's replies).

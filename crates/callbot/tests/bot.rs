@@ -353,25 +353,6 @@ fn heavy_bot_barge_in_stops_the_greeting() {
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
-}
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// Reconfiguration during a live call, alternating valid and invalid settings: every
 /// invalid one is refused with the old components still serving, the live call keeps
 /// its components, and after the call ends everything retired is shut down and the
@@ -387,7 +368,7 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
     let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
     let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
     // bot idle + the caller's own SIP and RTP threads
-    let idle_threads = threads();
+    let idle_threads = callbot_testkit::resources::threads();
     let call = caller
         .call(
             &format!("sip:bot@{}", bot.sip_addr()),
@@ -428,7 +409,7 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
     }
     // The Whisper pool the call held is shut down once it ended.
     std::thread::sleep(Duration::from_millis(300));
-    let now = threads();
+    let now = callbot_testkit::resources::threads();
     println!("threads: idle {idle_threads}, after {cycles} reconfigurations and the call {now}");
     assert!(
         now <= idle_threads + 1,
@@ -558,7 +539,7 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
     s.media.rtp_port_min = base;
     s.media.rtp_port_max = base + 2 * n as u16 + 1;
     let mut bot = Bot::start(s).unwrap();
-    let idle = threads();
+    let idle = callbot_testkit::resources::threads();
     let mut rss = Vec::new();
     let mut fds = Vec::new();
     for batch in 1..=3 {
@@ -580,9 +561,9 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(threads(), idle, "threads back to idle after batch {batch}");
-        rss.push(rss_kb());
-        fds.push(open_fds());
+        assert_eq!(callbot_testkit::resources::threads(), idle, "threads back to idle after batch {batch}");
+        rss.push(callbot_testkit::resources::rss_kib());
+        fds.push(callbot_testkit::resources::open_fds());
     }
     println!(
         "RSS after each batch: {rss:?} KB ({:+.1} KB per call from batch 2 to 3); fds {fds:?}",
