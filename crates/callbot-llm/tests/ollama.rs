@@ -421,11 +421,17 @@ fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
         }
     };
     run(300); // warm up: pool connections, allocator arenas, the server's 256-entry log
-    let (rss0, threads0) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
+    let (rss0, threads0) = (
+        callbot_testkit::resources::rss_kib(),
+        callbot_testkit::resources::threads(),
+    );
     let started = Instant::now();
     run(1000);
     let elapsed = started.elapsed();
-    let (rss1, threads1) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
+    let (rss1, threads1) = (
+        callbot_testkit::resources::rss_kib(),
+        callbot_testkit::resources::threads(),
+    );
     eprintln!(
         "1000 chats in {elapsed:?}: RSS {rss0} -> {rss1} KiB, threads {threads0} -> {threads1}, connections {}",
         server.connections()

@@ -28,7 +28,9 @@ pub fn threads() -> usize {
 
 /// Open file descriptors of this process (`/proc/self/fd`).
 pub fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
 }
 
 #[cfg(test)]

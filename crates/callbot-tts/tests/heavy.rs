@@ -67,11 +67,17 @@ fn heavy_thousand_syntheses_keep_rss_and_threads_flat() {
         completed
     };
     run(100, 0); // warm-up: allocator pools, espeak caches
-    let (rss0, threads0) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
+    let (rss0, threads0) = (
+        callbot_testkit::resources::rss_kib(),
+        callbot_testkit::resources::threads(),
+    );
     let started = Instant::now();
     let completed = run(1000, 100);
     let elapsed = started.elapsed();
-    let (rss1, threads1) = (callbot_testkit::resources::rss_kib(), callbot_testkit::resources::threads());
+    let (rss1, threads1) = (
+        callbot_testkit::resources::rss_kib(),
+        callbot_testkit::resources::threads(),
+    );
     eprintln!(
         "1000 requests ({completed} complete) in {elapsed:?}; RSS {rss0} -> {rss1} kB; threads {threads0} -> {threads1}"
     );
@@ -81,7 +87,11 @@ fn heavy_thousand_syntheses_keep_rss_and_threads_flat() {
     assert_eq!(report.requests_served, 1100);
     assert!(report.worker_joined);
     // After shutdown the worker and libespeak-ng's own thread are gone.
-    assert!(callbot_testkit::resources::threads() < threads1, "{} threads after shutdown", callbot_testkit::resources::threads());
+    assert!(
+        callbot_testkit::resources::threads() < threads1,
+        "{} threads after shutdown",
+        callbot_testkit::resources::threads()
+    );
 }
 
 /// Ten things a phone bot says (the TTS speaks the bot's replies).

@@ -561,7 +561,11 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
             std::thread::sleep(Duration::from_millis(20));
         }
         std::thread::sleep(Duration::from_millis(200));
-        assert_eq!(callbot_testkit::resources::threads(), idle, "threads back to idle after batch {batch}");
+        assert_eq!(
+            callbot_testkit::resources::threads(),
+            idle,
+            "threads back to idle after batch {batch}"
+        );
         rss.push(callbot_testkit::resources::rss_kib());
         fds.push(callbot_testkit::resources::open_fds());
     }
