@@ -50,7 +50,15 @@ pub(crate) fn run() -> Result<(), String> {
     step(
         "benches build",
         "cargo",
-        &["bench", "--no-run", "--workspace", "--bench", "*", "--profile", "dev"],
+        &[
+            "bench",
+            "--no-run",
+            "--workspace",
+            "--bench",
+            "*",
+            "--profile",
+            "dev",
+        ],
         &[],
     )?;
     step(
