@@ -309,3 +309,222 @@ fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
     );
     assert!(bot_wer <= 0.35, "bot-side WER {bot_wer:.3}");
 }
+
+/// Silence timeout against baresip: the caller says nothing; the bot greets, prompts
+/// after 2 s of silence, says goodbye after 5 s and hangs up: baresip sees the bot's
+/// BYE, and the last thing it recorded, read back by Whisper, is the whole goodbye
+/// sentence (the BYE comes after the goodbye finished playing, not in the middle).
+#[test]
+fn heavy_e2e_silence_timeout_prompts_then_says_goodbye_and_hangs_up() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("baresip").is_none() {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    let wav = dir.path().join("caller.wav");
+    write_8k(&wav, silence_8k(1.0));
+    let goodbye = "Thank you for calling the call bot, goodbye.";
+    let mut s = settings(dir.path(), model.clone());
+    s.dialogue.greeting = "Hello.".into();
+    s.dialogue.silence_prompt = "Are you still there?".into();
+    s.dialogue.silence_prompt_after_secs = 2.0;
+    s.dialogue.silence_hangup_after_secs = 5.0;
+    s.dialogue.goodbye = goodbye.into();
+    let mut bot = Bot::start(s).unwrap();
+    let out = dir.path().join("heard.wav");
+    let result = BaresipCall::new(bot.sip_addr(), &wav)
+        .record_to(&out)
+        .hold(Duration::from_secs(25))
+        .run()
+        .unwrap();
+    println!(
+        "call: answered {} ended {:?} after {:?}, received {:.1} s",
+        result.answered, result.ended_by, result.duration, result.received_seconds
+    );
+    assert!(result.answered, "{}", result.log);
+    assert_eq!(result.ended_by, CallEnd::RemoteBye, "{}", result.log);
+    let lasted = result.duration.expect("established");
+    assert!(
+        lasted > Duration::from_secs(5) && lasted < Duration::from_secs(15),
+        "hung up after {lasted:?} (silence timeout 5 s + goodbye)"
+    );
+    let t0 = Instant::now();
+    while bot.live_calls() > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "call not reaped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+
+    let lines = transcript_lines(dir.path());
+    for l in &lines {
+        println!("transcript: {l}");
+    }
+    let kinds: Vec<&str> = lines.iter().filter_map(|l| l["kind"].as_str()).collect();
+    assert_eq!(kinds, ["greeting", "silence_prompt", "goodbye"], "{lines:?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["goodbye_completed"], true, "{summary}");
+
+    // The recording's last utterance is the whole goodbye.
+    let recorded = callbot_audio::wav::read_wav(result.received_audio.as_ref().expect("recording")).unwrap();
+    let parts = utterances(&recorded.samples);
+    assert!(
+        parts.len() >= 3,
+        "greeting, prompt, goodbye: {} utterances",
+        parts.len()
+    );
+    let mut stt = WhisperTranscriber::new(WhisperConfig::new(&model)).unwrap();
+    let last = transcribe_8k(&mut stt, parts.last().unwrap());
+    stt.shutdown(Instant::now() + Duration::from_secs(2));
+    let (errors, words) = speech::wer(goodbye, &last);
+    println!(
+        "last utterance read back: {last:?}: WER {:.1} % ({errors}/{words})",
+        100.0 * errors as f64 / words as f64
+    );
+    assert!(
+        errors as f64 / words as f64 <= 0.35,
+        "the goodbye was cut: heard {last:?}"
+    );
+}
+
+/// The caller (baresip) hangs up while the bot is in each stage: playing its greeting,
+/// transcribing the caller's sentence, and playing a long reply (from an
+/// Ollama-protocol server). Each time the bot ends the call at once (reaped within 1 s
+/// of baresip's BYE being answered with 200) and records `caller_hung_up`, and the
+/// stage is checked: the greeting still audible at the hang-up, no reply turn, the
+/// reply turn cut short. The threads are back to the idle count after the three calls.
+#[test]
+fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("baresip").is_none() {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    let sentence = speech::SENTENCES[3];
+    let Some(pcm) = speech::espeak(sentence.text, sentence.voice) else {
+        return;
+    };
+    let spoken = speech::telephone_8k(&pcm, None);
+    let speech_end = 0.5 + spoken.len() as f64 / 8000.0;
+    let mut talk = silence_8k(0.5);
+    talk.extend(spoken);
+    talk.extend(silence_8k(30.0));
+    let talk_wav = dir.path().join("talk.wav");
+    write_8k(&talk_wav, talk);
+    let quiet_wav = dir.path().join("quiet.wav");
+    write_8k(&quiet_wav, silence_8k(1.0));
+
+    let reply = "Certainly. The billing department is open from nine in the morning until five in the afternoon, Monday to Friday, and I will put you through to them right away, so please stay on the line while I connect you.";
+    let mut llm =
+        callbot_testkit::ollama::OllamaServer::start(callbot_testkit::ollama::Script::reply(reply)).unwrap();
+    let mut base = settings(dir.path(), model);
+    base.llm.url = llm.url();
+    base.llm.model = "test-model".into();
+    base.dialogue.greeting = "Hello, this is the call bot. I can answer questions about opening hours, bookings and deliveries, so please tell me what you need.".into();
+    let mut bot = Bot::start(base.clone()).unwrap();
+    assert!(!bot.echo_mode());
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let threads_idle = threads();
+
+    let out_wav = dir.path().join("heard.wav");
+    let mut call_no = 0;
+    let mut run = |bot: &Bot, wav: &Path, hold: Duration, stage: &str| -> Vec<serde_json::Value> {
+        call_no += 1;
+        let result = BaresipCall::new(bot.sip_addr(), wav)
+            .hold(hold)
+            .record_to(&out_wav)
+            .run()
+            .unwrap();
+        assert!(result.answered, "{stage}: {}", result.log);
+        assert_eq!(result.ended_by, CallEnd::LocalHangup, "{stage}");
+        assert!(
+            result.bye_response.as_deref().is_some_and(|r| r.contains("200")),
+            "{stage}: BYE answered: {:?}",
+            result.bye_response
+        );
+        let t0 = Instant::now();
+        while bot.live_calls() > 0 {
+            assert!(t0.elapsed() < Duration::from_secs(1), "{stage}: call not ended");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let reaped = t0.elapsed();
+        // This call's transcript: the file whose call line is the newest.
+        let lines: Vec<serde_json::Value> = transcript_lines(dir.path());
+        let starts: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l["type"] == "call")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(starts.len(), call_no, "{stage}: one transcript per call");
+        let newest = starts
+            .iter()
+            .max_by_key(|i| lines[**i]["started_unix_ms"].as_u64())
+            .copied()
+            .unwrap();
+        let end = starts
+            .iter()
+            .find(|i| **i > newest)
+            .copied()
+            .unwrap_or(lines.len());
+        let t = lines[newest..end].to_vec();
+        println!(
+            "{stage}: baresip hung up after {:?}; call gone {reaped:?} after baresip exited; transcript {t:?}",
+            result.duration
+        );
+        assert_eq!(t.last().unwrap()["type"], "summary", "{stage}");
+        assert_eq!(t.last().unwrap()["reason"], "caller_hung_up", "{stage}");
+        t
+    };
+
+    // 1. During the greeting (about 8 s long): hang up after 1.5 s.
+    // The greeting was still playing: the last 300 ms baresip recorded are loud. (The
+    // transcript of such a call has no greeting turn at all: `turns: 0`.)
+    let t = run(&bot, &quiet_wav, Duration::from_millis(1500), "greeting");
+    let heard = callbot_audio::wav::read_wav(&out_wav).unwrap();
+    let tail = &heard.samples[heard.samples.len().saturating_sub(2400)..];
+    assert!(
+        tail.iter().filter(|s| s.unsigned_abs() > 1000).count() > 100,
+        "the greeting was playing when the caller hung up ({} samples recorded)",
+        heard.samples.len()
+    );
+    assert_eq!(t.last().unwrap()["replies"], 0);
+
+    // No greeting from now on (applies to new calls).
+    let mut next = base.clone();
+    next.dialogue.greeting = String::new();
+    bot.reconfigure(next).unwrap();
+
+    // 2. During transcription: hang up 150 ms after the endpoint (0.64 s after the
+    // speech); tiny.en needs 0.5-4 s for this sentence here.
+    let hold = Duration::from_secs_f64(speech_end + 0.64 + 0.15);
+    let t = run(&bot, &talk_wav, hold, "transcription");
+    assert!(
+        !t.iter().any(|l| l["kind"] == "conversation"),
+        "no reply turn when the caller left during transcription: {t:?}"
+    );
+
+    // 3. During the reply (about 13 s of speech): hang up 7 s after the endpoint.
+    let hold = Duration::from_secs_f64(speech_end + 0.64 + 7.0);
+    let t = run(&bot, &talk_wav, hold, "reply");
+    let turn = t
+        .iter()
+        .find(|l| l["kind"] == "conversation")
+        .expect("reply turn");
+    let said = turn["bot"].as_str().unwrap();
+    assert!(
+        turn["interrupted"] == true || said.len() < reply.len(),
+        "the reply was cut by the hang-up: {turn}"
+    );
+
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(threads(), threads_idle, "threads back to idle");
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+    llm.shutdown(Instant::now() + Duration::from_secs(1));
+}
