@@ -528,3 +528,72 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
     assert!(report.components.all_clean(), "{report:?}");
     llm.shutdown(Instant::now() + Duration::from_secs(1));
 }
+
+/// Barge-in against baresip: the caller talks over a long greeting; the greeting stops
+/// (the transcript marks it interrupted) and what baresip recorded goes quiet soon
+/// after the caller's speech onset, until the reply to what the caller said.
+#[test]
+fn heavy_e2e_barge_in_over_the_greeting() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("baresip").is_none() {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    let sentence = speech::SENTENCES[3];
+    let Some(pcm) = speech::espeak(sentence.text, sentence.voice) else {
+        return;
+    };
+    let spoken = speech::telephone_8k(&pcm, None);
+    let lead = 2.0;
+    let onset = lead + spoken.iter().position(|s| s.unsigned_abs() > 1000).unwrap_or(0) as f64 / 8000.0;
+    let speech_end = lead + spoken.len() as f64 / 8000.0;
+    let mut talk = silence_8k(lead);
+    talk.extend(spoken);
+    talk.extend(silence_8k(30.0));
+    let wav = dir.path().join("talk.wav");
+    write_8k(&wav, talk);
+
+    let mut s = settings(dir.path(), model);
+    s.dialogue.greeting = "Hello, this is the call bot. I can answer questions about opening hours, bookings and deliveries, so please tell me what you need and I will do my best to help you.".into();
+    let mut bot = Bot::start(s).unwrap();
+    let out = dir.path().join("heard.wav");
+    let result = BaresipCall::new(bot.sip_addr(), &wav)
+        .record_to(&out)
+        .hold(Duration::from_secs_f64(speech_end + 1.0))
+        .run()
+        .unwrap();
+    assert!(result.answered, "{}", result.log);
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+
+    let heard = callbot_audio::wav::read_wav(&out).unwrap();
+    let at = |t: f64| ((t * 8000.0) as usize).min(heard.samples.len());
+    let loud_before = heard.samples[at(0.3)..at(onset)]
+        .iter()
+        .filter(|s| s.unsigned_abs() > 1000)
+        .count();
+    assert!(loud_before > 2000, "the greeting played before the caller spoke");
+    // The last loud sample between the onset and the end of the caller's sentence
+    // (the reply cannot start before the endpoint, 0.64 s after the speech).
+    let window = &heard.samples[at(onset)..at(speech_end)];
+    let last_loud = window
+        .iter()
+        .rposition(|s| s.unsigned_abs() > 1000)
+        .map_or(0.0, |i| i as f64 / 8000.0);
+    println!(
+        "barge-in heard by baresip: greeting audible until {last_loud:.3} s after the caller's speech onset (includes baresip's jitter buffer)"
+    );
+    assert!(
+        last_loud < 1.0,
+        "the greeting went on {last_loud:.3} s into the caller's speech"
+    );
+    let lines = transcript_lines(dir.path());
+    let greeting = lines
+        .iter()
+        .find(|l| l["kind"] == "greeting")
+        .expect("greeting turn");
+    assert_eq!(greeting["interrupted"], true, "{greeting}");
+    println!("greeting as heard: {}", greeting["bot"]);
+}
