@@ -9,7 +9,7 @@
 //! REPLY.wav may have any sample rate and channel count: it is mixed to mono and
 //! resampled to 8 kHz once, at start-up, with callbot-audio. Each call gets its own
 //! `RtpSession` (codec and address from the SDP offer, PCMU or PCMA) recording to
-//! `DIR/<call-id>.wav` (stereo: caller left, bot right; written under a hidden temporary
+//! `DIR/<Call-ID>.wav` (the SIP Call-ID, sanitised for a file name; stereo: caller left, bot right; written under a hidden temporary
 //! name and renamed when the call ends). The reply starts when the caller's ACK
 //! arrives; 200 ms after its last packet the bot sends BYE.
 //!
@@ -84,7 +84,11 @@ fn run() -> Result<(), String> {
         if let Ok(ev) = sip.events().recv_timeout(Duration::from_millis(10)) {
             match ev {
                 SipEvent::IncomingCall {
-                    call, media, from, ..
+                    call,
+                    call_id,
+                    media,
+                    from,
+                    ..
                 } => {
                     if max_calls > 0 && finished + calls.len() >= max_calls {
                         let _ = sip.reject(call, 486);
@@ -99,7 +103,7 @@ fn run() -> Result<(), String> {
                     cfg.media.telephone_event = media.telephone_event;
                     cfg.record = Some(RecordTo {
                         dir: record_dir.clone(),
-                        name: call.to_string(),
+                        name: call_id.clone(),
                     });
                     let session = match RtpSession::start(cfg) {
                         Ok(s) => s,
@@ -114,7 +118,7 @@ fn run() -> Result<(), String> {
                         continue;
                     }
                     println!(
-                        "CALL {call} answered from={from} codec={} remote={} local={}",
+                        "CALL {call} answered from={from} codec={} remote={} local={} call_id={call_id}",
                         law.encoding_name(),
                         media.remote_rtp,
                         session.local_addr()

@@ -159,7 +159,22 @@ fn heavy_answer_play_against_baresip() {
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(files.len(), 1, "exactly one recording, no temp file: {files:?}");
-        assert_eq!(files[0].file_name().unwrap(), "call-1.wav");
+        // named after the SIP Call-ID baresip chose (printed by the example, seen in
+        // baresip's own SIP trace)
+        let answered = lines
+            .iter()
+            .find(|l| l.contains(" answered "))
+            .expect("answered line");
+        let call_id = answered
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("call_id="))
+            .expect("call_id= in the answered line");
+        assert!(
+            result.log.contains(call_id),
+            "baresip's trace names Call-ID {call_id}"
+        );
+        let expected = format!("{}.wav", callbot_rtp::recorder::sanitize_name(call_id));
+        assert_eq!(files[0].file_name().unwrap().to_string_lossy(), expected);
         let caller_side = read_channel(&files[0], 0);
         let c = compare(&caller_8k, &caller_side, 8000).expect("bot recorded the caller");
         eprintln!("bot's recording (caller channel) vs what baresip sent: {c:?}");

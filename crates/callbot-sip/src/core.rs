@@ -179,6 +179,8 @@ pub enum SipEvent {
     IncomingCall {
         /// The call.
         call: CallId,
+        /// The SIP Call-ID header value (for logs, CDRs and recording names).
+        call_id: String,
         /// From header value.
         from: String,
         /// To header value.
@@ -854,6 +856,7 @@ impl UserAgentCore {
         }
         self.events.push_back(SipEvent::IncomingCall {
             call: id,
+            call_id: msg.call_id.clone(),
             from: msg.from.clone(),
             to: msg.to.clone(),
             media,
