@@ -597,3 +597,51 @@ fn heavy_e2e_barge_in_over_the_greeting() {
     assert_eq!(greeting["interrupted"], true, "{greeting}");
     println!("greeting as heard: {}", greeting["bot"]);
 }
+
+/// The caller says "Goodbye." (espeak-ng through baresip): the bot answers with its
+/// goodbye, plays it to the end and then hangs up: baresip sees the bot's BYE.
+#[test]
+fn heavy_e2e_caller_goodbye_ends_the_call_politely() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    if callbot_testkit::tools::require("baresip").is_none() {
+        return;
+    }
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    let Some(pcm) = speech::espeak("Goodbye.", "en-us") else {
+        return;
+    };
+    let mut talk = silence_8k(1.0);
+    talk.extend(speech::telephone_8k(&pcm, None));
+    talk.extend(silence_8k(30.0));
+    let wav = dir.path().join("talk.wav");
+    write_8k(&wav, talk);
+    let mut s = settings(dir.path(), model);
+    s.dialogue.greeting = String::new();
+    s.dialogue.goodbye = "Thank you for calling, goodbye.".into();
+    let mut bot = Bot::start(s).unwrap();
+    let result = BaresipCall::new(bot.sip_addr(), &wav)
+        .hold(Duration::from_secs(25))
+        .run()
+        .unwrap();
+    println!(
+        "caller goodbye: ended {:?} after {:?}",
+        result.ended_by, result.duration
+    );
+    assert!(result.answered, "{}", result.log);
+    assert_eq!(result.ended_by, CallEnd::RemoteBye, "{}", result.log);
+    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
+    assert!(report.components.all_clean(), "{report:?}");
+    let lines = transcript_lines(dir.path());
+    println!("{lines:?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["reason"], "caller_goodbye", "{summary}");
+    assert_eq!(summary["goodbye_completed"], true, "{summary}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "goodbye" && l["bot"] == "Thank you for calling, goodbye."),
+        "{lines:?}"
+    );
+}
