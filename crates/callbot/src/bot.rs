@@ -92,20 +92,38 @@ pub struct BotShutdownReport {
     pub elapsed: Duration,
 }
 
-/// The VAD endpointer of `callbot-audio` as the pipeline's [`Endpointer`].
+/// The VAD endpointer of `callbot-audio` as the pipeline's [`Endpointer`]: speech
+/// start (with its onset), pause (the hangover began: speculative transcription),
+/// resume, end. While the bot speaks it can confirm speech after a shorter
+/// `min_speech` ([`VadEndpointer::with_barge_in_min_speech`]), for a faster barge-in.
 #[derive(Debug)]
 pub struct VadEndpointer {
     inner: callbot_audio::vad::Endpointer,
     events: Vec<VadEvent>,
+    /// The pause last reported (end of the last speech, stream time).
+    paused: Option<Duration>,
+    min_speech: Duration,
+    barge_in_min_speech: Option<Duration>,
 }
 
 impl VadEndpointer {
     /// An endpointer for `rate` Hz caller audio.
     pub fn new(rate: u32, config: VadConfig) -> Result<Self, callbot_audio::AudioError> {
+        let min_speech = config.min_speech;
         Ok(Self {
             inner: callbot_audio::vad::Endpointer::new(rate, config)?,
             events: Vec::new(),
+            paused: None,
+            min_speech,
+            barge_in_min_speech: None,
         })
+    }
+
+    /// Confirms speech after `min_speech` (instead of the configured one) while the bot
+    /// speaks.
+    pub fn with_barge_in_min_speech(mut self, min_speech: Duration) -> Self {
+        self.barge_in_min_speech = Some(min_speech);
+        self
     }
 }
 
@@ -113,16 +131,45 @@ impl Endpointer for VadEndpointer {
     fn push(&mut self, frame: &AudioFrame) -> EndpointEvent {
         self.events.clear();
         self.inner.process_i16(&frame.samples, &mut self.events);
+        let position = self.inner.position();
         let mut out = EndpointEvent::None;
         for e in self.events.drain(..) {
             out = match e {
-                VadEvent::SpeechStart { .. } => EndpointEvent::SpeechStarted,
+                VadEvent::SpeechStart { at } => EndpointEvent::SpeechStarted {
+                    onset: position.saturating_sub(at),
+                },
                 VadEvent::SpeechEnd { at, .. } => EndpointEvent::SpeechEnded {
-                    hangover: self.inner.position().saturating_sub(at),
+                    hangover: position.saturating_sub(at),
                 },
             };
         }
-        out
+        let paused = self.inner.paused_since();
+        if out != EndpointEvent::None {
+            // A pause right after a start is reported with the next frame.
+            self.paused = None;
+            return out;
+        }
+        let (event, next) = match (self.paused, paused) {
+            (None, Some(at)) => (
+                EndpointEvent::SpeechPaused {
+                    silence: position.saturating_sub(at),
+                },
+                paused,
+            ),
+            (Some(_), None) => (EndpointEvent::SpeechResumed, None),
+            // Resumed and paused again within this frame: resume now, pause next.
+            (Some(a), Some(b)) if a != b => (EndpointEvent::SpeechResumed, None),
+            _ => (EndpointEvent::None, paused),
+        };
+        self.paused = next;
+        event
+    }
+
+    fn set_bot_speaking(&mut self, speaking: bool) {
+        if let Some(short) = self.barge_in_min_speech {
+            self.inner
+                .set_min_speech(if speaking { short } else { self.min_speech });
+        }
     }
 }
 
@@ -480,8 +527,9 @@ fn accept(
         dir: dir.clone(),
         name: call_name.clone(),
     });
-    let endpointer =
-        VadEndpointer::new(8000, settings.vad_config()).map_err(|e| (500, format!("VAD: {e}")))?;
+    let endpointer = VadEndpointer::new(8000, settings.vad_config())
+        .map_err(|e| (500, format!("VAD: {e}")))?
+        .with_barge_in_min_speech(settings.barge_in_min_speech());
     let mut rtp = RtpSession::start(rtp_cfg).map_err(|e| (503, format!("RTP: {e}")))?;
     if let Err(e) = sip.answer(call, rtp.local_addr()) {
         rtp.shutdown(Instant::now() + Duration::from_millis(500));
@@ -564,6 +612,76 @@ fn from_user(from: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// espeak-ng sentences at 8 kHz through the real VAD: each utterance starts once,
+    /// pauses (hangover) before it ends, every resume follows a pause, and the
+    /// shorter barge-in `min_speech` confirms speech sooner while the bot speaks.
+    #[test]
+    fn vad_endpointer_reports_start_pause_resume_end_on_espeak_speech() {
+        let Some(pcm) = callbot_testkit::speech::espeak("What is the capital of France?", "en-us") else {
+            return;
+        };
+        let speech = callbot_testkit::speech::telephone_8k(&pcm, None);
+        let run = |bot_speaking: bool| {
+            let mut ep = VadEndpointer::new(8000, VadConfig::default())
+                .unwrap()
+                .with_barge_in_min_speech(Duration::from_millis(48));
+            ep.set_bot_speaking(bot_speaking);
+            let mut audio = vec![0i16; 8000];
+            audio.extend_from_slice(&speech);
+            audio.extend(std::iter::repeat_n(0i16, 8000));
+            let mut events = Vec::new();
+            for (i, chunk) in audio.chunks(160).enumerate() {
+                let e = ep.push(&AudioFrame::new(8000, chunk.to_vec()));
+                if e != EndpointEvent::None {
+                    events.push((i, e));
+                }
+            }
+            events
+        };
+        let events = run(false);
+        println!("{events:?}");
+        let starts = events
+            .iter()
+            .filter(|(_, e)| matches!(e, EndpointEvent::SpeechStarted { .. }))
+            .count();
+        let ends: Vec<usize> = events
+            .iter()
+            .filter(|(_, e)| matches!(e, EndpointEvent::SpeechEnded { .. }))
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(starts, 1, "{events:?}");
+        assert_eq!(ends.len(), 1, "{events:?}");
+        let mut paused = false;
+        for (_, e) in &events {
+            match e {
+                EndpointEvent::SpeechPaused { silence } => {
+                    assert!(!paused, "two pauses without a resume: {events:?}");
+                    assert!(*silence < Duration::from_millis(100), "{silence:?}");
+                    paused = true;
+                }
+                EndpointEvent::SpeechResumed => {
+                    assert!(paused, "resume without a pause: {events:?}");
+                    paused = false;
+                }
+                EndpointEvent::SpeechEnded { .. } => assert!(paused, "end without a pause"),
+                _ => {}
+            }
+        }
+        let onset = |events: &[(usize, EndpointEvent)]| {
+            events.iter().find_map(|(i, e)| match e {
+                EndpointEvent::SpeechStarted { onset } => Some((*i, *onset)),
+                _ => None,
+            })
+        };
+        let (normal_frame, normal_onset) = onset(&events).unwrap();
+        let (barge_frame, barge_onset) = onset(&run(true)).unwrap();
+        println!(
+            "start confirmed at frame {normal_frame} ({normal_onset:?} after onset); bot speaking: frame {barge_frame} ({barge_onset:?})"
+        );
+        assert!(barge_frame < normal_frame);
+        assert!(barge_onset < normal_onset);
+    }
 
     #[test]
     fn from_user_extracts_a_safe_name() {

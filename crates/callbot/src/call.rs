@@ -78,8 +78,20 @@ impl CallMedia for RtpSession {
 pub enum EndpointEvent {
     /// Nothing changed.
     None,
-    /// The caller started speaking (in this frame).
-    SpeechStarted,
+    /// The caller started speaking (confirmed in this frame).
+    SpeechStarted {
+        /// Audio time from the first speech frame to the end of this frame (the VAD's
+        /// confirmation delay).
+        onset: Duration,
+    },
+    /// The caller's voice stopped `silence` ago: the endpoint hangover is running and
+    /// the utterance may still go on.
+    SpeechPaused {
+        /// Audio time since the voice stopped.
+        silence: Duration,
+    },
+    /// The caller went on speaking after [`EndpointEvent::SpeechPaused`].
+    SpeechResumed,
     /// The caller's utterance ended; the voice stopped `hangover` ago.
     SpeechEnded {
         /// The trailing silence the endpointer waited for.
@@ -91,6 +103,11 @@ pub enum EndpointEvent {
 pub trait Endpointer: Send {
     /// Feeds the next caller frame.
     fn push(&mut self, frame: &AudioFrame) -> EndpointEvent;
+    /// Told whenever the bot starts or stops speaking (an endpointer may confirm
+    /// speech sooner while the bot speaks, for a faster barge-in). Default: ignored.
+    fn set_bot_speaking(&mut self, speaking: bool) {
+        let _ = speaking;
+    }
 }
 
 /// Sent to a running call by the bot or the SIP side.
@@ -192,6 +209,8 @@ struct Call<'a, M: CallMedia, E: Endpointer> {
     /// Queued in the media, in order: (playback, speech).
     playing: VecDeque<(PlaybackId, SpeechId)>,
     collecting: bool,
+    /// What the endpointer was last told about the bot speaking.
+    bot_speaking: bool,
     utterance: Vec<i16>,
     utterance_rate: u32,
     preroll: VecDeque<i16>,
@@ -242,6 +261,7 @@ pub fn run_call<M: CallMedia, E: Endpointer>(
         synths: VecDeque::new(),
         playing: VecDeque::new(),
         collecting: false,
+        bot_speaking: false,
         utterance: Vec::new(),
         utterance_rate: 8000,
         preroll: VecDeque::new(),
@@ -259,6 +279,11 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
             self.apply_actions();
             if self.dialogue.is_ended() {
                 return;
+            }
+            let speaking = self.dialogue.is_speaking();
+            if speaking != self.bot_speaking {
+                self.bot_speaking = speaking;
+                self.endpointer.set_bot_speaking(speaking);
             }
             match self.wait() {
                 Ready::Timeout => self.dialogue.handle_timeout(Instant::now()),
@@ -353,13 +378,30 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
             self.preroll.drain(..excess);
         }
         match event {
-            EndpointEvent::SpeechStarted if !self.collecting => {
+            EndpointEvent::SpeechStarted { onset } if !self.collecting => {
                 self.collecting = true;
                 self.utterance_rate = rate;
                 self.utterance.clear();
                 self.utterance.extend(self.preroll.drain(..));
-                self.input(Input::SpeechStarted);
+                // The speech began `onset` before this frame reached the call.
+                let now = Instant::now();
+                self.dialogue
+                    .handle(now.checked_sub(onset).unwrap_or(now), Input::SpeechStarted);
             }
+            EndpointEvent::SpeechPaused { silence }
+                if self.collecting && self.setup.dialogue.speculative_stt =>
+            {
+                let audio = self.utterance_audio();
+                let now = Instant::now();
+                self.dialogue.handle(
+                    now,
+                    Input::SpeechPaused {
+                        audio,
+                        voice_ended: now.checked_sub(silence).unwrap_or(now),
+                    },
+                );
+            }
+            EndpointEvent::SpeechResumed if self.collecting => self.input(Input::SpeechResumed),
             EndpointEvent::SpeechEnded { hangover } if self.collecting => {
                 self.end_utterance(hangover);
             }
@@ -371,11 +413,10 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
         }
     }
 
-    fn end_utterance(&mut self, hangover: Duration) {
-        self.collecting = false;
-        let pcm = std::mem::take(&mut self.utterance);
-        let f32s = callbot_audio::frame::i16_to_f32(&pcm);
-        let audio = if self.utterance_rate == callbot_stt::SAMPLE_RATE {
+    /// The utterance so far, at the transcriber's rate.
+    fn utterance_audio(&mut self) -> Vec<f32> {
+        let f32s = callbot_audio::frame::i16_to_f32(&self.utterance);
+        if self.utterance_rate == callbot_stt::SAMPLE_RATE {
             f32s
         } else {
             match callbot_audio::resample::resample(&f32s, self.utterance_rate, callbot_stt::SAMPLE_RATE) {
@@ -385,7 +426,13 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                     Vec::new()
                 }
             }
-        };
+        }
+    }
+
+    fn end_utterance(&mut self, hangover: Duration) {
+        self.collecting = false;
+        let audio = self.utterance_audio();
+        self.utterance.clear();
         let now = Instant::now();
         self.dialogue.handle(
             now,

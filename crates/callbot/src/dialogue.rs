@@ -21,6 +21,12 @@
 //!   -> [`Action::Reply`] -> one [`Action::Speak`] per LLM sentence as it arrives.
 //!   One transcription runs at a time; an utterance that ends meanwhile waits (the
 //!   newest one; an older waiting one is dropped and counted).
+//! - **Speculative transcription** (when `speculative_stt` is on): when the caller's
+//!   voice stops ([`Input::SpeechPaused`], the start of the endpoint hangover), the
+//!   utterance so far is transcribed at once. When the hangover completes
+//!   ([`Input::SpeechEnded`]) that job's result is used (or awaited) instead of a new
+//!   one; when the caller goes on speaking ([`Input::SpeechResumed`]) it is cancelled.
+//!   Its result is never answered before the endpoint, so there is no double reply.
 //! - **Caller goes on speaking** before the bot says anything: the pending transcript
 //!   or reply is not answered; its text is carried into the next turn.
 //! - **Barge-in** (when enabled): the caller starts speaking while the bot speaks ->
@@ -95,6 +101,8 @@ pub struct DialogueConfig {
     /// Once the call is closing, the longest the bot waits for playback to finish
     /// before it hangs up anyway.
     pub closing_grace: Duration,
+    /// Start transcribing when the caller's voice stops, during the endpoint hangover.
+    pub speculative_stt: bool,
 }
 
 impl Default for DialogueConfig {
@@ -113,6 +121,7 @@ impl Default for DialogueConfig {
             min_words: 1,
             dtmf: BTreeMap::new(),
             closing_grace: Duration::from_secs(15),
+            speculative_stt: true,
         }
     }
 }
@@ -131,6 +140,16 @@ pub struct SpeechId(pub u64);
 pub enum Input<A> {
     /// The VAD detected the caller starting to speak.
     SpeechStarted,
+    /// The caller's voice stopped: the endpoint hangover started (the utterance may
+    /// still go on). Used for speculative transcription.
+    SpeechPaused {
+        /// The utterance's audio so far.
+        audio: A,
+        /// When the voice stopped.
+        voice_ended: Instant,
+    },
+    /// The caller went on speaking after [`Input::SpeechPaused`], within the hangover.
+    SpeechResumed,
     /// The VAD's endpointer decided the caller finished an utterance.
     SpeechEnded {
         /// The utterance's audio.
@@ -291,6 +310,12 @@ pub struct TurnTimings {
     /// From the start of the transcription to the transcript.
     #[serde(serialize_with = "ser_ms")]
     pub stt: Option<Duration>,
+    /// From the endpoint decision to the transcript being used: the transcription
+    /// time the caller waited for (zero when a speculative one had finished first).
+    #[serde(serialize_with = "ser_ms")]
+    pub stt_after_endpoint: Option<Duration>,
+    /// Whether the transcript came from a speculative transcription.
+    pub speculative_stt: bool,
     /// From the reply request to the LLM's first token.
     #[serde(serialize_with = "ser_ms")]
     pub llm_first_token: Option<Duration>,
@@ -303,7 +328,9 @@ pub struct TurnTimings {
     /// From the end of the caller's voice to the first reply audio queued for playback.
     #[serde(serialize_with = "ser_ms")]
     pub voice_to_voice: Option<Duration>,
-    /// From the caller's speech onset (barge-in) to the playback-stopped confirmation.
+    /// Barge-in: from the caller's speech onset (the time the first frame of the
+    /// interrupting utterance reached the call, as given with [`Input::SpeechStarted`])
+    /// to playback being stopped (no bot packet is sent after it).
     #[serde(serialize_with = "ser_ms")]
     pub barge_in_stop: Option<Duration>,
 }
@@ -367,6 +394,10 @@ pub struct CallSummary {
     pub utterances_dropped: u32,
     /// DTMF digits received.
     pub dtmf_digits: u32,
+    /// Speculative transcriptions started.
+    pub speculations: u32,
+    /// Speculative transcriptions dropped because the caller went on speaking.
+    pub speculations_dropped: u32,
     /// Whether the closing goodbye finished playing before the hang-up
     /// (false when it was cut by `closing_grace` or the caller hung up).
     pub goodbye_completed: bool,
@@ -416,12 +447,25 @@ enum SpeechKind {
 }
 
 #[derive(Debug)]
-struct SttJob {
+struct SttJob<A> {
     turn: TurnId,
     superseded: bool,
     voice_ended: Instant,
     endpoint: Duration,
     started: Instant,
+    /// Started during the endpoint hangover, not yet confirmed by the endpoint.
+    speculative: bool,
+    /// Started speculatively (kept once confirmed, for the timings).
+    was_speculative: bool,
+    /// When the endpoint confirmed it.
+    endpointed: Instant,
+    /// A result that arrived before the endpoint (`Some(None)`: it failed).
+    early: Option<Option<(String, f32)>>,
+    /// When the early result arrived.
+    finished: Option<Instant>,
+    /// The final utterance, kept while a confirmed speculative job runs: transcribed
+    /// again (not speculatively) if that job fails.
+    fallback: Option<A>,
 }
 
 #[derive(Debug)]
@@ -463,7 +507,7 @@ pub struct Dialogue<A> {
     records: u32,
     caller_speaking: bool,
     ignoring_utterance: bool,
-    stt: Option<SttJob>,
+    stt: Option<SttJob<A>>,
     waiting: Option<Pending<A>>,
     carry: String,
     reply: Option<ReplyTurn>,
@@ -472,6 +516,8 @@ pub struct Dialogue<A> {
     interrupted: Option<(ReplyTurn, Option<Speech>, Instant)>,
     /// Solo speech stopped by barge-in, waiting for `PlaybackStopped`.
     stopped_solo: Vec<Speech>,
+    /// The speech onset that stopped the solo speech (barge-in).
+    solo_onset: Option<Instant>,
     silence_since: Instant,
     prompted: bool,
     closing: Option<Closing>,
@@ -498,6 +544,7 @@ impl<A> Dialogue<A> {
             queue: VecDeque::new(),
             interrupted: None,
             stopped_solo: Vec::new(),
+            solo_onset: None,
             silence_since: now,
             prompted: false,
             closing: None,
@@ -511,6 +558,8 @@ impl<A> Dialogue<A> {
                 noise_ignored: 0,
                 utterances_dropped: 0,
                 dtmf_digits: 0,
+                speculations: 0,
+                speculations_dropped: 0,
                 goodbye_completed: false,
             },
         };
@@ -608,6 +657,8 @@ impl<A> Dialogue<A> {
         }
         match input {
             Input::SpeechStarted => self.on_speech_started(now),
+            Input::SpeechPaused { audio, voice_ended } => self.on_speech_paused(now, audio, voice_ended),
+            Input::SpeechResumed => self.on_speech_resumed(),
             Input::SpeechEnded { audio, voice_ended } => self.on_speech_ended(now, audio, voice_ended),
             Input::Transcript {
                 turn,
@@ -736,6 +787,7 @@ impl<A> Dialogue<A> {
         if !self.queue.is_empty() {
             // Barge-in on the greeting, prompt or a DTMF phrase.
             self.summary.barge_ins += 1;
+            self.solo_onset = Some(now);
             self.stopped_solo = self.queue.drain(..).collect();
             self.actions.push_back(Action::StopSpeaking);
         }
@@ -748,13 +800,65 @@ impl<A> Dialogue<A> {
         }
     }
 
+    fn on_speech_paused(&mut self, now: Instant, audio: A, voice_ended: Instant) {
+        if !self.config.speculative_stt
+            || !self.caller_speaking
+            || self.ignoring_utterance
+            || self.closing.is_some()
+            || self.stt.is_some()
+        {
+            // One transcription at a time: a running one (of an earlier utterance)
+            // keeps the worker; this utterance is transcribed at its endpoint.
+            return;
+        }
+        self.summary.speculations += 1;
+        let turn = self.new_turn();
+        self.stt = Some(SttJob {
+            turn,
+            superseded: false,
+            voice_ended: voice_ended.min(now),
+            endpoint: Duration::ZERO,
+            started: now,
+            speculative: true,
+            was_speculative: true,
+            endpointed: now,
+            early: None,
+            finished: None,
+            fallback: None,
+        });
+        self.actions.push_back(Action::Transcribe { turn, audio });
+    }
+
+    fn on_speech_resumed(&mut self) {
+        if let Some(job) = self.stt.take_if(|j| j.speculative) {
+            self.summary.speculations_dropped += 1;
+            self.actions
+                .push_back(Action::CancelTranscription { turn: job.turn });
+        }
+    }
+
     fn on_speech_ended(&mut self, now: Instant, audio: A, voice_ended: Instant) {
         self.caller_speaking = false;
         self.silence_since = now;
         if self.closing.is_some() || std::mem::take(&mut self.ignoring_utterance) {
+            self.on_speech_resumed();
             return;
         }
         self.finish_interrupted(now, None);
+        if let Some(job) = self.stt.as_mut().filter(|j| j.speculative) {
+            // The hangover completed without more speech: the speculative job
+            // transcribes exactly this utterance.
+            job.speculative = false;
+            job.voice_ended = voice_ended.min(now);
+            job.endpoint = now.saturating_duration_since(job.voice_ended);
+            job.endpointed = now;
+            job.fallback = Some(audio);
+            if let Some(result) = job.early.take() {
+                let turn = job.turn;
+                self.on_transcript(now, turn, result);
+            }
+            return;
+        }
         let pending = Pending {
             audio,
             voice_ended: voice_ended.min(now),
@@ -777,15 +881,45 @@ impl<A> Dialogue<A> {
             voice_ended: p.voice_ended,
             endpoint: p.endpointed.saturating_duration_since(p.voice_ended),
             started: now,
+            speculative: false,
+            was_speculative: false,
+            endpointed: now,
+            early: None,
+            finished: None,
+            fallback: None,
         });
         self.actions
             .push_back(Action::Transcribe { turn, audio: p.audio });
     }
 
     fn on_transcript(&mut self, now: Instant, turn: TurnId, result: Option<(String, f32)>) {
-        let Some(job) = self.stt.take_if(|j| j.turn == turn) else {
+        if let Some(job) = self.stt.as_mut().filter(|j| j.turn == turn && j.speculative) {
+            // Not answered before the endpoint confirms the utterance ended.
+            job.early = Some(result);
+            job.finished = Some(now);
+            return;
+        }
+        let Some(mut job) = self.stt.take_if(|j| j.turn == turn) else {
             return;
         };
+        if result.is_none()
+            && let Some(audio) = job.fallback.take()
+        {
+            // The speculative job failed: transcribe the utterance the usual way.
+            let endpointed = job.endpointed;
+            self.start_stt(
+                now,
+                Pending {
+                    audio,
+                    voice_ended: job.voice_ended,
+                    endpointed,
+                },
+            );
+            if let Some(j) = self.stt.as_mut() {
+                j.superseded = job.superseded;
+            }
+            return;
+        }
         let text = match result {
             Some((text, nsp)) => {
                 let text = text.trim().to_string();
@@ -813,7 +947,9 @@ impl<A> Dialogue<A> {
         }
         let mut timings = TurnTimings {
             endpoint: Some(job.endpoint),
-            stt: Some(now.saturating_duration_since(job.started)),
+            stt: Some(job.finished.unwrap_or(now).saturating_duration_since(job.started)),
+            stt_after_endpoint: Some(now.saturating_duration_since(job.endpointed)),
+            speculative_stt: job.was_speculative,
             ..TurnTimings::default()
         };
         if self
@@ -970,6 +1106,13 @@ impl<A> Dialogue<A> {
     }
 
     fn on_playback_stopped(&mut self, now: Instant, speech: Option<SpeechId>, played: Duration) {
+        let timings = TurnTimings {
+            barge_in_stop: self
+                .solo_onset
+                .take()
+                .map(|onset| now.saturating_duration_since(onset)),
+            ..TurnTimings::default()
+        };
         for s in std::mem::take(&mut self.stopped_solo) {
             let heard = if Some(s.id) == speech {
                 cut_words(&s.text, played, s.audio)
@@ -979,7 +1122,7 @@ impl<A> Dialogue<A> {
             if let SpeechKind::Solo(kind) = s.kind
                 && !heard.is_empty()
             {
-                self.record(kind, s.requested_at, None, heard, true, TurnTimings::default());
+                self.record(kind, s.requested_at, None, heard, true, timings);
             }
         }
         self.finish_interrupted(now, Some((speech, played)));
@@ -1385,6 +1528,256 @@ mod tests {
         assert_eq!(tm.barge_in_stop, None);
     }
 
+    /// The caller speaks from `at` for 1 s; the voice stops at `at + 1 s` and the VAD
+    /// reports the pause 50 ms later: returns the speculative transcription's turn.
+    fn paused(d: &mut D, at: Instant, audio: &'static str) -> TurnId {
+        d.handle(at, Input::SpeechStarted);
+        assert!(drain(d).is_empty());
+        let end = at + ms(1000);
+        d.handle(
+            end + ms(50),
+            Input::SpeechPaused {
+                audio,
+                voice_ended: end,
+            },
+        );
+        match drain(d).as_slice() {
+            [Action::Transcribe { turn, audio: a }] => {
+                assert_eq!(*a, audio);
+                *turn
+            }
+            other => panic!("expected a speculative Transcribe, got {other:?}"),
+        }
+    }
+
+    fn ended(d: &mut D, at: Instant, audio: &'static str, voice_ended: Instant) -> Vec<Act> {
+        d.handle(at, Input::SpeechEnded { audio, voice_ended });
+        drain(d)
+    }
+
+    #[test]
+    fn speculative_transcript_is_answered_at_the_endpoint_without_a_new_job() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = paused(&mut d, t, "u1");
+        // the result arrives during the hangover: no reply yet
+        assert!(transcript(&mut d, t + ms(1250), turn, "What time is it?").is_empty());
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(600_000)), "not idle");
+        // endpoint: the reply starts at once, no second transcription
+        let a = ended(&mut d, t + ms(1600), "u1+silence", t + ms(1000));
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                turn,
+                user_text: "What time is it?".into()
+            }]
+        );
+        d.handle(
+            t + ms(1700),
+            Input::LlmSentence {
+                turn,
+                text: "Noon.".into(),
+            },
+        );
+        let s1 = speak_id(&drain(&mut d));
+        d.handle(t + ms(1700), Input::LlmDone { turn });
+        let r = records(&play(&mut d, t + ms(1720), s1, ms(500)));
+        assert_eq!(r.len(), 1);
+        let tm = r[0].timings;
+        assert!(tm.speculative_stt);
+        assert_eq!(tm.endpoint, Some(ms(600)));
+        assert_eq!(tm.stt, Some(ms(200)));
+        assert_eq!(tm.stt_after_endpoint, Some(Duration::ZERO));
+        assert_eq!(tm.voice_to_voice, Some(ms(720)));
+        assert_eq!(d.summary.speculations, 1);
+        assert_eq!(d.summary.speculations_dropped, 0);
+        assert_eq!(d.summary.replies, 1);
+    }
+
+    #[test]
+    fn speculative_transcript_still_running_at_the_endpoint_is_awaited() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = paused(&mut d, t, "u1");
+        assert!(
+            ended(&mut d, t + ms(1600), "u1", t + ms(1000)).is_empty(),
+            "waits for the job"
+        );
+        let a = transcript(&mut d, t + ms(1700), turn, "Hello");
+        assert!(matches!(a.as_slice(), [Action::Reply { turn: r, .. }] if *r == turn));
+        d.handle(t + ms(1800), Input::LlmDone { turn });
+        let r = records(&drain(&mut d));
+        let tm = r[0].timings;
+        assert!(tm.speculative_stt);
+        assert_eq!(tm.stt, Some(ms(650)));
+        assert_eq!(tm.stt_after_endpoint, Some(ms(100)));
+    }
+
+    #[test]
+    fn speculation_is_dropped_when_the_caller_goes_on_and_only_one_reply_comes() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn1 = paused(&mut d, t, "part1");
+        // the caller goes on within the hangover
+        d.handle(t + ms(1300), Input::SpeechResumed);
+        assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn: turn1 }]);
+        // a late result of the dropped job is ignored
+        assert!(transcript(&mut d, t + ms(1350), turn1, "I would like").is_empty());
+        // pause again, then a failed job is also dropped on resume
+        d.handle(
+            t + ms(2050),
+            Input::SpeechPaused {
+                audio: "part1+2",
+                voice_ended: t + ms(2000),
+            },
+        );
+        let turn2 = match drain(&mut d).as_slice() {
+            [
+                Action::Transcribe {
+                    turn,
+                    audio: "part1+2",
+                },
+            ] => *turn,
+            other => panic!("{other:?}"),
+        };
+        assert!(transcript(&mut d, t + ms(2200), turn2, "I would like a").is_empty());
+        d.handle(t + ms(2300), Input::SpeechResumed);
+        assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn: turn2 }]);
+        d.handle(
+            t + ms(3050),
+            Input::SpeechPaused {
+                audio: "all",
+                voice_ended: t + ms(3000),
+            },
+        );
+        let turn3 = match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, audio: "all" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        assert!(transcript(&mut d, t + ms(3300), turn3, "I would like a pizza.").is_empty());
+        let a = ended(&mut d, t + ms(3600), "all", t + ms(3000));
+        assert_eq!(
+            a,
+            vec![Action::Reply {
+                turn: turn3,
+                user_text: "I would like a pizza.".into()
+            }]
+        );
+        // nothing else comes: no second transcription, no second reply
+        d.handle(t + ms(3700), Input::LlmDone { turn: turn3 });
+        let a = drain(&mut d);
+        assert!(
+            !a.iter()
+                .any(|x| matches!(x, Action::Reply { .. } | Action::Transcribe { .. }))
+        );
+        assert_eq!(d.summary.speculations, 3);
+        assert_eq!(d.summary.speculations_dropped, 2);
+        assert_eq!(d.summary.replies, 1);
+    }
+
+    #[test]
+    fn failed_speculative_transcription_is_redone_on_the_final_utterance() {
+        let (mut d, t0) = greeted();
+        let t = t0 + ms(2000);
+        let turn = paused(&mut d, t, "u1");
+        d.handle(
+            t + ms(1200),
+            Input::TranscriptFailed {
+                turn,
+                error: "failed to encode".into(),
+            },
+        );
+        assert!(drain(&mut d).is_empty());
+        let a = ended(&mut d, t + ms(1600), "u1-final", t + ms(1000));
+        let turn2 = match a.as_slice() {
+            [
+                Action::Transcribe {
+                    turn: t2,
+                    audio: "u1-final",
+                },
+            ] => *t2,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(turn2, turn);
+        let a = transcript(&mut d, t + ms(1900), turn2, "Hello");
+        assert!(matches!(a.as_slice(), [Action::Reply { .. }]));
+        // the same when the failure comes after the endpoint
+        d.handle(t + ms(2000), Input::LlmDone { turn: turn2 });
+        drain(&mut d);
+        let t = t + ms(5000);
+        let turn = paused(&mut d, t, "u2");
+        assert!(ended(&mut d, t + ms(1600), "u2-final", t + ms(1000)).is_empty());
+        d.handle(
+            t + ms(1700),
+            Input::TranscriptFailed {
+                turn,
+                error: "x".into(),
+            },
+        );
+        assert!(matches!(
+            drain(&mut d).as_slice(),
+            [Action::Transcribe {
+                audio: "u2-final",
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn no_speculation_when_off_or_while_another_transcription_runs() {
+        let t0 = Instant::now();
+        let mut d = D::new(
+            DialogueConfig {
+                greeting: String::new(),
+                speculative_stt: false,
+                ..config()
+            },
+            t0,
+        );
+        d.handle(t0, Input::SpeechStarted);
+        d.handle(
+            t0 + ms(1050),
+            Input::SpeechPaused {
+                audio: "a",
+                voice_ended: t0 + ms(1000),
+            },
+        );
+        assert!(drain(&mut d).is_empty(), "off");
+        d.handle(t0 + ms(1100), Input::SpeechResumed);
+        assert!(drain(&mut d).is_empty());
+        let a = ended(&mut d, t0 + ms(1600), "a", t0 + ms(1000));
+        assert!(matches!(a.as_slice(), [Action::Transcribe { audio: "a", .. }]));
+
+        let (mut d, t0) = greeted();
+        let turn1 = utterance(&mut d, t0 + ms(2000), "u1");
+        // a second utterance pauses while the first is being transcribed
+        d.handle(t0 + ms(3400), Input::SpeechStarted);
+        d.handle(
+            t0 + ms(3900),
+            Input::SpeechPaused {
+                audio: "u2",
+                voice_ended: t0 + ms(3850),
+            },
+        );
+        assert!(drain(&mut d).is_empty(), "one transcription at a time");
+        assert!(transcript(&mut d, t0 + ms(4000), turn1, "one").is_empty());
+        let a = ended(&mut d, t0 + ms(4500), "u2", t0 + ms(3850));
+        let turn2 = match a.as_slice() {
+            [Action::Transcribe { turn, audio: "u2" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        let a = transcript(&mut d, t0 + ms(4700), turn2, "two");
+        assert!(matches!(a.as_slice(), [Action::Reply { user_text, .. }] if user_text == "one two"));
+        assert_eq!(d.summary.speculations, 0);
+    }
+
+    #[test]
+    fn caller_hang_up_cancels_a_speculative_transcription() {
+        let (mut d, t0) = greeted();
+        let turn = paused(&mut d, t0 + ms(2000), "a");
+        hang_up_cancels(&mut d, t0 + ms(3100), &[Action::CancelTranscription { turn }]);
+    }
+
     #[test]
     fn empty_greeting_says_nothing_and_listens() {
         let t0 = Instant::now();
@@ -1498,10 +1891,11 @@ mod tests {
                 duration: ms(1000),
             },
         );
+        // the onset is given as the time the speech began (before the VAD confirmed it)
         d.handle(t0 + ms(500), Input::SpeechStarted);
         assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
         d.handle(
-            t0 + ms(520),
+            t0 + ms(570),
             Input::PlaybackStopped {
                 speech: Some(g),
                 played: ms(500),
@@ -1512,6 +1906,7 @@ mod tests {
         assert_eq!(r[0].kind, TurnKind::Greeting);
         assert_eq!(r[0].bot, "Hello");
         assert!(r[0].interrupted);
+        assert_eq!(r[0].timings.barge_in_stop, Some(ms(70)));
     }
 
     #[test]

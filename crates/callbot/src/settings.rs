@@ -320,6 +320,9 @@ pub struct VadSettings {
     pub min_speech_secs: f64,
     /// Silence that ends an utterance (the endpoint hangover).
     pub hangover_secs: f64,
+    /// While the bot speaks, speech this long is enough to interrupt it (barge-in);
+    /// shorter than `min_speech_secs` so playback stops sooner (at most `min_speech_secs`).
+    pub barge_in_min_speech_secs: f64,
 }
 
 impl Default for VadSettings {
@@ -328,6 +331,7 @@ impl Default for VadSettings {
             threshold: 0.5,
             min_speech_secs: 0.12,
             hangover_secs: 0.6,
+            barge_in_min_speech_secs: 0.05,
         }
     }
 }
@@ -359,6 +363,9 @@ pub struct DialogueSettings {
     pub shutdown_phrase: String,
     /// When true, the caller's speech stops the bot's playback (barge-in).
     pub barge_in: bool,
+    /// When true, the transcription of an utterance starts as soon as the caller's
+    /// voice stops (during the endpoint hangover) and is dropped if the caller goes on.
+    pub speculative_stt: bool,
     /// Which transcripts are treated as noise.
     pub noise_guard: NoiseGuardSettings,
     /// Voice activity detection.
@@ -381,6 +388,7 @@ impl Default for DialogueSettings {
             error_phrase: "Sorry, I cannot answer that right now.".into(),
             shutdown_phrase: "Sorry, I have to go now. Goodbye.".into(),
             barge_in: true,
+            speculative_stt: true,
             noise_guard: NoiseGuardSettings::default(),
             vad: VadSettings::default(),
             dtmf: BTreeMap::new(),
@@ -685,6 +693,21 @@ impl Settings {
         }
         seconds("dialogue.vad.min_speech_secs", v.min_speech_secs, 0.02, 2.0)?;
         seconds("dialogue.vad.hangover_secs", v.hangover_secs, 0.1, 5.0)?;
+        seconds(
+            "dialogue.vad.barge_in_min_speech_secs",
+            v.barge_in_min_speech_secs,
+            0.02,
+            2.0,
+        )?;
+        if v.barge_in_min_speech_secs > v.min_speech_secs {
+            return Err(SettingsError::new(
+                "dialogue.vad.barge_in_min_speech_secs",
+                format!(
+                    "{} must not exceed dialogue.vad.min_speech_secs ({})",
+                    v.barge_in_min_speech_secs, v.min_speech_secs
+                ),
+            ));
+        }
         for (key, action) in &d.dtmf {
             let field = format!("dialogue.dtmf.{key}");
             if dtmf_digit(key).is_none() {
@@ -711,6 +734,11 @@ impl Settings {
         }
     }
 
+    /// The VAD's `min_speech` while the bot speaks (`dialogue.vad.barge_in_min_speech_secs`).
+    pub fn barge_in_min_speech(&self) -> Duration {
+        secs(self.dialogue.vad.barge_in_min_speech_secs)
+    }
+
     /// The dialogue engine's configuration derived from these settings.
     pub fn dialogue_config(&self) -> crate::dialogue::DialogueConfig {
         let d = &self.dialogue;
@@ -728,6 +756,7 @@ impl Settings {
             max_call_duration: secs(d.max_call_duration_secs),
             error_phrase: d.error_phrase.clone(),
             barge_in: d.barge_in,
+            speculative_stt: d.speculative_stt,
             max_no_speech_prob: d.noise_guard.max_no_speech_prob,
             min_words: d.noise_guard.min_words,
             dtmf: d
@@ -979,6 +1008,14 @@ mod tests {
                 "[dialogue.vad]\nhangover_secs = 9.0",
                 "dialogue.vad.hangover_secs",
             ),
+            (
+                "[dialogue.vad]\nbarge_in_min_speech_secs = 0.001",
+                "dialogue.vad.barge_in_min_speech_secs",
+            ),
+            (
+                "[dialogue.vad]\nmin_speech_secs = 0.1\nbarge_in_min_speech_secs = 0.2",
+                "dialogue.vad.barge_in_min_speech_secs",
+            ),
             ("[dialogue.dtmf]\n11 = { say = \"x\" }", "dialogue.dtmf.11"),
             ("[dialogue.dtmf]\n5 = { say = \"\" }", "dialogue.dtmf.5"),
             (
@@ -1023,6 +1060,10 @@ mod tests {
         assert_eq!(cfg.dtmf.get(&'*').unwrap().then, DtmfThen::Continue);
         assert!(cfg.dtmf.contains_key(&'B'));
         assert_eq!(cfg.silence_prompt_after, Duration::from_secs(8));
+        assert!(cfg.speculative_stt, "speculative transcription is on by default");
+        let s = Settings::from_toml_str("[dialogue]\nspeculative_stt = false\n").unwrap();
+        assert!(!s.dialogue_config().speculative_stt);
+        assert_eq!(s.barge_in_min_speech(), Duration::from_millis(50));
     }
 
     #[test]

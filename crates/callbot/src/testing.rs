@@ -6,7 +6,8 @@
 //!   at once (or when the test says, with `auto_finish` off).
 //! - [`EnergyEndpointer`] implements [`Endpointer`]: a frame is speech when its mean
 //!   absolute amplitude is above a threshold; the utterance ends after a number of
-//!   quiet frames. Deterministic, for tests; not a production VAD.
+//!   quiet frames (a pause event at the first quiet frame, a resume event when speech
+//!   comes back before the end). Deterministic, for tests; not a production VAD.
 //! - [`InstantTranscriber`], [`InstantChat`], [`InstantSynth`] implement the layer
 //!   traits and answer synchronously inside the call that starts the job.
 
@@ -214,12 +215,19 @@ impl Endpointer for EnergyEndpointer {
                 self.speaking = true;
                 self.quiet = 0;
                 self.quiet_time = Duration::ZERO;
-                EndpointEvent::SpeechStarted
+                EndpointEvent::SpeechStarted {
+                    onset: frame.duration(),
+                }
             }
             (true, true) => {
+                let resumed = self.quiet > 0;
                 self.quiet = 0;
                 self.quiet_time = Duration::ZERO;
-                EndpointEvent::None
+                if resumed {
+                    EndpointEvent::SpeechResumed
+                } else {
+                    EndpointEvent::None
+                }
             }
             (true, false) => {
                 self.quiet += 1;
@@ -228,6 +236,10 @@ impl Endpointer for EnergyEndpointer {
                     self.speaking = false;
                     EndpointEvent::SpeechEnded {
                         hangover: self.quiet_time,
+                    }
+                } else if self.quiet == 1 {
+                    EndpointEvent::SpeechPaused {
+                        silence: self.quiet_time,
                     }
                 } else {
                     EndpointEvent::None

@@ -214,6 +214,8 @@ mod tests {
             noise_ignored: 1,
             utterances_dropped: 0,
             dtmf_digits: 0,
+            speculations: 0,
+            speculations_dropped: 0,
             goodbye_completed: false,
         }
     }

@@ -560,11 +560,25 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
             assert!(t0.elapsed() < Duration::from_secs(5), "calls not reaped");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A transcription cancelled when its call ended (speculative ones start at
+        // every pause) may still be aborting in the Whisper worker, with whisper.cpp's
+        // compute thread: allow it the STT abort bound to finish.
+        let t0 = Instant::now();
         std::thread::sleep(Duration::from_millis(200));
+        while callbot_testkit::resources::threads() != idle && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("batch {batch}: threads back to idle after {:?}", t0.elapsed());
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
         assert_eq!(
             callbot_testkit::resources::threads(),
             idle,
-            "threads back to idle after batch {batch}"
+            "threads back to idle after batch {batch}: {names:?}"
         );
         rss.push(callbot_testkit::resources::rss_kib());
         fds.push(callbot_testkit::resources::open_fds());

@@ -498,6 +498,9 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
     // No greeting from now on (applies to new calls).
     let mut next = base.clone();
     next.dialogue.greeting = String::new();
+    // Transcription starts at the endpoint (not speculatively during the hangover), so
+    // the hang-up 150 ms after the endpoint lands while it runs.
+    next.dialogue.speculative_stt = false;
     bot.reconfigure(next).unwrap();
 
     // 2. During transcription: hang up 150 ms after the endpoint (0.64 s after the
