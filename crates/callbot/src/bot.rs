@@ -523,6 +523,7 @@ fn accept(
     rtp_cfg.ports = settings.media.rtp_port_min..=settings.media.rtp_port_max;
     rtp_cfg.media.payload_type = media.payload_type;
     rtp_cfg.media.telephone_event = media.telephone_event;
+    rtp_cfg.media.jitter.depth = settings.jitter_depth();
     rtp_cfg.record = settings.media.record_dir.as_ref().map(|dir| RecordTo {
         dir: dir.clone(),
         name: call_name.clone(),

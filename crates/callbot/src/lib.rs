@@ -60,10 +60,13 @@
 //! through [`Bot::reconfigure`], SIGINT/SIGTERM shut down); `cargo xtask demo` runs
 //! `examples/demo_call.rs` (the bot on loopback, a real call asking a spoken question).
 //!
-//! Not there yet: speculative transcription during the endpoint hangover; end-to-end
-//! tests with baresip, through Kamailio (registration) and under SIPp load; measured
-//! RSS/fd baselines across calls.
+//! Latency: transcription starts speculatively when the caller's voice stops (during
+//! the endpoint hangover; `dialogue.speculative_stt`), and while the bot speaks the VAD
+//! confirms speech after a shorter `dialogue.vad.barge_in_min_speech_secs`, so
+//! barge-in stops playback sooner. `examples/voice_latency.rs` measures voice-to-voice.
 
+#[cfg(test)]
+mod barge_in_tests;
 pub mod bot;
 pub mod call;
 pub mod components;

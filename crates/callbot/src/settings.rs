@@ -147,6 +147,9 @@ pub struct MediaSettings {
     pub codecs: Vec<String>,
     /// When set, each call's audio is recorded as WAV files in this directory.
     pub record_dir: Option<PathBuf>,
+    /// Caller audio buffered against network jitter before the VAD sees it, in ms
+    /// (20 to 500). Every millisecond here delays barge-in and the endpoint.
+    pub jitter_buffer_ms: u32,
 }
 
 impl Default for MediaSettings {
@@ -156,6 +159,7 @@ impl Default for MediaSettings {
             rtp_port_max: 20999,
             codecs: vec!["PCMU".into(), "PCMA".into()],
             record_dir: None,
+            jitter_buffer_ms: 40,
         }
     }
 }
@@ -531,6 +535,7 @@ impl Settings {
                 ));
             }
         }
+        range_u32("media.jitter_buffer_ms", m.jitter_buffer_ms, 20, 500)?;
         if let Some(dir) = &m.record_dir
             && dir.as_os_str().is_empty()
         {
@@ -732,6 +737,11 @@ impl Settings {
             hangover: secs(v.hangover_secs),
             ..base
         }
+    }
+
+    /// The depth of each call's RTP jitter buffer (`media.jitter_buffer_ms`).
+    pub fn jitter_depth(&self) -> Duration {
+        Duration::from_millis(u64::from(self.media.jitter_buffer_ms))
     }
 
     /// The VAD's `min_speech` while the bot speaks (`dialogue.vad.barge_in_min_speech_secs`).
@@ -975,6 +985,7 @@ mod tests {
                 "media.rtp_port_max",
             ),
             ("[media]\ncodecs = []", "media.codecs"),
+            ("[media]\njitter_buffer_ms = 5", "media.jitter_buffer_ms"),
             ("[media]\ncodecs = [\"PCMU\", \"opus\"]", "media.codecs[1]"),
             ("[media]\ncodecs = [\"PCMU\", \"PCMU\"]", "media.codecs[1]"),
             ("[dialogue]\nmax_calls = 0", "dialogue.max_calls"),
