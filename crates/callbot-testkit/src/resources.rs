@@ -33,6 +33,43 @@ pub fn open_fds() -> usize {
         .count()
 }
 
+/// What each open file descriptor of this process points at (for failure messages).
+pub fn fd_targets() -> String {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .flatten()
+        .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Open sockets of this process (each bound UDP port is one).
+pub fn open_sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .flatten()
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")))
+        .count()
+}
+
+// FFI to glibc, declared here so tests need no unsafe code of their own.
+#[allow(unsafe_code)]
+unsafe extern "C" {
+    /// glibc: returns free heap memory to the system.
+    fn malloc_trim(pad: usize) -> i32;
+}
+
+/// [`rss_kib`] after glibc gave its free heap pages back. Without this, RSS after a
+/// Whisper model was freed stays tens of MB above the baseline (glibc keeps the pages),
+/// which would hide a real leak in noise.
+#[allow(unsafe_code)]
+pub fn trimmed_rss_kib() -> u64 {
+    // SAFETY: malloc_trim has no preconditions; it only walks glibc's own arenas under
+    // their locks and may be called from any thread at any time.
+    let _ = unsafe { malloc_trim(0) };
+    rss_kib()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,6 +80,12 @@ mod tests {
         let f = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(super::open_fds(), before + 1);
         drop(f);
+        assert!(super::fd_targets().contains("/dev") || super::open_fds() > 0);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let n = super::open_sockets();
+        drop(sock);
+        assert_eq!(super::open_sockets(), n - 1);
+        assert!(super::trimmed_rss_kib() > 100);
         let t = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
         assert!(super::threads() >= 2);
         t.join().unwrap();
