@@ -31,13 +31,7 @@ fn proc_cpu_seconds() -> f64 {
 }
 
 fn rss_kb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    callbot_testkit::resources::rss_kib() as f64
 }
 
 fn run(n: usize, seconds: u64) {

@@ -827,11 +827,7 @@ mod tests {
         ));
     }
 
-    fn threads() -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
+    use callbot_testkit::resources::threads;
 
     /// A worker failing its start while another holds a live state: `new` returns the
     /// error, every thread is joined and the states are freed before the model.

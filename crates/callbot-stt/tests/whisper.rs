@@ -438,19 +438,7 @@ fn bad_model_files_are_errors_not_aborts() {
     }
 }
 
-fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
+use callbot_testkit::resources::{rss_kib as rss_kb, threads};
 
 /// Load / transcribe / shutdown cycles: RSS and threads back to baseline.
 /// `CALLBOT_STT_CYCLES` sets the count (default 20; the closing note reports 100).
