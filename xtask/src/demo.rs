@@ -10,37 +10,18 @@
 //!    `http://127.0.0.1:11434` the bot runs in echo mode.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 fn model() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("CALLBOT_WHISPER_MODEL").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
+    let env_set = std::env::var_os("CALLBOT_WHISPER_MODEL").is_some_and(|p| !p.is_empty());
     let shared = crate::root()
         .join("..")
         .join("shared")
         .join("models")
         .join("ggml-tiny.en.bin");
-    if shared.is_file() {
+    if !env_set && shared.is_file() {
         return Ok(shared);
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["xtask", "model"])
-        .current_dir(crate::root())
-        .output()
-        .map_err(|e| format!("cargo xtask model: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo xtask model failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if path.is_empty() {
-        return Err("cargo xtask model printed no path".into());
-    }
-    Ok(PathBuf::from(path))
+    crate::model::find_or_download("tiny.en")
 }
 
 pub(crate) fn run() -> Result<(), String> {

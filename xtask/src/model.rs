@@ -58,7 +58,8 @@ fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("callbot"))
 }
 
-fn find_or_download(name: &str) -> Result<PathBuf, String> {
+/// The path of `ggml-NAME.bin`, found or downloaded (see the module docs).
+pub(crate) fn find_or_download(name: &str) -> Result<PathBuf, String> {
     let file = format!("ggml-{name}.bin");
     if let Some(p) = std::env::var_os("CALLBOT_WHISPER_MODEL").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
