@@ -26,26 +26,7 @@ fn first_sentence(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_millis(500));
     group.bench_function("server_first_byte_to_first_sentence", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let mut history = chat.new_history();
-                history.push_user("When are you open?");
-                let mut sentences = chat
-                    .start_reply(&history)
-                    .unwrap()
-                    .sentences(ChunkerConfig::default());
-                let first = sentences.next().unwrap().unwrap();
-                let handed_out = Instant::now();
-                assert_eq!(first, "Hello there. ");
-                for piece in sentences.by_ref() {
-                    piece.unwrap();
-                }
-                let first_byte = server.last_chat().and_then(|c| c.first_token_at).unwrap();
-                total += handed_out.saturating_duration_since(first_byte);
-            }
-            total
-        });
+        b.iter_custom(|iters| first_byte_to_first_sentence(&chat, &server, iters));
     });
     group.bench_function("request_to_first_sentence", |b| {
         b.iter(|| {
@@ -69,26 +50,7 @@ fn first_sentence(c: &mut Criterion) {
         ..Script::reply(REPLY)
     });
     group.bench_function("server_first_byte_to_first_sentence_one_line", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let mut history = chat.new_history();
-                history.push_user("When are you open?");
-                let mut sentences = chat
-                    .start_reply(&history)
-                    .unwrap()
-                    .sentences(ChunkerConfig::default());
-                let first = sentences.next().unwrap().unwrap();
-                let handed_out = Instant::now();
-                assert_eq!(first, "Hello there. ");
-                for piece in sentences.by_ref() {
-                    piece.unwrap();
-                }
-                let first_byte = server.last_chat().and_then(|c| c.first_token_at).unwrap();
-                total += handed_out.saturating_duration_since(first_byte);
-            }
-            total
-        });
+        b.iter_custom(|iters| first_byte_to_first_sentence(&chat, &server, iters));
     });
     group.bench_function("chunker_whole_reply_by_words", |b| {
         let words: Vec<String> = REPLY.split_inclusive(' ').map(str::to_string).collect();
@@ -139,3 +101,26 @@ fn loopback_baseline(c: &mut Criterion) {
 
 criterion_group!(benches, first_sentence, loopback_baseline);
 criterion_main!(benches);
+
+/// Total time, over `iters` replies, from the server's first token byte to the first
+/// sentence handed out by the chunker.
+fn first_byte_to_first_sentence(chat: &OllamaChat, server: &OllamaServer, iters: u64) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let mut history = chat.new_history();
+        history.push_user("When are you open?");
+        let mut sentences = chat
+            .start_reply(&history)
+            .unwrap()
+            .sentences(ChunkerConfig::default());
+        let first = sentences.next().unwrap().unwrap();
+        let handed_out = Instant::now();
+        assert_eq!(first, "Hello there. ");
+        for piece in sentences.by_ref() {
+            piece.unwrap();
+        }
+        let first_byte = server.last_chat().and_then(|c| c.first_token_at).unwrap();
+        total += handed_out.saturating_duration_since(first_byte);
+    }
+    total
+}
