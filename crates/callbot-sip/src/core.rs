@@ -15,13 +15,16 @@ use crate::digest::{DigestChallenge, DigestCredentials};
 use crate::media::{self, MediaError, NegotiatedMedia, Offer};
 use crate::message::{self, EchoHeaders, Method, Parsed, SipMsg, StartLine};
 use crate::transaction::{
-    ClientState, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout, ServerTx, Timers,
+    ClientKey, ClientState, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout, ServerTx,
+    Timers,
 };
 
 /// Methods this UA implements (the `Allow` header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
 const ACCEPT: &str = "application/sdp";
 const BRANCH_COOKIE: &str = "z9hG4bK";
+/// Tables (maps, queues, the timer heap) at or below this capacity are never shrunk.
+const SHRINK_MIN_CAPACITY: usize = 64;
 
 /// Identifies one call (one INVITE dialog) for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -378,7 +381,7 @@ struct Registration {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
     Server(ServerKey),
-    Client(String),
+    Client(ClientKey),
     /// The ring timeout of an unanswered call.
     Ring(CallId),
 }
@@ -390,7 +393,7 @@ pub struct UserAgentCore {
     /// Deadlines of transactions (entries may be stale: checked when they fire).
     timer_heap: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     server_tx: HashMap<ServerKey, ServerTx>,
-    client_tx: HashMap<String, ClientTx>,
+    client_tx: HashMap<ClientKey, ClientTx>,
     calls: HashMap<CallId, Call>,
     dialogs: HashMap<(String, String), CallId>,
     transmits: VecDeque<Transmit>,
@@ -517,9 +520,10 @@ impl UserAgentCore {
     }
 
     fn schedule_client(&mut self, branch: &str) {
-        if let Some(d) = self.client_tx.get(branch).and_then(ClientTx::next_deadline) {
-            self.timer_heap
-                .push(Reverse((d, TimerKey::Client(branch.to_string()))));
+        if let Some((key, tx)) = self.client_tx.get_key_value(branch)
+            && let Some(d) = tx.next_deadline()
+        {
+            self.timer_heap.push(Reverse((d, TimerKey::Client(key.clone()))));
         }
     }
 
@@ -623,33 +627,34 @@ impl UserAgentCore {
                 top.push_str(&format!(";received={}", from.ip()));
             }
         }
-        let key = ServerKey {
-            branch: msg
-                .top_via
-                .branch
-                .clone()
-                .filter(|b| b.starts_with(BRANCH_COOKIE))
-                .unwrap_or_else(|| {
-                    format!(
-                        "2543:{}:{}:{}",
-                        msg.call_id,
-                        msg.cseq,
-                        msg.from_tag.as_deref().unwrap_or("")
-                    )
-                }),
-            sent_by: msg.top_via.sent_by(),
-            method: match method {
-                Method::Ack => "INVITE".to_string(),
-                ref m => m.as_str().to_string(),
-            },
+        let rfc2543_branch;
+        let branch = match msg.top_via.branch.as_deref() {
+            Some(b) if b.starts_with(BRANCH_COOKIE) => b,
+            _ => {
+                rfc2543_branch = format!(
+                    "2543:{}:{}:{}",
+                    msg.call_id,
+                    msg.cseq,
+                    msg.from_tag.as_deref().unwrap_or("")
+                );
+                &rfc2543_branch
+            }
         };
+        let key = ServerKey::new(
+            match method {
+                Method::Ack => "INVITE",
+                ref m => m.as_str(),
+            },
+            branch,
+            &msg.top_via.sent_by(),
+        );
         if method == Method::Ack {
             self.handle_ack(now, &key, &msg);
             return;
         }
         if let Some(tx) = self.server_tx.get(&key) {
             self.stats.retransmissions_absorbed += 1;
-            if let Some(resp) = tx.on_retransmission().map(<[u8]>::to_vec) {
+            if let Some(resp) = tx.last_response().map(<[u8]>::to_vec) {
                 let d = tx.dest;
                 self.send(d, resp);
             }
@@ -720,7 +725,7 @@ impl UserAgentCore {
     fn respond_bytes(&mut self, now: Instant, key: &ServerKey, code: u16, bytes: Vec<u8>) {
         let timers = self.cfg.timers;
         if let Some(tx) = self.server_tx.get_mut(key) {
-            tx.send_response(now, code, bytes.clone(), &timers);
+            tx.send_response(now, code, bytes.clone().into_boxed_slice(), &timers);
             let d = tx.dest;
             self.send(d, bytes);
             self.schedule_server(key);
@@ -943,10 +948,7 @@ impl UserAgentCore {
     }
 
     fn handle_cancel(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {
-        let invite_key = ServerKey {
-            method: "INVITE".into(),
-            ..key.clone()
-        };
+        let invite_key = key.with_method("INVITE");
         let target = self.server_tx.get(&invite_key).map(|tx| (tx.state, tx.call));
         let Some((state, call)) = target else {
             self.respond(now, key, msg, 481, &[], b"", None);
@@ -1000,7 +1002,7 @@ impl UserAgentCore {
                 tx.call = None;
             }
             // Our INVITE without a final response has no timer left (Proceeding): drop it.
-            if let Some(b) = &call.invite_branch
+            if let Some(b) = call.invite_branch.as_deref()
                 && self
                     .client_tx
                     .get(b)
@@ -1026,7 +1028,7 @@ impl UserAgentCore {
         } else {
             branch
         };
-        let Some(tx) = self.client_tx.get_mut(&branch) else {
+        let Some(tx) = self.client_tx.get_mut(branch.as_str()) else {
             // A 2xx retransmission after the INVITE transaction ended: re-ACK.
             self.reack(&msg);
             return;
@@ -1043,7 +1045,7 @@ impl UserAgentCore {
         let owner = tx.owner;
         let invite_tx = tx.invite;
         let dest = tx.dest;
-        let ack = tx.ack.clone();
+        let ack = tx.ack().map(<[u8]>::to_vec);
         self.schedule_client(&branch);
         if !fresh {
             // Retransmitted final: INVITE non-2xx gets its ACK again, 2xx re-ACKed by the TU.
@@ -1058,13 +1060,16 @@ impl UserAgentCore {
             }
             return;
         }
-        if invite_tx && code >= 300 {
-            // ACK for non-2xx: same branch, To from the response.
-            let ack = self.build_non2xx_ack(&branch, &msg);
-            if let Some(tx) = self.client_tx.get_mut(&branch) {
-                tx.ack = Some(ack.clone());
+        if code >= 200 {
+            // ACK for non-2xx: same branch, To from the response. Built from the request,
+            // which the completed transaction then lets go.
+            let ack = (invite_tx && code >= 300).then(|| self.build_non2xx_ack(&branch, &msg));
+            if let Some(tx) = self.client_tx.get_mut(branch.as_str()) {
+                tx.completed(ack.as_deref().map(Box::from));
             }
-            self.send(dest, ack);
+            if let Some(ack) = ack {
+                self.send(dest, ack);
+            }
         }
         match owner {
             TxOwner::Register => self.on_register_response(now, code, &msg),
@@ -1101,7 +1106,7 @@ impl UserAgentCore {
         let uri = self
             .client_tx
             .get(branch)
-            .and_then(|tx| request_uri(&tx.request))
+            .and_then(|tx| request_uri(tx.request()))
             .unwrap_or_default();
         let headers = [
             ("Via", self.via(branch)),
@@ -1263,8 +1268,9 @@ impl UserAgentCore {
         dest: SocketAddr,
         owner: TxOwner,
     ) {
-        let tx = ClientTx::new(now, invite, bytes.clone(), dest, owner, &self.cfg.timers);
-        self.client_tx.insert(branch.clone(), tx);
+        let request = bytes.clone().into_boxed_slice();
+        let tx = ClientTx::new(now, invite, request, dest, owner, &self.cfg.timers);
+        self.client_tx.insert(ClientKey::from(branch.as_str()), tx);
         self.schedule_client(&branch);
         self.send(dest, bytes);
     }
@@ -1695,12 +1701,54 @@ impl UserAgentCore {
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.run_timers(now);
+        self.shrink_tables();
+    }
+
+    /// Gives table memory back once the load dropped: a table keeps its peak capacity
+    /// otherwise (30,000 lingering transactions after a burst of 1,000 calls/s are
+    /// megabytes). A table holding less than a quarter of its capacity is shrunk to
+    /// twice its length: amortised, since growing back costs no more inserts than the
+    /// shrink moved. Tables below [`SHRINK_MIN_CAPACITY`] are left alone.
+    fn shrink_tables(&mut self) {
+        fn worth(len: usize, capacity: usize) -> bool {
+            capacity > SHRINK_MIN_CAPACITY && len < capacity / 4
+        }
+        fn map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if worth(m.len(), m.capacity()) {
+                m.shrink_to(m.len() * 2);
+            }
+        }
+        fn queue<T>(q: &mut VecDeque<T>) {
+            if worth(q.len(), q.capacity()) {
+                q.shrink_to(q.len() * 2);
+            }
+        }
+        map(&mut self.server_tx);
+        map(&mut self.client_tx);
+        map(&mut self.calls);
+        map(&mut self.dialogs);
+        queue(&mut self.transmits);
+        queue(&mut self.events);
+        // Timers of transactions and calls that are gone (a ring timeout outlives every
+        // short call by minutes) are dropped once they outnumber the live ones.
+        let live = self.server_tx.len() + self.client_tx.len() + self.calls.len();
+        if self.timer_heap.len() > 4 * live + SHRINK_MIN_CAPACITY {
+            let (server_tx, client_tx, calls) = (&self.server_tx, &self.client_tx, &self.calls);
+            self.timer_heap.retain(|Reverse((_, key))| match key {
+                TimerKey::Server(k) => server_tx.contains_key(k),
+                TimerKey::Client(k) => client_tx.contains_key(k),
+                TimerKey::Ring(id) => calls.contains_key(id),
+            });
+        }
+        if worth(self.timer_heap.len(), self.timer_heap.capacity()) {
+            self.timer_heap.shrink_to(self.timer_heap.len() * 2);
+        }
     }
 
     fn run_timers(&mut self, now: Instant) {
         let timers = self.cfg.timers;
         let mut due_server: Vec<ServerKey> = Vec::new();
-        let mut due_client: Vec<String> = Vec::new();
+        let mut due_client: Vec<ClientKey> = Vec::new();
         let mut due_ring: Vec<CallId> = Vec::new();
         while let Some(Reverse((t, _))) = self.timer_heap.peek() {
             if *t > now {
@@ -1726,7 +1774,7 @@ impl UserAgentCore {
             };
             match tx.on_timeout(now, &timers) {
                 Some(ServerTimeout::Retransmit) => {
-                    if let Some(r) = tx.last_response.clone() {
+                    if let Some(r) = tx.last_response().map(<[u8]>::to_vec) {
                         let d = tx.dest;
                         self.send(d, r);
                     }
@@ -1784,7 +1832,7 @@ impl UserAgentCore {
             };
             match tx.on_timeout(now, &timers) {
                 Some(ClientTimeout::Retransmit) => {
-                    let (d, r) = (tx.dest, tx.request.clone());
+                    let (d, r) = (tx.dest, tx.request().to_vec());
                     self.send(d, r);
                     self.schedule_client(&k);
                 }
@@ -1847,7 +1895,7 @@ impl UserAgentCore {
         };
         let in_flight = reg.branch.take();
         if let Some(b) = in_flight {
-            self.client_tx.remove(&b);
+            self.client_tx.remove(b.as_str());
         }
         let Some(reg) = self.registration.as_mut() else {
             return;

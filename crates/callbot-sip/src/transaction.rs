@@ -6,6 +6,7 @@
 //! waits has a deadline; `next_deadline` tells the core when to call back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// RFC 3261 timer values. Defaults: T1 500 ms, T2 4 s, T4 5 s.
@@ -36,13 +37,32 @@ impl Timers {
     }
 }
 
-/// Server transaction key: branch, sent-by and method (ACK matches INVITE).
+/// Server transaction key: method (ACK matches INVITE), branch and sent-by, in one
+/// shared allocation: the transaction table and the timer heap hold the same key, so
+/// scheduling a timer allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct ServerKey {
-    pub(crate) branch: String,
-    pub(crate) sent_by: String,
-    pub(crate) method: String,
+pub(crate) struct ServerKey(Arc<str>);
+
+/// Separates the parts of a [`ServerKey`]: a header value holds no line break once the
+/// message layer normalised it, so two different (method, branch, sent-by) never meet.
+const KEY_SEP: char = '\n';
+
+impl ServerKey {
+    pub(crate) fn new(method: &str, branch: &str, sent_by: &str) -> ServerKey {
+        ServerKey(format!("{method}{KEY_SEP}{branch}{KEY_SEP}{sent_by}").into())
+    }
+
+    /// The key of the transaction with the same branch and sent-by for `method`
+    /// (a CANCEL finds the INVITE it cancels).
+    pub(crate) fn with_method(&self, method: &str) -> ServerKey {
+        let rest = self.0.split_once(KEY_SEP).map_or("", |(_, rest)| rest);
+        ServerKey(format!("{method}{KEY_SEP}{rest}").into())
+    }
 }
+
+/// Client transaction key: our branch (a CANCEL's own transaction adds `#cancel`),
+/// shared by the table and the timer heap like [`ServerKey`].
+pub(crate) type ClientKey = Arc<str>;
 
 /// Server transaction states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +88,14 @@ pub(crate) enum ServerTimeout {
     NoAck,
 }
 
-/// One server transaction.
+/// One server transaction. It holds no parsed message: once a final response is sent
+/// only what absorbing retransmissions needs stays (the serialized response, where it
+/// went, the timers), and once the final is acknowledged not even the response.
 #[derive(Debug)]
 pub(crate) struct ServerTx {
     pub(crate) invite: bool,
     pub(crate) state: ServerState,
-    pub(crate) last_response: Option<Vec<u8>>,
+    last_response: Option<Box<[u8]>>,
     pub(crate) dest: SocketAddr,
     retransmit_at: Option<Instant>,
     interval: Duration,
@@ -99,7 +121,7 @@ impl ServerTx {
     }
 
     /// Records a response the TU sends through this transaction.
-    pub(crate) fn send_response(&mut self, now: Instant, code: u16, bytes: Vec<u8>, timers: &Timers) {
+    pub(crate) fn send_response(&mut self, now: Instant, code: u16, bytes: Box<[u8]>, timers: &Timers) {
         self.last_response = Some(bytes);
         if code < 200 {
             return;
@@ -120,12 +142,11 @@ impl ServerTx {
         }
     }
 
-    /// A retransmission of the request arrived: the response to resend, if any.
-    pub(crate) fn on_retransmission(&self) -> Option<&[u8]> {
-        match self.state {
-            ServerState::Confirmed => None,
-            _ => self.last_response.as_deref(),
-        }
+    /// The response to resend when the request is retransmitted or timer G fires; none
+    /// once the final response was acknowledged (RFC 3261 17.2.1 and RFC 6026 absorb
+    /// later retransmissions).
+    pub(crate) fn last_response(&self) -> Option<&[u8]> {
+        self.last_response.as_deref()
     }
 
     /// An ACK arrived (for the non-2xx, or for the 2xx via the dialog).
@@ -134,6 +155,7 @@ impl ServerTx {
             ServerState::Completed => {
                 self.state = ServerState::Confirmed;
                 self.retransmit_at = None;
+                self.last_response = None;
                 // Timer I: T4 for unreliable transports.
                 self.timeout_at = Some(now + timers.t4);
                 true
@@ -141,6 +163,8 @@ impl ServerTx {
             ServerState::Accepted if !self.acked => {
                 self.acked = true;
                 self.retransmit_at = None;
+                // Timer L only absorbs INVITE retransmissions from here on.
+                self.last_response = None;
                 true
             }
             _ => false,
@@ -202,15 +226,16 @@ pub(crate) enum ClientTimeout {
     Terminated,
 }
 
-/// One client transaction.
+/// One client transaction. Like [`ServerTx`] it holds serialized bytes only: the
+/// request until a final response arrives, then (INVITE non-2xx) the ACK to resend.
 #[derive(Debug)]
 pub(crate) struct ClientTx {
     pub(crate) invite: bool,
     pub(crate) state: ClientState,
-    pub(crate) request: Vec<u8>,
+    request: Box<[u8]>,
     pub(crate) dest: SocketAddr,
     /// For INVITE: the ACK sent for a non-2xx final (resent on retransmitted finals).
-    pub(crate) ack: Option<Vec<u8>>,
+    ack: Option<Box<[u8]>>,
     retransmit_at: Option<Instant>,
     interval: Duration,
     timeout_at: Option<Instant>,
@@ -222,7 +247,7 @@ impl ClientTx {
     pub(crate) fn new(
         now: Instant,
         invite: bool,
-        request: Vec<u8>,
+        request: Box<[u8]>,
         dest: SocketAddr,
         owner: crate::core::TxOwner,
         timers: &Timers,
@@ -238,6 +263,23 @@ impl ClientTx {
             timeout_at: Some(now + timers.t64()),
             owner,
         }
+    }
+
+    /// The request (retransmitted by timers A/E); empty once a final response arrived.
+    pub(crate) fn request(&self) -> &[u8] {
+        &self.request
+    }
+
+    /// The ACK resent on retransmissions of a non-2xx final response.
+    pub(crate) fn ack(&self) -> Option<&[u8]> {
+        self.ack.as_deref()
+    }
+
+    /// Completed: keeps `ack` (the ACK for a non-2xx, if any) and lets the request go,
+    /// nothing retransmits it any more.
+    pub(crate) fn completed(&mut self, ack: Option<Box<[u8]>>) {
+        self.ack = ack;
+        self.request = Box::default();
     }
 
     /// A response arrived. Returns true when the TU should see it (false: absorbed
