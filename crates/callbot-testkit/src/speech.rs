@@ -338,18 +338,28 @@ pub fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
     (prev[h.len()], r.len())
 }
 
-/// The words of `text` as [`wer`] compares them: lowercase, apostrophes removed
-/// ("don't" -> "dont"), other punctuation a word break, hyphens a word break, digits
-/// spelled out ("42" -> "forty two", "3.5" -> "three point five", "10:30" -> "ten thirty").
+/// The words of `text` as [`wer`] compares them, following the rules of Whisper's
+/// `EnglishTextNormalizer` where they apply to English speech: lowercase; text in
+/// brackets or parentheses dropped (`[BLANK_AUDIO]`, `(laughs)`); fillers dropped (hmm,
+/// mm, mhm, mmm, uh, um); contractions and titles expanded ("won't" -> "will not",
+/// "that's" -> "that is", "I'd" -> "I would", "Mr" -> "mister"); any other apostrophe
+/// removed; other punctuation and hyphens a word break; and, where Whisper turns number
+/// words into digits, the other way round: digits spelled out ("42" -> "forty two",
+/// "3.5" -> "three point five", "10:30" -> "ten thirty"). (Whisper's British-to-American
+/// spelling table is not applied.)
 pub fn normalize(text: &str) -> Vec<String> {
-    let lower = text.to_lowercase();
+    let lower = without_brackets(&text.to_lowercase().replace('\u{2019}', "'"));
     let chars: Vec<char> = lower.chars().collect();
     let mut cleaned = String::with_capacity(lower.len());
     for (i, &c) in chars.iter().enumerate() {
         let digit_before = i > 0 && chars[i - 1].is_ascii_digit();
         let digit_after = chars.get(i + 1).is_some_and(|c| c.is_ascii_digit());
+        let letter_before = i > 0 && chars[i - 1].is_alphabetic();
+        let letter_after = chars.get(i + 1).is_some_and(|c| c.is_alphabetic());
         match c {
-            '\'' | '’' => {}
+            // Kept inside words for the contraction rules ("don't", "y'all").
+            '\'' if letter_before && letter_after => cleaned.push('\''),
+            '\'' => {}
             '.' if digit_before && digit_after => cleaned.push_str(" point "),
             ',' if digit_before && digit_after => {} // 1,000
             c if c.is_alphanumeric() => {
@@ -365,8 +375,9 @@ pub fn normalize(text: &str) -> Vec<String> {
             _ => cleaned.push(' '),
         }
     }
+    let tokens: Vec<&str> = cleaned.split_whitespace().collect();
     let mut words = Vec::new();
-    for token in cleaned.split_whitespace() {
+    for (i, token) in tokens.iter().enumerate() {
         if token.bytes().all(|b| b.is_ascii_digit()) {
             match token.parse::<u64>() {
                 Ok(n) if token.len() <= 12 && !(token.len() > 1 && token.starts_with('0')) => {
@@ -375,11 +386,116 @@ pub fn normalize(text: &str) -> Vec<String> {
                 // Long or zero-led digit strings are read digit by digit.
                 _ => words.extend(token.bytes().map(|b| number_words(u64::from(b - b'0')))),
             }
-        } else {
-            words.push(token.to_string());
+        } else if !FILLERS.contains(token) {
+            let next = tokens.get(i + 1).copied().unwrap_or("");
+            words.extend(
+                expand_word(token, next)
+                    .split([' ', '\''])
+                    .filter(|w| !w.is_empty())
+                    .map(str::to_string),
+            );
         }
     }
     words
+}
+
+/// Words Whisper's normaliser drops.
+const FILLERS: &[&str] = &["hmm", "mm", "mhm", "mmm", "uh", "um"];
+
+/// `text` without `[...]` and `(...)` spans (Whisper's normaliser drops them).
+fn without_brackets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut close: Option<char> = None;
+    for c in text.chars() {
+        match (close, c) {
+            (None, '[') => close = Some(']'),
+            (None, '(') => close = Some(')'),
+            (None, c) => out.push(c),
+            (Some(end), c) if c == end => {
+                close = None;
+                out.push(' ');
+            }
+            (Some(_), _) => {}
+        }
+    }
+    out
+}
+
+/// Whisper's contraction and title rules for one lowercase word (`next` is the word after
+/// it, for "'s been" -> "has been").
+fn expand_word(word: &str, next: &str) -> String {
+    const WHOLE: &[(&str, &str)] = &[
+        ("won't", "will not"),
+        ("can't", "can not"),
+        ("let's", "let us"),
+        ("ain't", "aint"),
+        ("y'all", "you all"),
+        ("wanna", "want to"),
+        ("gotta", "got to"),
+        ("gonna", "going to"),
+        ("i'ma", "i am going to"),
+        ("imma", "i am going to"),
+        ("woulda", "would have"),
+        ("coulda", "could have"),
+        ("shoulda", "should have"),
+        ("ma'am", "madam"),
+        ("mr", "mister"),
+        ("mrs", "missus"),
+        ("st", "saint"),
+        ("dr", "doctor"),
+        ("prof", "professor"),
+        ("capt", "captain"),
+        ("gov", "governor"),
+        ("ald", "alderman"),
+        ("gen", "general"),
+        ("sen", "senator"),
+        ("rep", "representative"),
+        ("pres", "president"),
+        ("rev", "reverend"),
+        ("hon", "honorable"),
+        ("asst", "assistant"),
+        ("assoc", "associate"),
+        ("lt", "lieutenant"),
+        ("col", "colonel"),
+        ("jr", "junior"),
+        ("sr", "senior"),
+        ("esq", "esquire"),
+    ];
+    // Perfect tenses first ("he'd been" is "he had been", not "he would been").
+    const PERFECT: &[(&str, &str, &str)] = &[
+        ("'d", "been", " had"),
+        ("'s", "been", " has"),
+        ("'d", "gone", " had"),
+        ("'s", "gone", " has"),
+        ("'d", "done", " had"),
+        ("'s", "got", " has"),
+    ];
+    const SUFFIX: &[(&str, &str)] = &[
+        ("n't", " not"),
+        ("'re", " are"),
+        ("'s", " is"),
+        ("'d", " would"),
+        ("'ll", " will"),
+        ("'t", " not"),
+        ("'ve", " have"),
+        ("'m", " am"),
+    ];
+    if let Some((_, to)) = WHOLE.iter().find(|(from, _)| *from == word) {
+        return (*to).to_string();
+    }
+    for (suffix, after, to) in PERFECT {
+        if next == *after
+            && let Some(stem) = word.strip_suffix(suffix)
+        {
+            return format!("{stem}{to}");
+        }
+    }
+    for (suffix, to) in SUFFIX {
+        if let Some(stem) = word.strip_suffix(suffix) {
+            return format!("{stem}{to}");
+        }
+    }
+    word.to_string()
 }
 
 /// English words for `n` ("one hundred twenty three"; no "and").
@@ -479,7 +595,17 @@ mod tests {
             wer("Table for two, at 7:30.", "table for 2 at seven thirty"),
             (0, 6)
         );
-        assert_eq!(wer("I don't know!", "i dont know"), (0, 3));
+        assert_eq!(wer("I do not know!", "I don't know"), (0, 4));
+        assert_eq!(
+            wer("That is all, he has been there.", "That's all, he's been there."),
+            (0, 7)
+        );
+        assert_eq!(wer("I will not, Doctor Smith", "I won't, Dr. Smith"), (0, 5));
+        assert_eq!(wer("Yes please", "Um, yes [BLANK_AUDIO] please (laughs)"), (0, 2));
+        assert_eq!(
+            normalize("Rock 'n' roll, the 'quotes'"),
+            ["rock", "n", "roll", "the", "quotes"]
+        );
         assert_eq!(wer("forty-two", "42"), (0, 2));
         assert_eq!(
             normalize("It costs 3.5 or 1,250 and code 007"),
