@@ -11,12 +11,16 @@
 //! call's own [`RtpSession`] (thread `rtp-<port>`) and a VAD endpointer. A call thread
 //! sends BYE when its dialogue decided to hang up, shuts its RTP session down and ends.
 //!
-//! **How it stops**: [`Bot::shutdown`]`(deadline)`: new calls get 503; each live call
-//! is told to say the shutdown phrase and hang up within half of the time left, and
-//! its thread is joined; then `bot-sip` is stopped and joined, the SIP user agent is
-//! shut down (BYE to calls still up, registration removed, `sip-ua` joined), and the
-//! components are shut down ("All components cleaned up"). The [`BotShutdownReport`]
-//! says what happened. Idempotent; `Drop` calls it with a 3 s deadline.
+//! **How it stops**: [`Bot::shutdown`]`(deadline)`: new calls get 503; the shutdown
+//! phrase is synthesized once and fitted to the time left ([`crate::shutdown`]); every
+//! live call is told at once to stop speaking, play that shared audio and hang up (BYE)
+//! within 5/8 of the time left, and the call threads are joined in parallel (each with
+//! the same deadline, 3/4 of the time left); then `bot-sip` is stopped and joined, the
+//! SIP user agent is shut down (BYE to calls still up, the answers to the BYEs awaited,
+//! registration removed, `sip-ua` joined), and the components are shut down ("All
+//! components cleaned up"), all bounded by the deadline. The [`BotShutdownReport`] says
+//! what happened (calls ended/abandoned, BYEs sent/answered, the goodbye, whether the
+//! registration was removed). Idempotent; `Drop` calls it with a 3 s deadline.
 //!
 //! **Reconfiguration**: [`Bot::reconfigure`] builds the changed components first and
 //! swaps them in, or changes nothing and names the failing setting (see
@@ -39,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,6 +63,7 @@ use crate::call::{CallControl, CallSetup, EndpointEvent, Endpointer, run_call};
 use crate::components::{Components, ComponentsShutdownReport, ReconfigureReport};
 use crate::layers::{LayerFactory, transcribe_options, voice_options};
 use crate::settings::{Settings, SettingsError};
+use crate::shutdown::{GoodbyeReport, prepare_goodbye};
 
 /// Why the bot could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,17 +76,28 @@ pub enum BotError {
     Thread(std::io::Error),
 }
 
-/// What [`Bot::shutdown`] did.
+/// What [`Bot::shutdown`] did. Its `Display` is one line for logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BotShutdownReport {
     /// True when the bot was already shut down (nothing was done).
     pub already_shut_down: bool,
     /// Live calls when the shutdown began.
     pub live_calls: usize,
-    /// Calls whose thread ended within the deadline (goodbye said or cut by the grace).
+    /// Calls whose thread ended and was joined within the deadline.
     pub calls_ended: usize,
     /// Call threads still running at the deadline (left to their own bounded end).
     pub calls_abandoned: usize,
+    /// Calls whose goodbye played to its end before their BYE.
+    pub goodbyes_completed: usize,
+    /// BYEs sent to live calls: by the call threads, plus those the SIP user agent sent
+    /// to calls still up when it shut down.
+    pub byes_sent: usize,
+    /// BYEs the callers answered (200) before the deadline.
+    pub byes_answered: usize,
+    /// The shutdown goodbye (`None`: no live call or no phrase).
+    pub goodbye: Option<GoodbyeReport>,
+    /// From the start of the shutdown until the last call thread was joined.
+    pub calls_elapsed: Duration,
     /// Whether the `bot-sip` thread was joined.
     pub event_thread_joined: bool,
     /// The SIP user agent's report (`None` if a call thread still held the handle).
@@ -175,8 +191,15 @@ impl Endpointer for VadEndpointer {
 
 struct LiveCall {
     control: Sender<CallControl>,
-    done: Receiver<()>,
+    done: Receiver<CallEnd>,
     thread: JoinHandle<()>,
+}
+
+/// What a call thread reports when it ends.
+#[derive(Debug, Clone, Copy)]
+struct CallEnd {
+    bye_sent: bool,
+    goodbye_completed: bool,
 }
 
 struct Shared {
@@ -187,6 +210,10 @@ struct Shared {
     call_seq: AtomicU64,
     /// Call threads poke `bot-sip` through this when they end, so it reaps at once.
     wake: Sender<()>,
+    /// The shutdown's deadline, once it began: call threads bound their own teardown by it.
+    stop_by: Mutex<Option<Instant>>,
+    /// BYEs the callers answered after the shutdown began.
+    byes_answered: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -273,6 +300,8 @@ impl Bot {
             accepting: AtomicBool::new(true),
             call_seq: AtomicU64::new(0),
             wake,
+            stop_by: Mutex::new(None),
+            byes_answered: AtomicUsize::new(0),
         });
         let (stop_tx, stop_rx) = bounded::<()>(1);
         let (done_tx, event_done) = bounded::<()>(1);
@@ -365,21 +394,30 @@ impl Bot {
         let started = Instant::now();
         let mut report = BotShutdownReport::default();
         self.shared.accepting.store(false, Ordering::SeqCst);
-        // 1. Live calls: short goodbye, BYE, joined.
-        let phrase = lock(&self.shared.settings).dialogue.shutdown_phrase.clone();
-        let left = deadline.saturating_duration_since(Instant::now());
+        *lock(&self.shared.stop_by) = Some(deadline);
+        // 1. Live calls: the goodbye synthesized once, played by all at once, BYE, joined.
         let calls: Vec<(CallId, LiveCall)> = lock(&self.shared.calls).drain().collect();
         report.live_calls = calls.len();
+        let (phrase, audio) = self.shutdown_goodbye(&mut report, deadline);
+        let left = deadline.saturating_duration_since(Instant::now());
         for (_, c) in &calls {
             let _ = c.control.try_send(CallControl::Shutdown {
                 phrase: phrase.clone(),
-                grace: left / 2,
+                grace: left * 5 / 8,
+                audio: audio.clone(),
             });
         }
         let calls_deadline = Instant::now() + left * 3 / 4;
         for (id, c) in calls {
             match c.done.recv_deadline(calls_deadline) {
-                Ok(()) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Ok(end) => {
+                    let _ = c.thread.join();
+                    report.calls_ended += 1;
+                    report.byes_sent += usize::from(end.bye_sent);
+                    report.goodbyes_completed += usize::from(end.goodbye_completed);
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    // The thread ended without reporting (it panicked): joined all the same.
                     let _ = c.thread.join();
                     report.calls_ended += 1;
                 }
@@ -389,6 +427,7 @@ impl Bot {
                 }
             }
         }
+        report.calls_elapsed = started.elapsed();
         // 2. The SIP event thread.
         self.stop.take();
         if let Some(t) = self.event_thread.take() {
@@ -401,25 +440,70 @@ impl Bot {
                 }
             }
         }
-        // 3. SIP: BYE to what is left, unregister, join.
+        // 3. SIP: BYE to what is left, the answers awaited, unregister, join.
         if let Some(sip) = self.sip.take() {
             match Arc::try_unwrap(sip) {
-                Ok(mut sip) => report.sip = Some(sip.shutdown(deadline)),
+                Ok(mut sip) => {
+                    let r = sip.shutdown(deadline);
+                    report.byes_sent += r.calls_hung_up;
+                    // Answers that arrived after `bot-sip` stopped.
+                    let late = sip
+                        .events()
+                        .try_iter()
+                        .filter(|e| {
+                            matches!(
+                                e,
+                                SipEvent::CallEnded {
+                                    reason: callbot_sip::EndReason::LocalHangup,
+                                    ..
+                                }
+                            )
+                        })
+                        .count();
+                    self.shared.byes_answered.fetch_add(late, Ordering::SeqCst);
+                    report.sip = Some(r);
+                }
                 Err(_) => {
                     tracing::warn!("SIP handle still held by a call thread; it shuts down when released")
                 }
             }
         }
+        report.byes_answered = self.shared.byes_answered.load(Ordering::SeqCst);
         // 4. Components.
         report.components = lock(&self.shared.components).shutdown(deadline);
         report.elapsed = started.elapsed();
-        tracing::info!(
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            calls = report.live_calls,
-            "callbot shut down"
-        );
+        tracing::info!(%report, "callbot shut down");
         self.report = Some(report.clone());
         report
+    }
+}
+
+impl Bot {
+    /// Synthesizes the shutdown phrase once for every live call and fits it into the
+    /// time left. Returns the phrase and its audio, or an empty phrase (hang up without
+    /// a goodbye) when there is none.
+    fn shutdown_goodbye(
+        &self,
+        report: &mut BotShutdownReport,
+        deadline: Instant,
+    ) -> (String, Option<AudioFrame>) {
+        let (phrase, voice) = {
+            let s = lock(&self.shared.settings);
+            (s.dialogue.shutdown_phrase.clone(), voice_options(&s))
+        };
+        if report.live_calls == 0 || phrase.trim().is_empty() {
+            return (String::new(), None);
+        }
+        let Some(tts) = lock(&self.shared.components).for_call().map(|c| c.tts) else {
+            return (String::new(), None);
+        };
+        let (audio, goodbye) = prepare_goodbye(tts.as_ref(), &phrase, &voice, 8000, deadline);
+        tracing::info!(?goodbye, "shutdown goodbye ready");
+        report.goodbye = Some(goodbye);
+        match audio {
+            Some(a) => (phrase, Some(a)),
+            None => (String::new(), None),
+        }
     }
 }
 
@@ -485,6 +569,9 @@ fn on_sip_event(shared: &Arc<Shared>, sip: &Arc<SipHandle>, ev: SipEvent) {
         }
         SipEvent::CallEnded { call, reason } => {
             tracing::debug!(%call, ?reason, "SIP call ended");
+            if reason == callbot_sip::EndReason::LocalHangup && !shared.accepting.load(Ordering::SeqCst) {
+                shared.byes_answered.fetch_add(1, Ordering::SeqCst);
+            }
             if let Some(c) = lock(&shared.calls).get(&call) {
                 let _ = c.control.try_send(CallControl::CallerHungUp);
             }
@@ -554,21 +641,34 @@ fn accept(
     let (control, control_rx) = bounded(8);
     let (done_tx, done) = bounded(1);
     let sip2 = Arc::clone(sip);
-    let wake = shared.wake.clone();
+    let shared2 = Arc::clone(shared);
     let thread = std::thread::Builder::new()
         .name(format!("call-{n}"))
         .spawn(move || {
             let outcome = run_call(setup, &rtp, endpointer, &control_rx);
-            if outcome.send_bye
-                && let Err(e) = sip2.hang_up(call)
-            {
-                tracing::warn!(%call, error = %e, "BYE failed");
+            let bye_sent = outcome.send_bye
+                && match sip2.hang_up(call) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(%call, error = %e, "BYE failed");
+                        false
+                    }
+                };
+            // Bounded by the bot's shutdown deadline, if one began (the RTP thread
+            // still gets a moment to be joined rather than left behind).
+            let now = Instant::now();
+            let mut rtp_deadline = now + Duration::from_millis(500);
+            if let Some(stop_by) = *lock(&shared2.stop_by) {
+                rtp_deadline = rtp_deadline.min(stop_by.max(now + Duration::from_millis(30)));
             }
-            rtp.shutdown(Instant::now() + Duration::from_millis(500));
+            rtp.shutdown(rtp_deadline);
             drop(components);
             drop(sip2);
-            let _ = done_tx.send(());
-            let _ = wake.try_send(());
+            let _ = done_tx.send(CallEnd {
+                bye_sent,
+                goodbye_completed: outcome.summary.is_some_and(|s| s.goodbye_completed),
+            });
+            let _ = shared2.wake.try_send(());
         });
     match thread {
         Ok(thread) => {

@@ -115,12 +115,15 @@ pub trait Endpointer: Send {
 pub enum CallControl {
     /// The caller hung up (BYE/CANCEL received): cancel everything now.
     CallerHungUp,
-    /// The bot shuts down: say `phrase`, hang up within `grace`.
+    /// The bot shuts down: stop speaking, say `phrase`, hang up within `grace`.
     Shutdown {
         /// Short goodbye.
         phrase: String,
         /// Longest wait for playback.
         grace: Duration,
+        /// `phrase` already synthesized (at the media's play rate), played instead of
+        /// synthesizing it again: the bot synthesizes the goodbye once for all calls.
+        audio: Option<AudioFrame>,
     },
 }
 
@@ -190,6 +193,7 @@ enum Ready {
     Frames,
     Events,
     Stt,
+    Stopping(usize),
     Llm,
     Synth(usize),
     Timeout,
@@ -204,11 +208,17 @@ struct Call<'a, M: CallMedia, E: Endpointer> {
     dialogue: Dialogue<Vec<f32>>,
     history: History,
     stt: Option<(TurnId, TranscriptionJob)>,
+    /// Cancelled transcriptions until they stop (their end is told to the dialogue,
+    /// which starts no speculation while one still holds the transcriber).
+    stopping: Vec<(TurnId, TranscriptionJob)>,
     reply: Option<Running>,
     synths: VecDeque<Synth>,
     /// Queued in the media, in order: (playback, speech).
     playing: VecDeque<(PlaybackId, SpeechId)>,
     collecting: bool,
+    /// The dialogue ended the turn early ([`Action::EndUtterance`]) and the endpointer
+    /// has not ended that utterance yet: if the voice resumes, it is a new utterance.
+    ended_early: bool,
     /// What the endpointer was last told about the bot speaking.
     bot_speaking: bool,
     utterance: Vec<i16>,
@@ -216,6 +226,8 @@ struct Call<'a, M: CallMedia, E: Endpointer> {
     preroll: VecDeque<i16>,
     writer: Option<TranscriptWriter>,
     outcome: CallOutcome,
+    /// Audio of a phrase synthesized elsewhere (the shutdown goodbye): (text, audio).
+    prerendered: Option<(String, AudioFrame)>,
 }
 
 /// Runs one answered call until its dialogue ends (see the [module docs](self)).
@@ -257,16 +269,19 @@ pub fn run_call<M: CallMedia, E: Endpointer>(
         dialogue,
         history,
         stt: None,
+        stopping: Vec::new(),
         reply: None,
         synths: VecDeque::new(),
         playing: VecDeque::new(),
         collecting: false,
+        ended_early: false,
         bot_speaking: false,
         utterance: Vec::new(),
         utterance_rate: 8000,
         preroll: VecDeque::new(),
         writer,
         outcome,
+        prerendered: None,
     };
     call.run();
     // Dropping the call drops every job handle still held: each cancels its job.
@@ -291,6 +306,7 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 Ready::Frames => self.on_frames(),
                 Ready::Events => self.on_events(),
                 Ready::Stt => self.on_stt(),
+                Ready::Stopping(i) => self.on_stopping(i),
                 Ready::Llm => self.on_llm(),
                 Ready::Synth(i) => self.on_synth(i),
             }
@@ -300,7 +316,7 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
     /// Waits until one source is ready or the dialogue's timer is due.
     fn wait(&self) -> Ready {
         let mut sel = Select::new();
-        let mut map = Vec::with_capacity(6 + self.synths.len());
+        let mut map = Vec::with_capacity(6 + self.stopping.len() + self.synths.len());
         if self.control_open {
             sel.recv(self.control);
             map.push(Ready::Control);
@@ -312,6 +328,10 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
         if let Some((_, job)) = &self.stt {
             sel.recv(job.result_channel());
             map.push(Ready::Stt);
+        }
+        for (i, (_, job)) in self.stopping.iter().enumerate() {
+            sel.recv(job.result_channel());
+            map.push(Ready::Stopping(i));
         }
         if let Some(r) = &self.reply {
             sel.recv(r.reply.events());
@@ -340,7 +360,10 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
     fn on_control(&mut self) {
         match self.control.try_recv() {
             Ok(CallControl::CallerHungUp) => self.input(Input::CallerHungUp),
-            Ok(CallControl::Shutdown { phrase, grace }) => self.input(Input::Shutdown { phrase, grace }),
+            Ok(CallControl::Shutdown { phrase, grace, audio }) => {
+                self.prerendered = audio.map(|a| (phrase.clone(), a));
+                self.input(Input::Shutdown { phrase, grace })
+            }
             Err(TryRecvError::Empty) => {}
             Err(TryRecvError::Disconnected) => {
                 // The bot is gone: end the call at once.
@@ -379,15 +402,20 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
         }
         match event {
             EndpointEvent::SpeechStarted { onset } if !self.collecting => {
-                self.collecting = true;
-                self.utterance_rate = rate;
-                self.utterance.clear();
-                self.utterance.extend(self.preroll.drain(..));
+                self.ended_early = false;
+                self.start_utterance(rate);
                 // The speech began `onset` before this frame reached the call.
                 let now = Instant::now();
                 self.dialogue
                     .handle(now.checked_sub(onset).unwrap_or(now), Input::SpeechStarted);
             }
+            EndpointEvent::SpeechResumed if !self.collecting && self.ended_early => {
+                // The caller goes on after the dialogue ended the turn early.
+                self.ended_early = false;
+                self.start_utterance(rate);
+                self.input(Input::SpeechStarted);
+            }
+            EndpointEvent::SpeechEnded { .. } if !self.collecting => self.ended_early = false,
             EndpointEvent::SpeechPaused { silence }
                 if self.collecting && self.setup.dialogue.speculative_stt =>
             {
@@ -411,6 +439,14 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 }
             }
         }
+    }
+
+    /// Starts collecting an utterance (with the pre-roll).
+    fn start_utterance(&mut self, rate: u32) {
+        self.collecting = true;
+        self.utterance_rate = rate;
+        self.utterance.clear();
+        self.utterance.extend(self.preroll.drain(..));
     }
 
     /// The utterance so far, at the transcriber's rate.
@@ -488,6 +524,23 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 error: e.to_string(),
             }),
         }
+    }
+
+    /// A cancelled transcription may have stopped: tell the dialogue.
+    fn on_stopping(&mut self, i: usize) {
+        let Some((turn, job)) = self.stopping.get(i) else {
+            return;
+        };
+        let turn = *turn;
+        let Some(result) = job.try_result() else {
+            return;
+        };
+        self.stopping.swap_remove(i);
+        let error = match result {
+            Ok(_) => "cancelled (finished first)".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.input(Input::TranscriptFailed { turn, error });
     }
 
     fn on_llm(&mut self) {
@@ -627,9 +680,19 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 }
             }
             Action::CancelTranscription { turn } => {
-                if let Some((_, job)) = self.stt.take_if(|(t, _)| *t == turn) {
+                if let Some((turn, job)) = self.stt.take_if(|(t, _)| *t == turn) {
                     job.cancel();
+                    if self.stopping.len() >= MAX_STOPPING {
+                        // Dropping the oldest handle leaves it cancelled, untracked.
+                        self.stopping.remove(0);
+                    }
+                    self.stopping.push((turn, job));
                 }
+            }
+            Action::EndUtterance => {
+                self.collecting = false;
+                self.ended_early = true;
+                self.utterance.clear();
             }
             Action::Reply { turn, user_text } => {
                 let mut history = self.history.clone();
@@ -652,6 +715,18 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
             Action::CancelReply { turn } => {
                 if let Some(r) = self.reply.take_if(|r| r.turn == turn) {
                     r.reply.cancel();
+                }
+            }
+            Action::Speak { speech, text } if self.prerendered.as_ref().is_some_and(|(t, _)| *t == text) => {
+                if let Some((_, audio)) = self.prerendered.take() {
+                    self.synths.push_back(Synth {
+                        speech,
+                        job: None,
+                        rate: audio.sample_rate,
+                        samples: audio.samples,
+                        done: true,
+                    });
+                    self.play_ready();
                 }
             }
             Action::Speak { speech, text } => match self.setup.tts.synthesize(&text, &self.setup.voice) {
@@ -716,6 +791,9 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
         }
     }
 }
+
+/// Cancelled transcriptions tracked until they stop (each ends by its deadline anyway).
+const MAX_STOPPING: usize = 8;
 
 fn samples(rate: u32, d: Duration) -> usize {
     callbot_audio::frame::samples_for(rate, d)

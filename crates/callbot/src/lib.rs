@@ -39,6 +39,7 @@
 //! - [`transcript`]: the per-call JSON-lines transcript file, one fsynced line per
 //!   finished turn and a summary line at the end (written in place: no temp file).
 //! - [`bot`]: the running bot, [`Bot`], and the VAD endpointer adapter.
+//! - [`shutdown`]: the shutdown goodbye, synthesized once and fitted to the deadline.
 //! - [`testing`]: instant test doubles (media, endpointer, STT, LLM, TTS) and the
 //!   [`testing::PipelineRig`] that measures the pipeline's own overhead per turn.
 //!
@@ -73,6 +74,7 @@ pub mod components;
 pub mod dialogue;
 pub mod layers;
 pub mod settings;
+pub mod shutdown;
 pub mod testing;
 pub mod transcript;
 

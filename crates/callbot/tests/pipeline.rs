@@ -212,6 +212,7 @@ fn shutdown_says_goodbye_and_ends_within_the_grace() {
         .send(CallControl::Shutdown {
             phrase: "Bye.".into(),
             grace: Duration::from_millis(100),
+            audio: None,
         })
         .unwrap();
     // playback never finishes (auto_finish off): the grace bounds the wait
