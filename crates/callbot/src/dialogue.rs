@@ -103,6 +103,17 @@ pub struct DialogueConfig {
     pub closing_grace: Duration,
     /// Start transcribing when the caller's voice stops, during the endpoint hangover.
     pub speculative_stt: bool,
+    /// Silence after the caller's voice stopped before the speculative transcription
+    /// starts (zero: as soon as the endpointer reports the pause).
+    pub speculation_delay: Duration,
+    /// End the turn as soon as a speculative transcript reads as a finished utterance
+    /// (see [`reads_finished`]) and the caller has kept silent for
+    /// `early_end_min_silence`, instead of waiting for the endpointer's full hangover.
+    pub early_end_of_turn: bool,
+    /// Silence (from the end of the caller's voice) before an early end of turn.
+    pub early_end_min_silence: Duration,
+    /// Words a speculative transcript needs for an early end of turn.
+    pub early_end_min_words: usize,
 }
 
 impl Default for DialogueConfig {
@@ -122,6 +133,10 @@ impl Default for DialogueConfig {
             dtmf: BTreeMap::new(),
             closing_grace: Duration::from_secs(15),
             speculative_stt: true,
+            speculation_delay: Duration::ZERO,
+            early_end_of_turn: true,
+            early_end_min_silence: Duration::from_millis(250),
+            early_end_min_words: 2,
         }
     }
 }
@@ -246,11 +261,20 @@ pub enum Action<A> {
         /// The audio.
         audio: A,
     },
-    /// Drop the transcription of `turn` (its result is ignored anyway).
+    /// Drop the transcription of `turn` (its result is ignored anyway). Once the job
+    /// has really stopped, answer with its [`Input::TranscriptFailed`] (or
+    /// [`Input::Transcript`]): until then, or for at most [`STALE_JOB_WAIT`], no new
+    /// speculative transcription starts, so a stale job never queues ahead of it.
     CancelTranscription {
         /// Which turn.
         turn: TurnId,
     },
+    /// The caller's utterance is complete: the engine ended the turn early, from its
+    /// speculative transcript, before the endpointer's hangover ran out. The driver
+    /// stops collecting the utterance and drops the endpointer's coming
+    /// [`Input::SpeechEnded`] for it; if the caller's voice resumes, that is a new
+    /// utterance ([`Input::SpeechStarted`]).
+    EndUtterance,
     /// Ask the LLM for a reply to `user_text` (the history holds the earlier turns);
     /// answer with [`Input::LlmToken`], [`Input::LlmSentence`]s, then [`Input::LlmDone`]
     /// or [`Input::LlmFailed`].
@@ -316,6 +340,9 @@ pub struct TurnTimings {
     pub stt_after_endpoint: Option<Duration>,
     /// Whether the transcript came from a speculative transcription.
     pub speculative_stt: bool,
+    /// Whether the turn was ended early, from the speculative transcript, before the
+    /// endpointer's hangover ran out.
+    pub early_end: bool,
     /// From the reply request to the LLM's first token.
     #[serde(serialize_with = "ser_ms")]
     pub llm_first_token: Option<Duration>,
@@ -398,6 +425,8 @@ pub struct CallSummary {
     pub speculations: u32,
     /// Speculative transcriptions dropped because the caller went on speaking.
     pub speculations_dropped: u32,
+    /// Turns ended early from a speculative transcript (before the full hangover).
+    pub early_ends: u32,
     /// Whether the closing goodbye finished playing before the hang-up
     /// (false when it was cut by `closing_grace` or the caller hung up).
     pub goodbye_completed: bool,
@@ -423,6 +452,47 @@ pub fn normalize_words(text: &str) -> String {
         .map(str::to_lowercase)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Last words after which an utterance is not finished, whatever the punctuation:
+/// conjunctions, articles, possessives and hesitation fillers.
+const UNFINISHED_LAST_WORDS: &[&str] = &[
+    "and", "but", "or", "nor", "because", "if", "although", "though", "unless", "until", "whereas", "the",
+    "a", "an", "my", "your", "our", "their", "um", "uh", "uhm", "umm", "er", "erm", "hmm", "mm", "ah",
+];
+
+/// Last words after which a statement (not a question) is not finished: prepositions
+/// and "to" ("I would like to.").
+const UNFINISHED_STATEMENT_LAST_WORDS: &[&str] = &[
+    "to", "of", "for", "with", "at", "in", "on", "from", "by", "about", "into", "than", "as",
+];
+
+/// Whether a transcript reads as a finished utterance, for an early end of turn: it
+/// ends with sentence-final punctuation (`.`, `?` or `!`, not an ellipsis), has at
+/// least `min_words` words, and does not end with a conjunction, article, possessive
+/// or filler (nor, unless it is a question, with a preposition). Whisper punctuates
+/// what it hears as a complete sentence, so this is a cheap stand-in for an
+/// end-of-turn model.
+pub fn reads_finished(text: &str, min_words: usize) -> bool {
+    let t = text
+        .trim_end()
+        .trim_end_matches(['"', '\'', ')', ']', '\u{201d}', '\u{2019}']);
+    if t.ends_with("..") || t.ends_with('\u{2026}') {
+        return false;
+    }
+    let question = t.ends_with('?');
+    if !(question || t.ends_with('.') || t.ends_with('!')) {
+        return false;
+    }
+    let words = normalize_words(t);
+    let mut iter = words.split(' ').filter(|w| !w.is_empty());
+    let Some(last) = iter.next_back() else {
+        return false;
+    };
+    if iter.count() + 1 < min_words {
+        return false;
+    }
+    !(UNFINISHED_LAST_WORDS.contains(&last) || (!question && UNFINISHED_STATEMENT_LAST_WORDS.contains(&last)))
 }
 
 fn word_count(text: &str) -> usize {
@@ -466,7 +536,24 @@ struct SttJob<A> {
     /// The final utterance, kept while a confirmed speculative job runs: transcribed
     /// again (not speculatively) if that job fails.
     fallback: Option<A>,
+    /// The early result reads as a finished utterance (an early end of turn may use it).
+    early_finished: bool,
+    /// The turn was ended early from this job's result.
+    early_end: bool,
 }
+
+/// The caller's voice stopped and has not resumed (the endpoint hangover is running).
+#[derive(Debug)]
+struct Pause<A> {
+    /// The utterance so far, until the speculative transcription takes it.
+    audio: Option<A>,
+    /// When the voice stopped.
+    voice_ended: Instant,
+}
+
+/// How long a cancelled transcription may hold back new speculative ones when the
+/// driver never reports its end.
+pub const STALE_JOB_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 struct Pending<A> {
@@ -509,6 +596,12 @@ pub struct Dialogue<A> {
     ignoring_utterance: bool,
     stt: Option<SttJob<A>>,
     waiting: Option<Pending<A>>,
+    /// The caller's current pause (speculative transcription and early end of turn).
+    pause: Option<Pause<A>>,
+    /// The turn was ended early; the endpointer's end of that utterance is not needed.
+    ended_early: bool,
+    /// Cancelled transcriptions not yet reported stopped, with when they were cancelled.
+    draining: Vec<(TurnId, Instant)>,
     carry: String,
     reply: Option<ReplyTurn>,
     queue: VecDeque<Speech>,
@@ -539,6 +632,9 @@ impl<A> Dialogue<A> {
             ignoring_utterance: false,
             stt: None,
             waiting: None,
+            pause: None,
+            ended_early: false,
+            draining: Vec::new(),
             carry: String::new(),
             reply: None,
             queue: VecDeque::new(),
@@ -560,6 +656,7 @@ impl<A> Dialogue<A> {
                 dtmf_digits: 0,
                 speculations: 0,
                 speculations_dropped: 0,
+                early_ends: 0,
                 goodbye_completed: false,
             },
         };
@@ -603,7 +700,32 @@ impl<A> Dialogue<A> {
         } else {
             None
         };
-        Some(silence.map_or(max, |s| s.min(max)))
+        [silence, self.turn_timer(), Some(max)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the caller's pause next needs the engine: to start the speculative
+    /// transcription, or to end the turn early from its finished-looking result.
+    fn turn_timer(&self) -> Option<Instant> {
+        let p = self.pause.as_ref()?;
+        if p.audio.is_some() {
+            if self.stt.is_some() {
+                // Retried when that job ends.
+                return None;
+            }
+            let at = p.voice_ended + self.config.speculation_delay;
+            let stale = self
+                .draining
+                .iter()
+                .map(|(_, since)| *since + STALE_JOB_WAIT)
+                .min();
+            return Some(stale.map_or(at, |s| s.max(at)));
+        }
+        let job = self.stt.as_ref()?;
+        (self.config.early_end_of_turn && job.speculative && job.early_finished)
+            .then(|| p.voice_ended + self.config.early_end_min_silence)
     }
 
     /// Nothing is going on: the caller is quiet and the bot neither works nor speaks.
@@ -636,6 +758,8 @@ impl<A> Dialogue<A> {
             self.close(now, EndReason::MaxDuration, goodbye, None);
             return;
         }
+        self.maybe_speculate(now);
+        self.maybe_end_early(now);
         if self.is_idle() {
             if now >= self.silence_since + self.config.silence_hangup_after {
                 let goodbye = self.config.goodbye.clone();
@@ -658,16 +782,26 @@ impl<A> Dialogue<A> {
         match input {
             Input::SpeechStarted => self.on_speech_started(now),
             Input::SpeechPaused { audio, voice_ended } => self.on_speech_paused(now, audio, voice_ended),
-            Input::SpeechResumed => self.on_speech_resumed(),
+            Input::SpeechResumed => self.on_speech_resumed(now),
             Input::SpeechEnded { audio, voice_ended } => self.on_speech_ended(now, audio, voice_ended),
+            Input::Transcript { turn, .. } | Input::TranscriptFailed { turn, .. } if self.drained(turn) => {
+                // A cancelled job stopped: the transcriber is free for a speculation.
+                self.maybe_speculate(now);
+            }
             Input::Transcript {
                 turn,
                 text,
                 no_speech_prob,
-            } => self.on_transcript(now, turn, Some((text, no_speech_prob))),
+            } => {
+                self.on_transcript(now, turn, Some((text, no_speech_prob)));
+                self.maybe_speculate(now);
+            }
             Input::TranscriptFailed { turn, error } => {
-                tracing::warn!(turn = turn.0, %error, "transcription failed");
-                self.on_transcript(now, turn, None)
+                if self.stt.as_ref().is_some_and(|j| j.turn == turn) {
+                    tracing::warn!(turn = turn.0, %error, "transcription failed");
+                }
+                self.on_transcript(now, turn, None);
+                self.maybe_speculate(now);
             }
             Input::LlmToken { turn } => {
                 if let Some(r) = self.reply.as_mut().filter(|r| r.turn == turn && !r.cancelled)
@@ -754,6 +888,8 @@ impl<A> Dialogue<A> {
         self.caller_speaking = true;
         self.prompted = false;
         self.ignoring_utterance = false;
+        self.ended_early = false;
+        self.pause = None;
         if let Some(job) = self.stt.as_mut() {
             job.superseded = true;
         }
@@ -803,20 +939,44 @@ impl<A> Dialogue<A> {
     fn on_speech_paused(&mut self, now: Instant, audio: A, voice_ended: Instant) {
         if !self.config.speculative_stt
             || !self.caller_speaking
+            || self.ended_early
             || self.ignoring_utterance
             || self.closing.is_some()
-            || self.stt.is_some()
         {
-            // One transcription at a time: a running one (of an earlier utterance)
-            // keeps the worker; this utterance is transcribed at its endpoint.
             return;
         }
+        self.pause = Some(Pause {
+            audio: Some(audio),
+            voice_ended: voice_ended.min(now),
+        });
+        self.maybe_speculate(now);
+    }
+
+    /// Starts the speculative transcription of the paused utterance once the pause is
+    /// `speculation_delay` long, no other transcription runs (one at a time: a running
+    /// one keeps the worker; this is retried when it ends) and no cancelled one is
+    /// still stopping.
+    fn maybe_speculate(&mut self, now: Instant) {
+        let Some(p) = self.pause.as_ref().filter(|p| p.audio.is_some()) else {
+            return;
+        };
+        if self.stt.is_some() || now < p.voice_ended + self.config.speculation_delay {
+            return;
+        }
+        let voice_ended = p.voice_ended;
+        self.draining.retain(|(_, since)| now < *since + STALE_JOB_WAIT);
+        if !self.draining.is_empty() {
+            return;
+        }
+        let Some(audio) = self.pause.as_mut().and_then(|p| p.audio.take()) else {
+            return;
+        };
         self.summary.speculations += 1;
         let turn = self.new_turn();
         self.stt = Some(SttJob {
             turn,
             superseded: false,
-            voice_ended: voice_ended.min(now),
+            voice_ended,
             endpoint: Duration::ZERO,
             started: now,
             speculative: true,
@@ -825,38 +985,108 @@ impl<A> Dialogue<A> {
             early: None,
             finished: None,
             fallback: None,
+            early_finished: false,
+            early_end: false,
         });
         self.actions.push_back(Action::Transcribe { turn, audio });
     }
 
-    fn on_speech_resumed(&mut self) {
+    /// Ends the turn now when the speculative transcript reads as a finished
+    /// utterance and the caller has been silent for `early_end_min_silence`.
+    fn maybe_end_early(&mut self, now: Instant) {
+        if !self.config.early_end_of_turn || !self.caller_speaking || self.closing.is_some() {
+            return;
+        }
+        let Some(p) = self.pause.as_ref().filter(|p| p.audio.is_none()) else {
+            return;
+        };
+        let voice_ended = p.voice_ended;
+        if now < voice_ended + self.config.early_end_min_silence
+            || !self
+                .stt
+                .as_ref()
+                .is_some_and(|j| j.speculative && j.early_finished)
+        {
+            return;
+        }
+        self.ended_early = true;
+        self.summary.early_ends += 1;
+        self.actions.push_back(Action::EndUtterance);
+        if let Some(job) = self.stt.as_mut() {
+            job.early_end = true;
+        }
+        self.utterance_over(now);
+        self.confirm_speculation(now, voice_ended, None);
+    }
+
+    /// The caller stopped speaking (endpoint or early end of turn).
+    fn utterance_over(&mut self, now: Instant) {
+        self.caller_speaking = false;
+        self.silence_since = now;
+        self.pause = None;
+    }
+
+    /// Cancels a transcription; while it still runs, it holds back speculation until
+    /// it stops.
+    fn cancel_stt(&mut self, now: Instant, job: &SttJob<A>) {
+        self.actions
+            .push_back(Action::CancelTranscription { turn: job.turn });
+        if job.finished.is_none() {
+            self.draining.push((job.turn, now));
+        }
+    }
+
+    /// Whether `turn` was a cancelled job (now stopped: forgotten).
+    fn drained(&mut self, turn: TurnId) -> bool {
+        let before = self.draining.len();
+        self.draining.retain(|(t, _)| *t != turn);
+        self.draining.len() != before
+    }
+
+    fn on_speech_resumed(&mut self, now: Instant) {
+        if self.ended_early {
+            // The turn was already ended: this is a new utterance.
+            self.on_speech_started(now);
+            return;
+        }
+        self.pause = None;
         if let Some(job) = self.stt.take_if(|j| j.speculative) {
             self.summary.speculations_dropped += 1;
-            self.actions
-                .push_back(Action::CancelTranscription { turn: job.turn });
+            self.cancel_stt(now, &job);
+        }
+    }
+
+    /// The utterance ended without more speech: a speculative job transcribes exactly
+    /// it, so its result is used (now if it is there, else when it comes) instead of a
+    /// new job. `fallback` is transcribed if that job fails.
+    fn confirm_speculation(&mut self, now: Instant, voice_ended: Instant, fallback: Option<A>) {
+        let Some(job) = self.stt.as_mut().filter(|j| j.speculative) else {
+            return;
+        };
+        job.speculative = false;
+        job.voice_ended = voice_ended.min(now);
+        job.endpoint = now.saturating_duration_since(job.voice_ended);
+        job.endpointed = now;
+        job.fallback = fallback;
+        if let Some(result) = job.early.take() {
+            let turn = job.turn;
+            self.on_transcript(now, turn, result);
         }
     }
 
     fn on_speech_ended(&mut self, now: Instant, audio: A, voice_ended: Instant) {
-        self.caller_speaking = false;
-        self.silence_since = now;
+        if std::mem::take(&mut self.ended_early) {
+            // Already ended early from the transcript.
+            return;
+        }
+        self.utterance_over(now);
         if self.closing.is_some() || std::mem::take(&mut self.ignoring_utterance) {
-            self.on_speech_resumed();
+            self.on_speech_resumed(now);
             return;
         }
         self.finish_interrupted(now, None);
-        if let Some(job) = self.stt.as_mut().filter(|j| j.speculative) {
-            // The hangover completed without more speech: the speculative job
-            // transcribes exactly this utterance.
-            job.speculative = false;
-            job.voice_ended = voice_ended.min(now);
-            job.endpoint = now.saturating_duration_since(job.voice_ended);
-            job.endpointed = now;
-            job.fallback = Some(audio);
-            if let Some(result) = job.early.take() {
-                let turn = job.turn;
-                self.on_transcript(now, turn, result);
-            }
+        if self.stt.as_ref().is_some_and(|j| j.speculative) {
+            self.confirm_speculation(now, voice_ended, Some(audio));
             return;
         }
         let pending = Pending {
@@ -887,6 +1117,8 @@ impl<A> Dialogue<A> {
             early: None,
             finished: None,
             fallback: None,
+            early_finished: false,
+            early_end: false,
         });
         self.actions
             .push_back(Action::Transcribe { turn, audio: p.audio });
@@ -894,9 +1126,15 @@ impl<A> Dialogue<A> {
 
     fn on_transcript(&mut self, now: Instant, turn: TurnId, result: Option<(String, f32)>) {
         if let Some(job) = self.stt.as_mut().filter(|j| j.turn == turn && j.speculative) {
-            // Not answered before the endpoint confirms the utterance ended.
+            // Not answered before the endpoint (or an early end of turn) confirms
+            // that the utterance ended.
+            job.early_finished = result.as_ref().is_some_and(|(text, nsp)| {
+                *nsp <= self.config.max_no_speech_prob
+                    && reads_finished(text, self.config.early_end_min_words)
+            });
             job.early = Some(result);
             job.finished = Some(now);
+            self.maybe_end_early(now);
             return;
         }
         let Some(mut job) = self.stt.take_if(|j| j.turn == turn) else {
@@ -950,6 +1188,7 @@ impl<A> Dialogue<A> {
             stt: Some(job.finished.unwrap_or(now).saturating_duration_since(job.started)),
             stt_after_endpoint: Some(now.saturating_duration_since(job.endpointed)),
             speculative_stt: job.was_speculative,
+            early_end: job.early_end,
             ..TurnTimings::default()
         };
         if self
@@ -1180,9 +1419,9 @@ impl<A> Dialogue<A> {
 
     /// Cancels the transcription and reply in progress and stops speaking.
     fn cancel_work(&mut self, now: Instant) {
+        self.pause = None;
         if let Some(job) = self.stt.take() {
-            self.actions
-                .push_back(Action::CancelTranscription { turn: job.turn });
+            self.cancel_stt(now, &job);
         }
         if self.waiting.take().is_some() {
             self.summary.utterances_dropped += 1;
@@ -1208,9 +1447,9 @@ impl<A> Dialogue<A> {
     }
 
     fn on_caller_hung_up(&mut self, now: Instant) {
+        self.pause = None;
         if let Some(job) = self.stt.take() {
-            self.actions
-                .push_back(Action::CancelTranscription { turn: job.turn });
+            self.cancel_stt(now, &job);
         }
         self.waiting = None;
         if let Some(r) = self.reply.take() {
@@ -1237,9 +1476,9 @@ impl<A> Dialogue<A> {
     /// Starts closing: cancel pending work, keep what is already being spoken, say
     /// `goodbye`, hang up when playback is done (or at the grace deadline).
     fn close(&mut self, now: Instant, reason: EndReason, goodbye: String, grace: Option<Duration>) {
+        self.pause = None;
         if let Some(job) = self.stt.take() {
-            self.actions
-                .push_back(Action::CancelTranscription { turn: job.turn });
+            self.cancel_stt(now, &job);
         }
         if self.waiting.take().is_some() {
             self.summary.utterances_dropped += 1;
@@ -1345,6 +1584,8 @@ mod tests {
         DialogueConfig {
             greeting: "Hello there.".into(),
             dtmf,
+            // The early end of turn has its own tests (`early_config`).
+            early_end_of_turn: false,
             ..DialogueConfig::default()
         }
     }
@@ -1724,7 +1965,7 @@ mod tests {
     }
 
     #[test]
-    fn no_speculation_when_off_or_while_another_transcription_runs() {
+    fn no_speculation_when_off_and_none_until_another_transcription_ends() {
         let t0 = Instant::now();
         let mut d = D::new(
             DialogueConfig {
@@ -1760,15 +2001,306 @@ mod tests {
             },
         );
         assert!(drain(&mut d).is_empty(), "one transcription at a time");
-        assert!(transcript(&mut d, t0 + ms(4000), turn1, "one").is_empty());
-        let a = ended(&mut d, t0 + ms(4500), "u2", t0 + ms(3850));
-        let turn2 = match a.as_slice() {
+        // the first one ends during the pause: the speculation starts then, and the
+        // first text waits for the second (the caller is still in their turn)
+        let turn2 = match transcript(&mut d, t0 + ms(4000), turn1, "one").as_slice() {
             [Action::Transcribe { turn, audio: "u2" }] => *turn,
             other => panic!("{other:?}"),
         };
-        let a = transcript(&mut d, t0 + ms(4700), turn2, "two");
+        assert!(ended(&mut d, t0 + ms(4450), "u2", t0 + ms(3850)).is_empty());
+        let a = transcript(&mut d, t0 + ms(4500), turn2, "two");
         assert!(matches!(a.as_slice(), [Action::Reply { user_text, .. }] if user_text == "one two"));
-        assert_eq!(d.summary.speculations, 0);
+        assert_eq!(d.summary.speculations, 1);
+    }
+
+    fn early_config() -> DialogueConfig {
+        DialogueConfig {
+            greeting: String::new(),
+            early_end_of_turn: true,
+            ..config()
+        }
+    }
+
+    /// A call (no greeting) whose caller spoke from `t0` and stopped at `t0 + 1 s`;
+    /// the pause is reported 40 ms later and the speculative job starts: (dialogue,
+    /// voice end, the job's turn).
+    fn early_pause(config: DialogueConfig) -> (D, Instant, TurnId) {
+        let t0 = Instant::now();
+        let mut d = D::new(config, t0);
+        d.handle(t0, Input::SpeechStarted);
+        let end = t0 + ms(1000);
+        d.handle(
+            end + ms(40),
+            Input::SpeechPaused {
+                audio: "u",
+                voice_ended: end,
+            },
+        );
+        match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, audio: "u" }] => (d, end, *turn),
+            other => panic!("expected a speculative Transcribe, got {other:?}"),
+        }
+    }
+
+    fn reply_text(actions: &[Act]) -> Option<&str> {
+        actions.iter().find_map(|a| match a {
+            Action::Reply { user_text, .. } => Some(user_text.as_str()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_finished_sentence_ends_the_turn_before_the_hangover() {
+        let (mut d, end, turn) = early_pause(early_config());
+        let a = transcript(&mut d, end + ms(380), turn, " What time is it?");
+        assert_eq!(
+            a,
+            vec![
+                Action::EndUtterance,
+                Action::Reply {
+                    turn,
+                    user_text: "What time is it?".into()
+                }
+            ]
+        );
+        // the endpointer's own end of that utterance changes nothing
+        assert!(ended(&mut d, end + ms(600), "u+silence", end).is_empty());
+        d.handle(
+            end + ms(480),
+            Input::LlmSentence {
+                turn,
+                text: "Noon.".into(),
+            },
+        );
+        let s1 = speak_id(&drain(&mut d));
+        d.handle(end + ms(480), Input::LlmDone { turn });
+        let r = records(&play(&mut d, end + ms(500), s1, ms(500)));
+        let tm = r[0].timings;
+        assert!(tm.early_end && tm.speculative_stt);
+        assert_eq!(tm.endpoint, Some(ms(380)));
+        assert_eq!(tm.stt, Some(ms(340)));
+        assert_eq!(tm.stt_after_endpoint, Some(Duration::ZERO));
+        assert_eq!(tm.voice_to_voice, Some(ms(500)));
+        assert_eq!(d.summary.early_ends, 1);
+        assert_eq!(d.summary.speculations, 1);
+        assert_eq!(d.summary.replies, 1);
+    }
+
+    #[test]
+    fn a_fast_transcript_waits_for_the_minimum_silence() {
+        let (mut d, end, turn) = early_pause(early_config());
+        assert!(transcript(&mut d, end + ms(120), turn, "Book a table, please.").is_empty());
+        assert_eq!(d.poll_timeout(), Some(end + ms(250)));
+        d.handle_timeout(end + ms(249));
+        assert!(drain(&mut d).is_empty());
+        d.handle_timeout(end + ms(250));
+        let a = drain(&mut d);
+        assert_eq!(a.first(), Some(&Action::EndUtterance));
+        assert_eq!(reply_text(&a), Some("Book a table, please."));
+    }
+
+    #[test]
+    fn an_unfinished_transcript_waits_for_the_hangover_and_is_reused() {
+        for text in [
+            "I would like to book a table and",
+            "I would like to book a table...",
+            "My number is",
+            "Um.",
+            "I want to go to.",
+            "Tonight.", // one word: not enough to end early
+        ] {
+            let (mut d, end, turn) = early_pause(early_config());
+            assert!(transcript(&mut d, end + ms(300), turn, text).is_empty(), "{text}");
+            assert_eq!(
+                d.poll_timeout(),
+                Some(d.answered + ms(600_000)),
+                "{text}: no turn timer"
+            );
+            d.handle_timeout(end + ms(500));
+            assert!(drain(&mut d).is_empty(), "{text}");
+            // the hangover completes with the same audio: no second transcription
+            let a = ended(&mut d, end + ms(600), "u+silence", end);
+            assert_eq!(
+                a,
+                vec![Action::Reply {
+                    turn,
+                    user_text: text.into()
+                }],
+                "{text}"
+            );
+            assert_eq!(d.summary.early_ends, 0);
+        }
+        // likely noise: no early end either
+        let (mut d, end, turn) = early_pause(early_config());
+        d.handle(
+            end + ms(300),
+            Input::Transcript {
+                turn,
+                text: "Thank you.".into(),
+                no_speech_prob: 0.9,
+            },
+        );
+        assert!(drain(&mut d).is_empty());
+        assert!(ended(&mut d, end + ms(600), "u", end).is_empty(), "noise guard");
+        // and none when the early end is off
+        let (mut d, end, turn) = early_pause(DialogueConfig {
+            early_end_of_turn: false,
+            ..early_config()
+        });
+        assert!(transcript(&mut d, end + ms(300), turn, "What time is it?").is_empty());
+        assert!(matches!(
+            ended(&mut d, end + ms(600), "u", end).as_slice(),
+            [Action::Reply { .. }]
+        ));
+    }
+
+    #[test]
+    fn resumed_speech_cancels_the_speculation_before_an_early_end() {
+        let (mut d, end, turn) = early_pause(early_config());
+        d.handle(end + ms(150), Input::SpeechResumed);
+        assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn }]);
+        // its result, had it come, is not used
+        assert!(transcript(&mut d, end + ms(300), turn, "Thank you very much.").is_empty());
+        d.handle_timeout(end + ms(400));
+        assert!(drain(&mut d).is_empty());
+        assert_eq!(d.summary.speculations_dropped, 1);
+        assert_eq!(d.summary.early_ends, 0);
+    }
+
+    #[test]
+    fn speech_after_an_early_end_is_a_new_utterance_answered_with_the_first() {
+        let (mut d, end, turn) = early_pause(early_config());
+        let a = transcript(&mut d, end + ms(300), turn, "Thank you very much.");
+        assert_eq!(a.first(), Some(&Action::EndUtterance));
+        // the caller goes on before the bot said anything (the endpointer reports a
+        // resume: the turn was already over, so it is a new utterance)
+        d.handle(end + ms(350), Input::SpeechResumed);
+        assert_eq!(drain(&mut d), vec![Action::CancelReply { turn }]);
+        d.handle(
+            end + ms(2040),
+            Input::SpeechPaused {
+                audio: "u2",
+                voice_ended: end + ms(2000),
+            },
+        );
+        let turn2 = match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, audio: "u2" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        let a = transcript(&mut d, end + ms(2300), turn2, "That is all I needed.");
+        assert_eq!(reply_text(&a), Some("Thank you very much. That is all I needed."));
+        assert_eq!(d.summary.early_ends, 2);
+        assert_eq!(d.summary.replies, 2);
+    }
+
+    #[test]
+    fn a_cancelled_job_holds_back_the_next_speculation_until_it_stops() {
+        let (mut d, end, turn) = early_pause(early_config());
+        d.handle(end + ms(100), Input::SpeechResumed);
+        assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn }]);
+        let pause2 = |d: &mut D, at: Instant| {
+            d.handle(
+                at + ms(40),
+                Input::SpeechPaused {
+                    audio: "u2",
+                    voice_ended: at,
+                },
+            );
+        };
+        pause2(&mut d, end + ms(1000));
+        assert!(
+            drain(&mut d).is_empty(),
+            "the stale job still holds the transcriber"
+        );
+        d.handle(
+            end + ms(1100),
+            Input::TranscriptFailed {
+                turn,
+                error: "cancelled".into(),
+            },
+        );
+        let turn2 = match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, audio: "u2" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        // a driver that never reports the stopped job holds it back for STALE_JOB_WAIT
+        d.handle(end + ms(1200), Input::SpeechResumed);
+        assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn: turn2 }]);
+        pause2(&mut d, end + ms(1500));
+        assert!(drain(&mut d).is_empty());
+        let due = end + ms(1200) + STALE_JOB_WAIT;
+        assert_eq!(d.poll_timeout(), Some(due));
+        d.handle_timeout(due);
+        assert!(matches!(
+            drain(&mut d).as_slice(),
+            [Action::Transcribe { audio: "u2", .. }]
+        ));
+    }
+
+    #[test]
+    fn speculation_delay_starts_the_job_after_that_much_silence() {
+        let t0 = Instant::now();
+        let mut d = D::new(
+            DialogueConfig {
+                speculation_delay: ms(200),
+                ..early_config()
+            },
+            t0,
+        );
+        d.handle(t0, Input::SpeechStarted);
+        let end = t0 + ms(1000);
+        d.handle(
+            end + ms(40),
+            Input::SpeechPaused {
+                audio: "u",
+                voice_ended: end,
+            },
+        );
+        assert!(drain(&mut d).is_empty());
+        assert_eq!(d.poll_timeout(), Some(end + ms(200)));
+        // a pause shorter than the delay costs no transcription
+        d.handle(end + ms(150), Input::SpeechResumed);
+        assert!(drain(&mut d).is_empty());
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(600_000)));
+        d.handle(
+            end + ms(1040),
+            Input::SpeechPaused {
+                audio: "u+",
+                voice_ended: end + ms(1000),
+            },
+        );
+        d.handle_timeout(end + ms(1200));
+        let turn = match drain(&mut d).as_slice() {
+            [Action::Transcribe { turn, audio: "u+" }] => *turn,
+            other => panic!("{other:?}"),
+        };
+        let a = transcript(&mut d, end + ms(1500), turn, "Is the pharmacy open?");
+        assert_eq!(a.first(), Some(&Action::EndUtterance));
+        assert_eq!(d.summary.speculations, 1);
+    }
+
+    #[test]
+    fn reads_finished_wants_final_punctuation_enough_words_and_no_dangling_word() {
+        for (text, min, want) in [
+            ("What time is it?", 2, true),
+            ("Please transfer me to the billing department.", 2, true),
+            ("Thank you!", 2, true),
+            (" Who is it for? ", 2, true),
+            ("\"I need a taxi.\"", 2, true),
+            ("Yes.", 1, true),
+            ("Yes.", 2, false),
+            ("I would like to book a table", 2, false),
+            ("I would like to book a table...", 2, false),
+            ("I would like to book a table\u{2026}", 2, false),
+            ("I need the address and.", 2, false),
+            ("Can I speak to the.", 2, false),
+            ("I want to talk to.", 2, false),
+            ("So, um.", 1, false),
+            ("", 1, false),
+            ("?", 1, false),
+        ] {
+            assert_eq!(reads_finished(text, min), want, "{text:?} min {min}");
+        }
     }
 
     #[test]

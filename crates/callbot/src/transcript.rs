@@ -216,6 +216,7 @@ mod tests {
             dtmf_digits: 0,
             speculations: 0,
             speculations_dropped: 0,
+            early_ends: 0,
             goodbye_completed: false,
         }
     }
