@@ -19,6 +19,9 @@ use crate::transaction::{
     Timers,
 };
 
+use self::registration::Registration;
+pub use self::registration::StagedRegistration;
+
 /// Methods this UA implements (the `Allow` header).
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
 const ACCEPT: &str = "application/sdp";
@@ -263,6 +266,9 @@ pub enum CommandError {
     /// The target URI is not a usable SIP URI.
     #[error("invalid target: {0}")]
     InvalidTarget(String),
+    /// No staged registration accepted by the registrar to commit.
+    #[error("no accepted staged registration to commit")]
+    NoStagedRegistration,
 }
 
 /// Counters and table sizes, for tests and monitoring.
@@ -350,33 +356,6 @@ struct Call {
     end_reason: Option<EndReason>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RegPhase {
-    Idle,
-    Registering,
-    Registered,
-    Failed,
-    Unregistering,
-    Done,
-}
-
-#[derive(Debug)]
-struct Registration {
-    cfg: RegistrationConfig,
-    call_id: String,
-    from_tag: String,
-    cseq: u32,
-    phase: RegPhase,
-    next_at: Option<Instant>,
-    backoff: Duration,
-    challenge: Option<(DigestChallenge, bool)>,
-    nc: u32,
-    auth_attempts: u32,
-    branch: Option<String>,
-    granted: u32,
-    unregistered: Option<bool>,
-}
-
 /// What a timer-heap entry points at.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
@@ -398,7 +377,12 @@ pub struct UserAgentCore {
     dialogs: HashMap<(String, String), CallId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<SipEvent>,
+    /// The active registration (see `core_registration.rs`).
     registration: Option<Registration>,
+    /// A new binding registered beside the active one, until committed or aborted.
+    reg_staged: Option<Registration>,
+    /// Replaced or removed bindings being unregistered.
+    reg_retiring: Vec<Registration>,
     next_call: u64,
     shutting_down: bool,
     stats: CoreStats,
@@ -446,21 +430,10 @@ fn response_destination(via: &message::Via, source: SocketAddr) -> SocketAddr {
 impl UserAgentCore {
     /// A new core. Registration (if configured) starts at the first `handle_timeout`.
     pub fn new(cfg: CoreConfig, now: Instant) -> UserAgentCore {
-        let registration = cfg.registration.clone().map(|r| Registration {
-            backoff: r.retry_min,
-            cfg: r,
-            call_id: format!("{}@callbot", random_token(20)),
-            from_tag: random_token(10),
-            cseq: 0,
-            phase: RegPhase::Idle,
-            next_at: Some(now),
-            challenge: None,
-            nc: 0,
-            auth_attempts: 0,
-            branch: None,
-            granted: 0,
-            unregistered: None,
-        });
+        let registration = cfg
+            .registration
+            .clone()
+            .map(|r| Registration::new(r, cfg.user.clone(), cfg.credentials.clone(), now));
         UserAgentCore {
             cfg,
             timer_heap: BinaryHeap::new(),
@@ -471,6 +444,8 @@ impl UserAgentCore {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             registration,
+            reg_staged: None,
+            reg_retiring: Vec::new(),
             next_call: 1,
             shutting_down: false,
             stats: CoreStats::default(),
@@ -506,7 +481,7 @@ impl UserAgentCore {
     /// When `handle_timeout` must be called next (it may find nothing to do).
     pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.timer_heap.peek().map(|Reverse((t, _))| *t);
-        let r = self.registration.as_ref().and_then(|r| r.next_at);
+        let r = self.registration_timeout();
         match (t, r) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -536,12 +511,7 @@ impl UserAgentCore {
 
     /// True once shutdown was requested and every call and the unregistration are done.
     pub fn is_shutdown_complete(&self) -> bool {
-        self.shutting_down
-            && self.calls.is_empty()
-            && self
-                .registration
-                .as_ref()
-                .is_none_or(|r| matches!(r.phase, RegPhase::Done))
+        self.shutting_down && self.calls.is_empty() && self.registrations_done()
     }
 
     /// Outcome of the unregistration done by [`begin_shutdown`](Self::begin_shutdown):
@@ -1508,194 +1478,6 @@ impl UserAgentCore {
         }
     }
 
-    // --------------------------------------------------------- registration
-
-    fn send_register(&mut self, now: Instant, expires: u32) {
-        let contact = self.contact();
-        let local = self.local_host_port();
-        let user = self.cfg.user.clone();
-        let creds = self.cfg.credentials.clone();
-        let ua = self.cfg.user_agent.clone();
-        let Some(reg) = self.registration.as_mut() else {
-            return;
-        };
-        reg.cseq = reg.cseq.wrapping_add(1);
-        let branch = new_branch();
-        let aor = format!("<sip:{user}@{}>", reg.cfg.domain);
-        let uri = format!("sip:{}", reg.cfg.domain);
-        let mut headers = vec![
-            ("Via", format!("SIP/2.0/UDP {local};branch={branch};rport")),
-            ("Max-Forwards", "70".to_string()),
-            ("From", format!("{aor};tag={}", reg.from_tag)),
-            ("To", aor),
-            ("Call-ID", reg.call_id.clone()),
-            ("CSeq", format!("{} REGISTER", reg.cseq)),
-            ("Contact", contact),
-            ("Expires", expires.to_string()),
-            ("User-Agent", ua),
-        ];
-        if let (Some((ch, proxy)), Some(creds)) = (&reg.challenge, creds) {
-            reg.nc = reg.nc.saturating_add(1);
-            let cnonce = random_token(16);
-            if let Ok(v) = ch.respond(&creds, "REGISTER", &uri, reg.nc, &cnonce) {
-                headers.push((
-                    if *proxy {
-                        "Proxy-Authorization"
-                    } else {
-                        "Authorization"
-                    },
-                    v,
-                ));
-            }
-        }
-        let bytes = message::build_request("REGISTER", &uri, &headers, b"");
-        reg.branch = Some(branch.clone());
-        reg.next_at = None;
-        let dest = reg.cfg.registrar;
-        self.start_client_tx(now, branch, false, bytes, dest, TxOwner::Register);
-    }
-
-    fn on_register_response(&mut self, now: Instant, code: u16, msg: &SipMsg) {
-        let local_contact = format!("sip:{}@{}", self.cfg.user, self.local_host_port());
-        let has_creds = self.cfg.credentials.is_some();
-        let Some(reg) = self.registration.as_mut() else {
-            return;
-        };
-        if code < 200 {
-            return;
-        }
-        reg.branch = None;
-        let unregistering = reg.phase == RegPhase::Unregistering;
-        if code == 401 || code == 407 {
-            let header = if code == 401 {
-                "WWW-Authenticate"
-            } else {
-                "Proxy-Authenticate"
-            };
-            let ch = msg.header(header).and_then(|v| DigestChallenge::parse(v).ok());
-            // Retry once per fresh challenge (again only if the nonce was stale).
-            let retry = match &ch {
-                Some(c) => has_creds && (reg.auth_attempts == 0 || c.stale) && reg.auth_attempts < 3,
-                None => false,
-            };
-            if let (true, Some(c)) = (retry, ch) {
-                reg.challenge = Some((c, code == 407));
-                reg.nc = 0;
-                reg.auth_attempts += 1;
-                let expires = if unregistering { 0 } else { reg.cfg.expires };
-                self.send_register(now, expires);
-                return;
-            }
-            let reason = if has_creds {
-                format!("{code} authentication rejected")
-            } else {
-                format!("{code} credentials required")
-            };
-            self.register_failed(now, reason);
-            return;
-        }
-        reg.auth_attempts = 0;
-        if unregistering {
-            reg.phase = RegPhase::Done;
-            reg.granted = if (200..300).contains(&code) {
-                0
-            } else {
-                reg.granted
-            };
-            reg.next_at = None;
-            if (200..300).contains(&code) {
-                reg.unregistered = Some(true);
-                self.events
-                    .push_back(SipEvent::Registration(RegistrationState::Unregistered));
-            }
-            return;
-        }
-        if (200..300).contains(&code) {
-            // The granted expiry: our Contact's expires param, else Expires header.
-            let mut granted = None;
-            for c in msg.header_all("Contact").flat_map(message::split_commas) {
-                let uri = message::name_addr_uri(c).unwrap_or_default();
-                if uri.eq_ignore_ascii_case(&local_contact) || uri.starts_with(&local_contact) {
-                    granted = message::header_param(c, "expires").and_then(|e| e.parse::<u32>().ok());
-                }
-            }
-            let granted = granted
-                .or_else(|| msg.header("Expires").and_then(|e| e.trim().parse::<u32>().ok()))
-                .unwrap_or(reg.cfg.expires);
-            if granted == 0 {
-                self.register_failed(now, "registrar granted expires=0".into());
-                return;
-            }
-            reg.granted = granted;
-            reg.phase = RegPhase::Registered;
-            reg.backoff = reg.cfg.retry_min;
-            // Refresh before expiry: at half for short grants, else 30 s before.
-            let g = Duration::from_secs(u64::from(granted));
-            let lead = if granted <= 60 {
-                g / 2
-            } else {
-                Duration::from_secs(30).max(g / 10)
-            };
-            reg.next_at = Some(now + g.saturating_sub(lead));
-            self.events
-                .push_back(SipEvent::Registration(RegistrationState::Registered {
-                    expires: granted,
-                }));
-            return;
-        }
-        if code == 423
-            && let Some(min) = msg
-                .header("Min-Expires")
-                .and_then(|m| m.trim().parse::<u32>().ok())
-        {
-            reg.cfg.expires = min;
-            self.send_register(now, min);
-            return;
-        }
-        let reason = match &msg.start {
-            StartLine::Response { reason, .. } => format!("{code} {reason}"),
-            StartLine::Request { .. } => code.to_string(),
-        };
-        self.register_failed(now, reason);
-    }
-
-    fn register_failed(&mut self, now: Instant, reason: String) {
-        let Some(reg) = self.registration.as_mut() else {
-            return;
-        };
-        reg.branch = None;
-        reg.challenge = None;
-        reg.auth_attempts = 0;
-        if reg.phase == RegPhase::Unregistering {
-            reg.phase = RegPhase::Done;
-            reg.next_at = None;
-            return;
-        }
-        let retry_in = reg.backoff;
-        reg.backoff = (reg.backoff * 2).min(reg.cfg.retry_max);
-        reg.phase = RegPhase::Failed;
-        reg.granted = 0;
-        reg.next_at = Some(now + retry_in);
-        tracing::warn!(%reason, ?retry_in, "registration failed");
-        self.events
-            .push_back(SipEvent::Registration(RegistrationState::Failed {
-                reason,
-                retry_in,
-            }));
-    }
-
-    /// Starts a registration now (also done automatically at start and on refresh).
-    fn register_now(&mut self, now: Instant) {
-        let Some(reg) = self.registration.as_mut() else {
-            return;
-        };
-        reg.phase = RegPhase::Registering;
-        let expires = reg.cfg.expires;
-        self.events
-            .push_back(SipEvent::Registration(RegistrationState::Registering));
-        self.send_register(now, expires);
-    }
-
     // ------------------------------------------------------------- timers
 
     /// Runs every timer that is due at `now`.
@@ -1843,9 +1625,7 @@ impl UserAgentCore {
                     let owner = tx.owner;
                     self.client_tx.remove(&k);
                     match owner {
-                        TxOwner::Register => {
-                            self.register_failed(now, "408 no response from registrar".into())
-                        }
+                        TxOwner::Register => self.register_timed_out(now),
                         TxOwner::Invite(id) => {
                             let reason = self
                                 .calls
@@ -1868,15 +1648,7 @@ impl UserAgentCore {
                 None => {}
             }
         }
-        let reg_due = self
-            .registration
-            .as_ref()
-            .is_some_and(|r| r.next_at.is_some_and(|t| t <= now) && r.branch.is_none());
-        if reg_due && !self.shutting_down {
-            self.register_now(now);
-        } else if reg_due && let Some(r) = self.registration.as_mut() {
-            r.next_at = None;
-        }
+        self.registration_timers(now);
     }
 
     /// Stops taking calls: new INVITEs get 503 with Retry-After; every live call is
@@ -1890,26 +1662,7 @@ impl UserAgentCore {
         for id in self.calls() {
             let _ = self.hang_up(now, id);
         }
-        let Some(reg) = self.registration.as_mut() else {
-            return;
-        };
-        let in_flight = reg.branch.take();
-        if let Some(b) = in_flight {
-            self.client_tx.remove(b.as_str());
-        }
-        let Some(reg) = self.registration.as_mut() else {
-            return;
-        };
-        reg.next_at = None;
-        match reg.phase {
-            RegPhase::Registered | RegPhase::Registering => {
-                reg.phase = RegPhase::Unregistering;
-                reg.unregistered = Some(false);
-                reg.auth_attempts = 0;
-                self.send_register(now, 0);
-            }
-            _ => reg.phase = RegPhase::Done,
-        }
+        self.unregister_all(now);
     }
 
     /// Forgets everything still in flight (after the shutdown deadline): every call gets
@@ -1923,11 +1676,7 @@ impl UserAgentCore {
         self.server_tx.clear();
         self.client_tx.clear();
         self.timer_heap.clear();
-        if let Some(r) = self.registration.as_mut() {
-            r.phase = RegPhase::Done;
-            r.next_at = None;
-            r.branch = None;
-        }
+        self.abandon_registrations();
         live.len()
     }
 
@@ -1961,6 +1710,9 @@ fn request_uri(request: &[u8]) -> Option<String> {
     let line = std::str::from_utf8(request.get(..line_end)?).ok()?;
     line.split(' ').nth(1).map(str::to_string)
 }
+
+#[path = "core_registration.rs"]
+mod registration;
 
 #[cfg(test)]
 #[path = "core_tests.rs"]

@@ -989,3 +989,272 @@ fn record_route_is_copied_and_followed() {
     assert_eq!(*dest, proxy, "in-dialog requests follow the route set");
     assert_eq!(bye.header("Route"), Some("<sip:127.0.0.1:5090;lr>"));
 }
+
+// ------------------------------------------- staged registration (reconfiguration)
+
+/// A core registered as `botuser` at `peer()` (challenged once, granted 120 s).
+fn registered_core(t0: Instant) -> UserAgentCore {
+    let mut cfg = CoreConfig::new(LOCAL.parse().unwrap());
+    cfg.user = "botuser".into();
+    cfg.credentials = Some(DigestCredentials::new("botuser", "s3cret"));
+    let mut reg = RegistrationConfig::new(peer(), "127.0.0.1");
+    reg.expires = 120;
+    cfg.registration = Some(reg);
+    let mut ua = UserAgentCore::new(cfg, t0);
+    ua.handle_timeout(t0);
+    let r = drain(&mut ua).remove(0).1;
+    ua.handle_datagram(
+        t0,
+        peer(),
+        respond_to(&r, 200, Some("reg"), "Expires: 120\r\n", "").as_bytes(),
+    );
+    assert_eq!(
+        events(&mut ua),
+        vec![
+            SipEvent::Registration(RegistrationState::Registering),
+            SipEvent::Registration(RegistrationState::Registered { expires: 120 })
+        ]
+    );
+    ua
+}
+
+const CHALLENGE: &str = "WWW-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"n1\", qop=\"auth\"\r\n";
+
+fn other_registrar() -> SocketAddr {
+    "127.0.0.1:5080".parse().unwrap()
+}
+
+#[test]
+fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_removed() {
+    let t0 = Instant::now();
+    let mut ua = registered_core(t0);
+    let old_call_id = ua.registration.as_ref().unwrap().call_id.clone();
+    let t1 = t0 + Duration::from_secs(1);
+    ua.stage_registration(
+        t1,
+        RegistrationConfig::new(other_registrar(), "127.0.0.1"),
+        "newbot",
+        Some(DigestCredentials::new("newbot", "pw2")),
+    )
+    .unwrap();
+    assert_eq!(ua.staged_registration(), Some(StagedRegistration::Pending));
+    let sent = drain(&mut ua);
+    assert_eq!(sent.len(), 1);
+    let (dest, r1) = &sent[0];
+    assert_eq!(*dest, other_registrar());
+    assert!(r1.to.contains("sip:newbot@127.0.0.1"), "{}", r1.to);
+    assert_ne!(r1.call_id, old_call_id, "a binding of its own");
+    assert_eq!(r1.header("Contact"), Some("<sip:newbot@127.0.0.1:5060>"));
+    ua.handle_datagram(
+        t1,
+        other_registrar(),
+        respond_to(r1, 401, Some("r"), CHALLENGE, "").as_bytes(),
+    );
+    let r2 = drain(&mut ua).remove(0).1;
+    assert!(
+        r2.header("Authorization")
+            .unwrap()
+            .contains("username=\"newbot\"")
+    );
+    let t2 = t1 + Duration::from_millis(40);
+    ua.handle_datagram(
+        t2,
+        other_registrar(),
+        respond_to(&r2, 200, Some("r"), "Expires: 300\r\n", "").as_bytes(),
+    );
+    assert_eq!(
+        ua.staged_registration(),
+        Some(StagedRegistration::Registered {
+            expires: 300,
+            took: Duration::from_millis(40)
+        })
+    );
+    assert!(
+        events(&mut ua).is_empty(),
+        "the staged binding is not reported as the UA's"
+    );
+    assert!(
+        drain(&mut ua).is_empty(),
+        "the old binding is kept until the commit"
+    );
+    // Swap: the new one is announced, the old one unregistered at its registrar.
+    ua.commit_registration(t2).unwrap();
+    assert_eq!(
+        events(&mut ua),
+        vec![SipEvent::Registration(RegistrationState::Registered {
+            expires: 300
+        })]
+    );
+    assert_eq!(ua.config().user, "newbot");
+    assert_eq!(ua.staged_registration(), None);
+    let sent = drain(&mut ua);
+    assert_eq!(sent.len(), 1);
+    let (dest, un) = &sent[0];
+    assert_eq!(*dest, peer());
+    assert_eq!(un.call_id, old_call_id);
+    assert_eq!(un.header("Expires"), Some("0"));
+    assert_eq!(un.header("Contact"), Some("<sip:botuser@127.0.0.1:5060>"));
+    ua.handle_datagram(
+        t2,
+        peer(),
+        respond_to(un, 401, Some("r"), CHALLENGE, "").as_bytes(),
+    );
+    let un2 = drain(&mut ua).remove(0).1;
+    assert!(
+        un2.header("Authorization")
+            .unwrap()
+            .contains("username=\"botuser\"")
+    );
+    ua.handle_datagram(t2, peer(), respond_to(&un2, 200, Some("r"), "", "").as_bytes());
+    assert!(ua.reg_retiring.is_empty(), "forgotten once removed");
+    assert!(events(&mut ua).is_empty());
+    // The new binding refreshes itself (300 s granted: 30 s before expiry).
+    let sent = run_until(&mut ua, t2 + Duration::from_secs(270));
+    let refresh: Vec<_> = sent
+        .iter()
+        .filter(|(_, m)| m.method() == Some(&Method::Register))
+        .collect();
+    assert_eq!(refresh.len(), 1, "{sent:?}");
+    assert!(refresh[0].1.to.contains("newbot"));
+    // Shutdown removes the new binding.
+    ua.handle_datagram(
+        t2 + Duration::from_secs(270),
+        other_registrar(),
+        respond_to(&refresh[0].1, 200, Some("r"), "Expires: 300\r\n", "").as_bytes(),
+    );
+    ua.begin_shutdown(t2 + Duration::from_secs(271));
+    let un = drain(&mut ua).remove(0);
+    assert_eq!((un.0, un.1.header("Expires")), (other_registrar(), Some("0")));
+}
+
+#[test]
+fn refused_or_unanswered_staged_registration_leaves_the_old_one_alone() {
+    let t0 = Instant::now();
+    let mut ua = registered_core(t0);
+    // Wrong password: the digest retry is refused with a fresh challenge, then 403.
+    ua.stage_registration(
+        t0,
+        RegistrationConfig::new(peer(), "127.0.0.1"),
+        "botuser",
+        Some(DigestCredentials::new("botuser", "WRONG")),
+    )
+    .unwrap();
+    let r1 = drain(&mut ua).remove(0).1;
+    ua.handle_datagram(
+        t0,
+        peer(),
+        respond_to(&r1, 401, Some("r"), CHALLENGE, "").as_bytes(),
+    );
+    let r2 = drain(&mut ua).remove(0).1;
+    ua.handle_datagram(t0, peer(), respond_to(&r2, 403, Some("r"), "", "").as_bytes());
+    assert_eq!(
+        ua.staged_registration(),
+        Some(StagedRegistration::Failed {
+            code: Some(403),
+            reason: "403 X".into()
+        })
+    );
+    assert!(drain(&mut ua).is_empty(), "a staged registration is not retried");
+    assert!(events(&mut ua).is_empty());
+    assert_eq!(
+        ua.commit_registration(t0),
+        Err(CommandError::NoStagedRegistration)
+    );
+    assert!(ua.abort_registration(t0));
+    assert!(drain(&mut ua).is_empty(), "nothing was bound: no Expires: 0");
+    assert_eq!(
+        ua.config().credentials,
+        Some(DigestCredentials::new("botuser", "s3cret"))
+    );
+    // Unreachable registrar: timer F fails it (the driver gives up sooner).
+    ua.stage_registration(
+        t0,
+        RegistrationConfig::new(other_registrar(), "127.0.0.1"),
+        "botuser",
+        None,
+    )
+    .unwrap();
+    run_until(&mut ua, t0 + Duration::from_secs(33));
+    assert_eq!(
+        ua.staged_registration(),
+        Some(StagedRegistration::Failed {
+            code: None,
+            reason: "408 no response from registrar".into()
+        })
+    );
+    assert!(ua.abort_registration(t0 + Duration::from_secs(33)));
+    // The old binding still refreshes at its registrar, as before.
+    let sent = run_until(&mut ua, t0 + Duration::from_secs(90));
+    assert!(
+        sent.iter()
+            .any(|(_, m)| m.method() == Some(&Method::Register) && m.to.contains("botuser")),
+        "{sent:?}"
+    );
+    assert!(events(&mut ua).contains(&SipEvent::Registration(RegistrationState::Registering)));
+}
+
+#[test]
+fn same_binding_is_refreshed_not_removed_and_remove_unregisters() {
+    let t0 = Instant::now();
+    let mut ua = registered_core(t0);
+    // New password and expiry, same registrar, user and domain: the same binding.
+    let mut cfg = RegistrationConfig::new(peer(), "127.0.0.1");
+    cfg.expires = 600;
+    ua.stage_registration(t0, cfg, "botuser", Some(DigestCredentials::new("botuser", "new")))
+        .unwrap();
+    let r = drain(&mut ua).remove(0).1;
+    assert_eq!(r.header("Expires"), Some("600"));
+    ua.handle_datagram(
+        t0,
+        peer(),
+        respond_to(&r, 200, Some("r"), "Expires: 600\r\n", "").as_bytes(),
+    );
+    ua.commit_registration(t0).unwrap();
+    assert!(
+        drain(&mut ua).is_empty(),
+        "no Expires: 0 for the binding just refreshed"
+    );
+    assert_eq!(
+        ua.config().credentials,
+        Some(DigestCredentials::new("botuser", "new"))
+    );
+    // A staged registration accepted then aborted (another component failed) is
+    // removed again when it is another binding...
+    ua.stage_registration(
+        t0,
+        RegistrationConfig::new(other_registrar(), "127.0.0.1"),
+        "x",
+        None,
+    )
+    .unwrap();
+    let r = drain(&mut ua).remove(0).1;
+    ua.handle_datagram(
+        t0,
+        other_registrar(),
+        respond_to(&r, 200, Some("r"), "", "").as_bytes(),
+    );
+    assert!(ua.abort_registration(t0));
+    let un = drain(&mut ua).remove(0);
+    assert_eq!((un.0, un.1.header("Expires")), (other_registrar(), Some("0")));
+    ua.handle_datagram(
+        t0,
+        other_registrar(),
+        respond_to(&un.1, 200, Some("r"), "", "").as_bytes(),
+    );
+    // ...and removing the registration unregisters the active binding; shutdown then
+    // completes without one.
+    assert!(ua.remove_registration(t0));
+    assert!(!ua.remove_registration(t0));
+    let un = drain(&mut ua).remove(0);
+    assert_eq!((un.0, un.1.header("Expires")), (peer(), Some("0")));
+    ua.begin_shutdown(t0);
+    assert!(!ua.is_shutdown_complete(), "the removal is still in flight");
+    ua.handle_datagram(t0, peer(), respond_to(&un.1, 200, Some("r"), "", "").as_bytes());
+    assert!(ua.is_shutdown_complete());
+    assert_eq!(ua.unregistration(), None);
+    assert!(ua.config().registration.is_none());
+    assert!(
+        ua.stage_registration(t0, RegistrationConfig::new(peer(), "h"), "u", None)
+            .is_err()
+    );
+}

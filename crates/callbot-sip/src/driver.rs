@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::core::{CallId, CommandError, CoreConfig, CoreStats, RegistrationConfig, SipEvent, UserAgentCore};
+use crate::core::{
+    CallId, CommandError, CoreConfig, CoreStats, RegistrationConfig, SipEvent, StagedRegistration,
+    UserAgentCore,
+};
 use crate::digest::DigestCredentials;
 use crate::transaction::Timers;
 
@@ -91,6 +94,15 @@ pub enum SipError {
     /// The driver thread did not answer in time.
     #[error("the SIP thread did not answer within {0:?}")]
     Timeout(Duration),
+    /// A staged registration was refused by the registrar (`code`) or not answered in
+    /// time (`code` is `None`); it was dropped and the current registration kept.
+    #[error("registration refused: {reason}")]
+    Registration {
+        /// The registrar's final status code; `None` when it did not answer in time.
+        code: Option<u16>,
+        /// The status line, or what timed out.
+        reason: String,
+    },
 }
 
 /// What [`SipHandle::shutdown`] did.
@@ -145,6 +157,13 @@ enum Command {
         Sender<Result<CallId, CommandError>>,
     ),
     Stats(Sender<CoreStats>),
+    StageRegistration(
+        Box<(RegistrationConfig, String, Option<DigestCredentials>)>,
+        Sender<Result<Receiver<StagedRegistration>, CommandError>>,
+    ),
+    CommitRegistration(Sender<Result<(), CommandError>>),
+    AbortRegistration(Sender<bool>),
+    RemoveRegistration(Sender<bool>),
     Shutdown(Instant),
 }
 
@@ -299,6 +318,56 @@ impl SipHandle {
         self.command(Command::Stats)
     }
 
+    /// Registers a new binding (`user` at `registration`, answering challenges with
+    /// `credentials`) beside the current one, which keeps serving, and waits until the
+    /// registrar accepts it (returns the granted expiry and how long it took) or until
+    /// `deadline`. Then [`commit_registration`](Self::commit_registration) swaps it in
+    /// (the old binding is removed) or [`abort_registration`](Self::abort_registration)
+    /// drops it. On refusal or timeout it is dropped at once, the current registration
+    /// is untouched, and the error is [`SipError::Registration`].
+    pub fn stage_registration(
+        &self,
+        registration: RegistrationConfig,
+        user: &str,
+        credentials: Option<DigestCredentials>,
+        deadline: Instant,
+    ) -> Result<(u32, Duration), SipError> {
+        let args = Box::new((registration, user.to_string(), credentials));
+        let outcome = self.command(|r| Command::StageRegistration(args, r))??;
+        let failed = match outcome.recv_deadline(deadline) {
+            Ok(StagedRegistration::Registered { expires, took }) => return Ok((expires, took)),
+            Ok(StagedRegistration::Failed { code, reason }) => SipError::Registration { code, reason },
+            Ok(StagedRegistration::Pending) | Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                SipError::Registration {
+                    code: None,
+                    reason: "no final answer from the registrar in time".into(),
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => SipError::NotRunning,
+        };
+        let _ = self.abort_registration();
+        Err(failed)
+    }
+
+    /// Makes the registration staged by [`stage_registration`](Self::stage_registration)
+    /// the current one; the binding it replaces is removed (`Expires: 0`) unless it is
+    /// the same binding (same registrar, user and domain).
+    pub fn commit_registration(&self) -> Result<(), SipError> {
+        Ok(self.command(Command::CommitRegistration)??)
+    }
+
+    /// Drops a staged registration (removing its binding if it was accepted). Returns
+    /// whether one was staged.
+    pub fn abort_registration(&self) -> Result<bool, SipError> {
+        self.command(Command::AbortRegistration)
+    }
+
+    /// Removes the current registration (`Expires: 0`, not waited for); the user agent
+    /// keeps running without one. Returns whether there was one.
+    pub fn remove_registration(&self) -> Result<bool, SipError> {
+        self.command(Command::RemoveRegistration)
+    }
+
     /// Stops taking calls (503), sends BYE to every live call, unregisters, waits for
     /// the answers until `deadline`, joins the thread and closes the socket.
     /// Idempotent: later calls return the first report with `already_shut_down`.
@@ -358,6 +427,8 @@ fn run(
     let mut buf = vec![0u8; max_message_size.saturating_add(1).max(2048)];
     let mut pending: VecDeque<SipEvent> = VecDeque::new();
     let mut shutdown: Option<(Instant, usize)> = None;
+    // Told once the staged registration is accepted or refused.
+    let mut staged_waiter: Option<Sender<StagedRegistration>> = None;
     let mut report = ThreadReport {
         calls_hung_up: 0,
         calls_abandoned: 0,
@@ -399,6 +470,26 @@ fn run(
                 Command::Stats(r) => {
                     let _ = r.send(core.stats());
                 }
+                Command::StageRegistration(args, r) => {
+                    let (cfg, user, credentials) = *args;
+                    let result = core.stage_registration(now, cfg, &user, credentials).map(|()| {
+                        let (tx, rx) = bounded(1);
+                        staged_waiter = Some(tx);
+                        rx
+                    });
+                    let _ = r.send(result);
+                }
+                Command::CommitRegistration(r) => {
+                    let _ = r.send(core.commit_registration(now));
+                }
+                Command::AbortRegistration(r) => {
+                    staged_waiter = None;
+                    let _ = r.send(core.abort_registration(now));
+                }
+                Command::RemoveRegistration(r) => {
+                    staged_waiter = None;
+                    let _ = r.send(core.remove_registration(now));
+                }
                 Command::Shutdown(deadline) => {
                     if shutdown.is_none() {
                         let live = core.calls().len();
@@ -418,6 +509,17 @@ fn run(
         }
         while let Some(e) = core.poll_event() {
             pending.push_back(e);
+        }
+        if staged_waiter.is_some() {
+            match core.staged_registration() {
+                Some(StagedRegistration::Pending) => {}
+                Some(outcome) => {
+                    if let Some(w) = staged_waiter.take() {
+                        let _ = w.try_send(outcome);
+                    }
+                }
+                None => staged_waiter = None,
+            }
         }
         while let Some(e) = pending.pop_front() {
             if let Err(err) = events.try_send(e) {

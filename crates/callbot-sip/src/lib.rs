@@ -84,7 +84,7 @@ mod transaction;
 
 pub use crate::core::{
     ALLOW, CallId, CommandError, CoreConfig, CoreStats, EndReason, RegistrationConfig, RegistrationState,
-    SipEvent, Transmit, UserAgentCore,
+    SipEvent, StagedRegistration, Transmit, UserAgentCore,
 };
 pub use crate::driver::{
     DROP_SHUTDOWN_TIMEOUT, SipConfig, SipError, SipHandle, SipShutdownReport, SipUserAgent,
