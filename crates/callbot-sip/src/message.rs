@@ -2,10 +2,14 @@
 //! transaction and dialog layers need, and build messages.
 //!
 //! rsip 0.4 ignores `Content-Length`, does not know compact header names and fails on
-//! folded lines and LF-only endings, so every datagram is first normalised here:
-//! lines are unfolded, endings become CRLF, compact names are expanded, and the body is
-//! cut to the `Content-Length` this layer checked (a length that is negative, not a
-//! number, duplicated with another value or larger than the datagram is rejected).
+//! folded lines and LF-only endings. Most datagrams are already canonical (CRLF, no
+//! folding, full names, `Name: value`, one sane Content-Length): one scan proves it and
+//! rsip parses the bytes as they are (zero-copy; the header block is copied once into
+//! [`Headers`], indexed, no allocation per header). Any other datagram is normalised
+//! first: lines are unfolded, endings become CRLF, compact names are expanded, and the
+//! body is cut to the `Content-Length` this layer checked (a length that is negative,
+//! not a number, duplicated with another value or larger than the datagram is
+//! rejected). Both paths end in the same checks; a property test holds them equal.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -165,12 +169,81 @@ pub(crate) fn host_port(addr: SocketAddr) -> String {
     }
 }
 
+/// Byte ranges of one header line's name and value inside [`Headers::text`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// The header lines of a message, in order, in one string of `Name: value` lines
+/// (names canonical, values trimmed, one line per header) with an index of where each
+/// name and value is: a message that arrived in that form keeps its own bytes, one
+/// copy and no allocation per header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Headers {
+    text: String,
+    fields: Vec<Field>,
+}
+
+impl Headers {
+    fn with_capacity(text: usize, fields: usize) -> Headers {
+        Headers {
+            text: String::with_capacity(text),
+            fields: Vec::with_capacity(fields),
+        }
+    }
+
+    /// Appends a `name: value` line.
+    fn push(&mut self, name: &str, value: &str) {
+        let n0 = self.text.len();
+        self.text.push_str(name);
+        let n1 = self.text.len();
+        self.text.push_str(": ");
+        let v0 = self.text.len();
+        self.text.push_str(value);
+        let v1 = self.text.len();
+        self.text.push_str("\r\n");
+        self.fields.push(Field {
+            name: (n0, n1),
+            value: (v0, v1),
+        });
+    }
+
+    fn pair(&self, f: &Field) -> (&str, &str) {
+        (
+            self.text.get(f.name.0..f.name.1).unwrap_or_default(),
+            self.text.get(f.value.0..f.value.1).unwrap_or_default(),
+        )
+    }
+
+    /// Every header as (name, value), in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.fields.iter().map(|f| self.pair(f))
+    }
+
+    /// Every value of a header (case-insensitive name).
+    pub(crate) fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The first value of a header (case-insensitive name).
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+}
+
 /// A parsed, validated SIP message.
 #[derive(Debug, Clone)]
 pub(crate) struct SipMsg {
     pub(crate) start: StartLine,
-    /// Every header (name canonical, value trimmed), in order; Via values split per hop.
-    pub(crate) headers: Vec<(String, String)>,
+    /// Every header (name canonical, value trimmed), in order.
+    pub(crate) headers: Headers,
+    /// Via values, split per hop.
     pub(crate) vias: Vec<String>,
     pub(crate) top_via: Via,
     pub(crate) from: String,
@@ -186,18 +259,12 @@ pub(crate) struct SipMsg {
 impl SipMsg {
     /// The first value of a header (case-insensitive name).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name)
     }
 
     /// Every value of a header.
     pub(crate) fn header_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.get_all(name)
     }
 
     pub(crate) fn method(&self) -> Option<&Method> {
@@ -219,7 +286,7 @@ impl SipMsg {
         self.header("Contact").and_then(name_addr_uri)
     }
 
-    /// The echo headers of this message (for building a response).
+    /// The echo headers of this message (for building a response later).
     pub(crate) fn echo(&self) -> EchoHeaders {
         EchoHeaders {
             vias: self.vias.clone(),
@@ -227,6 +294,53 @@ impl SipMsg {
             to: self.to.clone(),
             call_id: self.call_id.clone(),
             cseq: format!("{} {}", self.cseq, self.cseq_method),
+        }
+    }
+}
+
+/// The headers a response copies from its request, borrowed (from a [`SipMsg`] being
+/// answered now, or from [`EchoHeaders`] kept for a later answer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EchoRef<'a> {
+    vias: &'a [String],
+    from: &'a str,
+    to: &'a str,
+    call_id: &'a str,
+    cseq: CSeqRef<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CSeqRef<'a> {
+    Text(&'a str),
+    Parts(u32, &'a str),
+}
+
+impl<'a> From<&'a EchoHeaders> for EchoRef<'a> {
+    fn from(e: &'a EchoHeaders) -> EchoRef<'a> {
+        EchoRef {
+            vias: &e.vias,
+            from: &e.from,
+            to: &e.to,
+            call_id: &e.call_id,
+            cseq: CSeqRef::Text(&e.cseq),
+        }
+    }
+}
+
+impl<'a> From<&'a Box<EchoHeaders>> for EchoRef<'a> {
+    fn from(e: &'a Box<EchoHeaders>) -> EchoRef<'a> {
+        EchoRef::from(&**e)
+    }
+}
+
+impl<'a> From<&'a SipMsg> for EchoRef<'a> {
+    fn from(m: &'a SipMsg) -> EchoRef<'a> {
+        EchoRef {
+            vias: &m.vias,
+            from: &m.from,
+            to: &m.to,
+            call_id: &m.call_id,
+            cseq: CSeqRef::Parts(m.cseq, &m.cseq_method),
         }
     }
 }
@@ -323,11 +437,38 @@ fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+const fn token_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+}
+
+/// RFC 3261 `token` characters.
+const TOKEN: [bool; 256] = token_table();
+
 fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN[usize::from(b)]
+}
+
+/// Printable ASCII or HT: what the fast path accepts inside a header value.
+fn is_value_char(b: u8) -> bool {
+    matches!(b, b' '..=b'~' | b'\t')
 }
 
 /// Parses one datagram. `max_size` bounds the datagram length.
+///
+/// A datagram already in canonical form (the common case) is checked in one scan and
+/// handed to rsip as it is; anything else is normalised first (see the module docs).
+/// Both paths end in the same checks, so they give the same answer.
 pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
     if bytes.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t')) {
         return Parsed::KeepAlive;
@@ -335,6 +476,93 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
     if bytes.len() > max_size {
         return Parsed::Drop("message too large");
     }
+    match scan_canonical(bytes) {
+        Some(c) => finish(c.start_line, c.headers, c.rest, Some(bytes)),
+        None => parse_normalising(bytes),
+    }
+}
+
+/// A datagram found to be in canonical form by [`scan_canonical`].
+struct Canonical<'a> {
+    start_line: &'a str,
+    headers: Headers,
+    /// Everything after the blank line.
+    rest: &'a [u8],
+}
+
+/// One scan proving `bytes` are exactly what [`parse_normalising`] would rebuild them
+/// into (the start line at the first byte; printable ASCII header lines
+/// `Name: value` ending in CRLF, with a token name of two or more characters and a
+/// trimmed value; no folding; at most one digits-only Content-Length, no larger than
+/// the body; no IPv6 reference in a Request-URI), so rsip can parse the bytes as they
+/// are. None: take the normalising path (which also gives the error answers).
+fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
+    let line_len = bytes.iter().position(|&b| !matches!(b, b' '..=b'~'))?;
+    if line_len == 0 || bytes.get(line_len..line_len + 2)? != b"\r\n" {
+        return None;
+    }
+    let start_line = std::str::from_utf8(bytes.get(..line_len)?).ok()?;
+    if !start_line.starts_with("SIP/") && start_line.contains('[') {
+        return None;
+    }
+    let block = line_len + 2;
+    let mut pos = block;
+    let mut fields = Vec::with_capacity(16);
+    let mut content_length: Option<usize> = None;
+    loop {
+        let line = bytes.get(pos..)?;
+        let name_len = line.iter().position(|&b| !is_token_char(b))?;
+        if name_len == 0 {
+            if line.starts_with(b"\r\n") {
+                pos += 2;
+                break;
+            }
+            return None;
+        }
+        if name_len < 2 || line.get(name_len..name_len + 2)? != b": " {
+            return None;
+        }
+        let v0 = name_len + 2;
+        let v1 = v0 + line.get(v0..)?.iter().position(|&b| !is_value_char(b))?;
+        if line.get(v1..v1 + 2)? != b"\r\n" {
+            return None;
+        }
+        let value = line.get(v0..v1)?;
+        let wsp = |b: &u8| matches!(b, b' ' | b'\t');
+        if value.first().is_some_and(wsp) || value.last().is_some_and(wsp) {
+            return None;
+        }
+        if line.get(..name_len)?.eq_ignore_ascii_case(b"Content-Length") {
+            if content_length.is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            content_length = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
+        }
+        let at = pos - block;
+        fields.push(Field {
+            name: (at, at + name_len),
+            value: (at + v0, at + v1),
+        });
+        pos += v1 + 2;
+    }
+    let text = std::str::from_utf8(bytes.get(block..pos - 2)?).ok()?;
+    let rest = bytes.get(pos..)?;
+    if content_length.is_some_and(|len| len > rest.len()) {
+        return None;
+    }
+    Some(Canonical {
+        start_line,
+        headers: Headers {
+            text: text.to_string(),
+            fields,
+        },
+        rest,
+    })
+}
+
+/// The normalising path: skips leading CRLFs, unfolds lines, accepts LF-only endings,
+/// expands compact names, trims names and values; rsip then parses a rebuilt message.
+fn parse_normalising(bytes: &[u8]) -> Parsed {
     // Skip leading CRLFs (RFC 3261 7.5).
     let start = bytes
         .iter()
@@ -374,7 +602,7 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
             raw.push(line.into());
         }
     }
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(raw.len() + 1);
+    let mut headers = Headers::with_capacity(head.len() + 64, raw.len() + 1);
     let mut bad_header = false;
     for line in &raw {
         match line.split_once(':') {
@@ -386,41 +614,59 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
                     bad_header = true;
                     continue;
                 }
-                headers.push((expand_compact(n).to_string(), v.trim().to_string()));
+                headers.push(expand_compact(n), v.trim());
             }
             None => bad_header = true,
         }
     }
+    if !complete_head || bad_header {
+        let echo = echo_from(&headers);
+        let reason = if complete_head {
+            "malformed header line"
+        } else {
+            "truncated message"
+        };
+        return reject_with(
+            echo.as_ref().map(|(e, _)| e),
+            !start_line.starts_with("SIP/"),
+            400,
+            reason,
+        );
+    }
+    finish(start_line, headers, rest, None)
+}
+
+/// A request that can be answered gets `code`; anything else is dropped.
+fn reject_with(echo: Option<&EchoHeaders>, is_request: bool, code: u16, reason: &'static str) -> Parsed {
+    match (echo, is_request) {
+        (Some(e), true) => Parsed::Reject {
+            code,
+            reason,
+            headers: Box::new(e.clone()),
+        },
+        _ => Parsed::Drop(reason),
+    }
+}
+
+/// The checks both paths share, rsip's parse, and the extraction. `original`: the
+/// datagram when it is canonical (rsip gets a prefix of it, the body cut to
+/// Content-Length); None: rsip gets a message rebuilt from `start_line` and `headers`.
+fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8]>) -> Parsed {
     let echo = echo_from(&headers);
     let is_request = !start_line.starts_with("SIP/");
     let reject = |code: u16, reason: &'static str| -> Parsed {
-        match (&echo, is_request) {
-            (Some(e), true) => Parsed::Reject {
-                code,
-                reason,
-                headers: Box::new(e.clone()),
-            },
-            _ => Parsed::Drop(reason),
-        }
+        reject_with(echo.as_ref().map(|(e, _)| e), is_request, code, reason)
     };
-    if !complete_head {
-        return reject(400, "truncated message");
-    }
-    if bad_header {
-        return reject(400, "malformed header line");
-    }
     // Content-Length: checked here (rsip ignores it).
     let mut content_length: Option<usize> = None;
-    for (n, v) in &headers {
-        if n.eq_ignore_ascii_case("Content-Length") {
-            let Ok(len) = v.parse::<usize>() else {
-                return reject(400, "bad Content-Length");
-            };
-            if content_length.is_some_and(|c| c != len) {
-                return reject(400, "conflicting Content-Length");
-            }
-            content_length = Some(len);
+    for v in headers.get_all("Content-Length") {
+        let Ok(len) = v.parse::<usize>() else {
+            return reject(400, "bad Content-Length");
+        };
+        if content_length.is_some_and(|c| c != len) {
+            return reject(400, "conflicting Content-Length");
         }
+        content_length = Some(len);
     }
     let body = match content_length {
         Some(len) if len > rest.len() => return reject(400, "Content-Length larger than the body"),
@@ -429,10 +675,7 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
     };
     // Single-valued headers must be single.
     for name in ["Call-ID", "From", "To", "CSeq"] {
-        let mut vals = headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v);
+        let mut vals = headers.get_all(name);
         let first = vals.next();
         if first.is_none() {
             return reject(400, "missing mandatory header");
@@ -469,24 +712,22 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
             return reject(416, "unsupported URI scheme");
         }
     }
-    if headers.iter().all(|(n, _)| !n.eq_ignore_ascii_case("Via")) {
+    if headers.get("Via").is_none() {
         return Parsed::Drop("no Via");
     }
 
-    // Rebuild a canonical message and let rsip parse it.
-    let mut canon = String::with_capacity(head.len() + 32);
-    canon.push_str(&rsip_safe_start_line(start_line));
-    canon.push_str("\r\n");
-    for (n, v) in &headers {
-        if n.eq_ignore_ascii_case("Content-Length") {
-            continue;
+    let rebuilt;
+    let rsip_input = match original {
+        Some(o) => {
+            let len = o.len().saturating_sub(rest.len()) + body.len();
+            o.get(..len).unwrap_or(o)
         }
-        let _ = write!(canon, "{n}: {v}\r\n");
-    }
-    let _ = write!(canon, "Content-Length: {}\r\n\r\n", body.len());
-    let mut canon = canon.into_bytes();
-    canon.extend_from_slice(body);
-    let msg = match rsip::SipMessage::try_from(canon.as_slice()) {
+        None => {
+            rebuilt = rebuild(start_line, &headers, body);
+            rebuilt.as_slice()
+        }
+    };
+    let msg = match rsip::SipMessage::try_from(rsip_input) {
         Ok(m) => m,
         Err(_) => return reject(400, "unparseable message"),
     };
@@ -505,10 +746,7 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
     };
     // Checks that need the echo headers; the rejects move them into the answer.
     let checked = (|| {
-        let e = echo.as_ref()?;
-        let Some(top_via) = e.vias.first().and_then(|v| Via::parse(v)) else {
-            return Some(Err((400, "malformed Via")));
-        };
+        let (e, _) = echo.as_ref()?;
         let mut cseq_parts = e.cseq.split_whitespace();
         let cseq = cseq_parts.next().and_then(|n| n.parse::<u32>().ok());
         let cseq_method = cseq_parts.next().map(str::to_ascii_uppercase);
@@ -520,14 +758,14 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
         {
             return Some(Err((400, "CSeq method does not match the request")));
         }
-        Some(Ok((top_via, cseq, cseq_method)))
+        Some(Ok((cseq, cseq_method)))
     })();
-    let (top_via, cseq, cseq_method) = match checked {
+    let (cseq, cseq_method) = match checked {
         None => return Parsed::Drop("missing mandatory header"),
         Some(Err((code, reason))) => return reject(code, reason),
         Some(Ok(v)) => v,
     };
-    let Some(e) = echo else {
+    let Some((e, top_via)) = echo else {
         return Parsed::Drop("missing mandatory header");
     };
     let from_tag = tag_param(&e.from);
@@ -546,6 +784,24 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed {
         headers,
         body: body.to_vec(),
     }))
+}
+
+/// The canonical message rsip parses on the normalising path: the start line, every
+/// header but Content-Length, then the Content-Length of the (cut) body.
+fn rebuild(start_line: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
+    let mut canon = String::with_capacity(start_line.len() + headers.text.len() + 32);
+    canon.push_str(&rsip_safe_start_line(start_line));
+    canon.push_str("\r\n");
+    for (n, v) in headers.iter() {
+        if n.eq_ignore_ascii_case("Content-Length") {
+            continue;
+        }
+        let _ = write!(canon, "{n}: {v}\r\n");
+    }
+    let _ = write!(canon, "Content-Length: {}\r\n\r\n", body.len());
+    let mut canon = canon.into_bytes();
+    canon.extend_from_slice(body);
+    canon
 }
 
 /// rsip 0.4 cannot parse IPv6 references (`[::1]`) in a Request-URI: hand it the
@@ -567,34 +823,31 @@ fn clean_value(v: &str) -> bool {
     !v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
 }
 
-/// Collects the echo headers, if all of them are present.
-fn echo_from(headers: &[(String, String)]) -> Option<EchoHeaders> {
-    let get = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let vias: Vec<String> = headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case("Via"))
-        .flat_map(|(_, v)| split_commas(v).into_iter().map(str::to_string))
-        .collect();
+/// Collects the echo headers and the parsed top Via, if all of them are present.
+fn echo_from(headers: &Headers) -> Option<(EchoHeaders, Via)> {
+    let mut vias: Vec<String> = Vec::with_capacity(2);
+    for v in headers.get_all("Via") {
+        if v.contains(',') {
+            vias.extend(split_commas(v).into_iter().map(str::to_string));
+        } else if !v.is_empty() {
+            vias.push(v.to_string());
+        }
+    }
     // Only answer what can be routed back: the top Via must parse.
-    Via::parse(vias.first()?)?;
+    let top = Via::parse(vias.first()?)?;
     let e = EchoHeaders {
         vias,
-        from: get("From")?,
-        to: get("To")?,
-        call_id: get("Call-ID")?,
-        cseq: get("CSeq")?,
+        from: headers.get("From")?.to_string(),
+        to: headers.get("To")?.to_string(),
+        call_id: headers.get("Call-ID")?.to_string(),
+        cseq: headers.get("CSeq")?.to_string(),
     };
     let all_present = [&e.from, &e.to, &e.call_id].iter().all(|v| !v.is_empty());
     let mut cseq = e.cseq.split_whitespace();
     let cseq_ok = cseq.next().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         && cseq.next().is_some_and(|m| m.bytes().all(is_token_char))
         && cseq.next().is_none();
-    (all_present && cseq_ok).then_some(e)
+    (all_present && cseq_ok).then_some((e, top))
 }
 
 /// A head with bytes that are not UTF-8: answer 400 if the echo headers are clean.
@@ -603,18 +856,18 @@ fn parse_lossy_for_reject(head: &[u8]) -> Parsed {
     if text.starts_with("SIP/") {
         return Parsed::Drop("non-UTF-8 response");
     }
-    let mut headers = Vec::new();
+    let mut headers = Headers::default();
     for line in text.split('\n').skip(1) {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some((n, v)) = line.split_once(':')
             && !v.contains('\u{FFFD}')
             && clean_value(v)
         {
-            headers.push((expand_compact(n.trim()).to_string(), v.trim().to_string()));
+            headers.push(expand_compact(n.trim()), v.trim());
         }
     }
     match echo_from(&headers) {
-        Some(e) => Parsed::Reject {
+        Some((e, _)) => Parsed::Reject {
             code: 400,
             reason: "non-UTF-8 header",
             headers: Box::new(e),
@@ -656,38 +909,61 @@ pub(crate) fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
-/// Builds a response with rsip: echo headers, extra headers, body (Content-Length set here).
-pub(crate) fn build_response(
+/// Builds a response: the echo headers (the To gets `to_tag` unless it has a tag
+/// already), the extra headers, Content-Length and the body. The bytes are those rsip
+/// serialises for the same response, written straight into one buffer.
+pub(crate) fn build_response<'a>(
     code: u16,
-    echo: &EchoHeaders,
+    echo: impl Into<EchoRef<'a>>,
     to_tag: Option<&str>,
     extra: &[(&str, String)],
     body: &[u8],
 ) -> Vec<u8> {
-    use rsip::headers::UntypedHeader;
-    let mut headers = rsip::Headers::default();
-    for v in &echo.vias {
-        headers.push(rsip::headers::Via::new(v.clone()).into());
+    let e = echo.into();
+    let reason = reason_phrase(code);
+    let tag = to_tag.filter(|_| tag_param(e.to).is_none());
+    let len = 96
+        + reason.len()
+        + e.vias.iter().map(|v| v.len() + 7).sum::<usize>()
+        + e.from.len()
+        + e.to.len()
+        + tag.map_or(0, |t| t.len() + 5)
+        + e.call_id.len()
+        + extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+        + body.len();
+    let mut out = String::with_capacity(len);
+    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    for v in e.vias {
+        out.push_str("Via: ");
+        out.push_str(v);
+        out.push_str("\r\n");
     }
-    headers.push(rsip::headers::From::new(echo.from.clone()).into());
-    let to = match to_tag {
-        Some(tag) if tag_param(&echo.to).is_none() => format!("{};tag={tag}", echo.to),
-        _ => echo.to.clone(),
-    };
-    headers.push(rsip::headers::To::new(to).into());
-    headers.push(rsip::headers::CallId::new(echo.call_id.clone()).into());
-    headers.push(rsip::headers::CSeq::new(echo.cseq.clone()).into());
+    out.push_str("From: ");
+    out.push_str(e.from);
+    out.push_str("\r\nTo: ");
+    out.push_str(e.to);
+    if let Some(tag) = tag {
+        out.push_str(";tag=");
+        out.push_str(tag);
+    }
+    out.push_str("\r\nCall-ID: ");
+    out.push_str(e.call_id);
+    out.push_str("\r\nCSeq: ");
+    match e.cseq {
+        CSeqRef::Text(t) => out.push_str(t),
+        CSeqRef::Parts(n, m) => {
+            let _ = write!(out, "{n} {m}");
+        }
+    }
+    out.push_str("\r\n");
     for (n, v) in extra {
-        headers.push(rsip::Header::Other((*n).to_string(), v.clone()));
+        out.push_str(n);
+        out.push_str(": ");
+        out.push_str(v);
+        out.push_str("\r\n");
     }
-    headers.push(rsip::headers::ContentLength::new(body.len().to_string()).into());
-    let resp = rsip::Response {
-        status_code: rsip::StatusCode::Other(code, reason_phrase(code).to_string()),
-        version: rsip::Version::V2,
-        headers,
-        body: Vec::new(),
-    };
-    let mut out = resp.to_string().into_bytes();
+    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    let mut out = out.into_bytes();
     out.extend_from_slice(body);
     out
 }
@@ -829,6 +1105,107 @@ mod tests {
         assert_eq!(r.to_tag.as_deref(), Some("abc"));
         assert_eq!(r.vias, m.vias);
         assert_eq!(r.header("Allow"), Some("INVITE"));
+        // The same bytes rsip serialises for this response.
+        use rsip::headers::UntypedHeader;
+        let mut hs = rsip::Headers::default();
+        for v in &m.vias {
+            hs.push(rsip::headers::Via::new(v.clone()).into());
+        }
+        hs.push(rsip::headers::From::new(m.from.clone()).into());
+        hs.push(rsip::headers::To::new(format!("{};tag=abc", m.to)).into());
+        hs.push(rsip::headers::CallId::new(m.call_id.clone()).into());
+        hs.push(rsip::headers::CSeq::new("1 OPTIONS").into());
+        hs.push(rsip::Header::Other("Allow".into(), "INVITE".into()));
+        hs.push(rsip::headers::ContentLength::new("3").into());
+        let expected = rsip::Response {
+            status_code: rsip::StatusCode::Other(200, "OK".into()),
+            version: rsip::Version::V2,
+            headers: hs,
+            body: b"abc".to_vec(),
+        }
+        .to_string();
+        let ours = build_response(200, &m, Some("abc"), &[("Allow", "INVITE".into())], b"abc");
+        assert_eq!(String::from_utf8(ours).unwrap(), expected);
+    }
+
+    const INVITE: &str = "INVITE sip:bot@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK7;rport\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK6, SIP/2.0/UDP 10.0.0.2\r\nMax-Forwards: 70\r\nFrom: \"A\" <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:bot@127.0.0.1>\r\nCall-ID: c7@127.0.0.1\r\nCSeq: 3 INVITE\r\nContact: <sip:a@127.0.0.1:5070>\r\nSupported: \r\nContent-Type: application/sdp\r\nContent-Length: 4\r\n\r\nv=0\nTRAILING";
+    const OK: &str = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK9;rport=5060\r\nFrom: <sip:bot@127.0.0.1>;tag=x\r\nTo: <sip:bot@127.0.0.1>;tag=y\r\nCall-ID: r1\r\nCSeq: 2 REGISTER\r\nContact: <sip:bot@127.0.0.1:5060>;expires=60\r\n\r\n";
+
+    #[test]
+    fn canonical_messages_take_the_fast_path() {
+        for m in [OPTIONS, INVITE, OK] {
+            assert!(scan_canonical(m.as_bytes()).is_some(), "{m}");
+            assert_eq!(
+                format!("{:?}", parse(m.as_bytes(), 65535)),
+                format!("{:?}", parse_normalising(m.as_bytes()))
+            );
+        }
+        let m = msg(INVITE);
+        assert_eq!(m.body, b"v=0\n");
+        assert_eq!(m.vias.len(), 3);
+        assert_eq!(m.header("supported"), Some(""));
+        assert_eq!(m.header_all("via").count(), 2);
+        // Each of these needs the normalising path, and gets the same message from it.
+        let plain = msg(OPTIONS);
+        for variant in [
+            OPTIONS.replace("\r\n", "\n"),
+            OPTIONS.replace("Call-ID: ", "i: "),
+            OPTIONS.replace("Call-ID: ", "Call-ID:"),
+            OPTIONS.replace("Call-ID: ", "Call-ID :  "),
+            OPTIONS.replace("Call-ID: c1", "Call-ID: c1 "),
+            OPTIONS.replace(
+                "From: <sip:a@127.0.0.1>;tag=1",
+                "From: <sip:a@127.0.0.1>\r\n ;tag=1",
+            ),
+            format!("\r\n{OPTIONS}"),
+            OPTIONS.replace("Content-Length: 0", "Content-Length: +0"),
+            OPTIONS.replace("Content-Length: 0", "Content-Length: 0\r\nContent-Length: 0"),
+        ] {
+            assert!(scan_canonical(variant.as_bytes()).is_none(), "{variant}");
+            let m = msg(&variant);
+            assert_eq!(
+                (&m.call_id, &m.from_tag, m.cseq),
+                (&plain.call_id, &plain.from_tag, plain.cseq)
+            );
+        }
+        let v6 = OPTIONS.replace("bot@127.0.0.1:5060", "bot@[::1]:5060");
+        assert!(scan_canonical(v6.as_bytes()).is_none());
+        assert_eq!(msg(&v6).call_id, "c1");
+    }
+
+    mod fast_path_equivalence {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ALPHABET: &[u8] = b" \t\r\n:;,=<>[]0a\"\\\x00\x7f\xc3";
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+            /// Whenever the one-scan check accepts a datagram, the answer is exactly the
+            /// normalising path's (message, reject or drop).
+            #[test]
+            fn fast_path_equals_normalising_path(
+                which in 0usize..3,
+                edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<bool>()), 0..6),
+                cut in any::<usize>(),
+            ) {
+                let base = [OPTIONS, INVITE, OK][which].as_bytes();
+                let mut b = base.to_vec();
+                for &(i, v, from_alphabet) in &edits {
+                    let v = if from_alphabet { ALPHABET[usize::from(v) % ALPHABET.len()] } else { v };
+                    let n = b.len();
+                    b[i % n] = v;
+                }
+                b.truncate(cut % (base.len() + 1));
+                if scan_canonical(&b).is_some() {
+                    prop_assert_eq!(
+                        format!("{:?}", parse(&b, 65535)),
+                        format!("{:?}", parse_normalising(&b)),
+                        "{:?}", String::from_utf8_lossy(&b)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
