@@ -44,6 +44,14 @@
 //!   If playback does not finish within `closing_grace`, the call is hung up anyway.
 //! - **Caller hangs up** at any stage: every job is cancelled at once
 //!   ([`Action::CancelTranscription`], [`Action::CancelReply`], [`Action::StopSpeaking`]).
+//!   A greeting, prompt or other bot-only phrase that was playing is recorded as far as
+//!   it was heard: the call ends on the [`Input::PlaybackStopped`] answer (or after
+//!   [`HANG_UP_STOP_WAIT`] without one).
+//! - **Failed or timed-out transcription**: a turn record of kind
+//!   `transcription_failed` with the error and the stage timings; then, unless the
+//!   caller already speaks again, the bot says `stt_failed_phrase` (a re-prompt).
+//! - **Shutdown** ([`Input::Shutdown`]) stops what the bot is saying at once (recorded
+//!   as far as heard), so the short shutdown goodbye is heard within its grace.
 //! - Every finished turn comes out as [`Action::TurnFinished`] with its stage timings,
 //!   computed from the times passed in; the call ends with [`Action::CallEnded`].
 //!
@@ -103,6 +111,9 @@ pub struct DialogueConfig {
     pub closing_grace: Duration,
     /// Start transcribing when the caller's voice stops, during the endpoint hangover.
     pub speculative_stt: bool,
+    /// Said when the transcription of an utterance fails or times out (a re-prompt);
+    /// empty: say nothing and listen.
+    pub stt_failed_phrase: String,
     /// Silence after the caller's voice stopped before the speculative transcription
     /// starts (zero: as soon as the endpointer reports the pause).
     pub speculation_delay: Duration,
@@ -133,6 +144,7 @@ impl Default for DialogueConfig {
             dtmf: BTreeMap::new(),
             closing_grace: Duration::from_secs(15),
             speculative_stt: true,
+            stt_failed_phrase: "Sorry, I did not catch that. Could you say it again?".into(),
             speculation_delay: Duration::ZERO,
             early_end_of_turn: true,
             early_end_min_silence: Duration::from_millis(250),
@@ -323,6 +335,11 @@ pub enum TurnKind {
     Dtmf(char),
     /// The closing goodbye.
     Goodbye,
+    /// The transcription of the caller's utterance failed or timed out (the record's
+    /// `error` says why; no reply was asked for).
+    TranscriptionFailed,
+    /// The bot asked the caller to repeat after a failed transcription.
+    Reprompt,
 }
 
 /// Per-turn stage timings, from the times passed to the engine.
@@ -381,6 +398,9 @@ pub struct TurnRecord {
     pub interrupted: bool,
     /// Stage timings.
     pub timings: TurnTimings,
+    /// What failed in this turn (a transcription error or timeout), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Why a call ended.
@@ -555,6 +575,11 @@ struct Pause<A> {
 /// driver never reports its end.
 pub const STALE_JOB_WAIT: Duration = Duration::from_secs(2);
 
+/// After the caller hung up while a bot-only phrase (the greeting...) played, how long
+/// the engine waits for [`Input::PlaybackStopped`] (to record what was heard) before it
+/// ends the call without it.
+pub const HANG_UP_STOP_WAIT: Duration = Duration::from_millis(100);
+
 #[derive(Debug)]
 struct Pending<A> {
     audio: A,
@@ -614,6 +639,10 @@ pub struct Dialogue<A> {
     silence_since: Instant,
     prompted: bool,
     closing: Option<Closing>,
+    /// The caller hung up: waiting (until then) for `PlaybackStopped` before ending.
+    hanging_up: Option<Instant>,
+    /// The error of the failed transcription being handled.
+    stt_error: Option<String>,
     ended: bool,
     summary: CallSummary,
 }
@@ -644,6 +673,8 @@ impl<A> Dialogue<A> {
             silence_since: now,
             prompted: false,
             closing: None,
+            hanging_up: None,
+            stt_error: None,
             ended: false,
             summary: CallSummary {
                 reason: EndReason::CallerHungUp,
@@ -686,6 +717,9 @@ impl<A> Dialogue<A> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.ended {
             return None;
+        }
+        if self.hanging_up.is_some() {
+            return self.hanging_up;
         }
         if let Some(c) = &self.closing {
             return Some(c.deadline);
@@ -743,6 +777,15 @@ impl<A> Dialogue<A> {
         if self.ended {
             return;
         }
+        if let Some(t) = self.hanging_up {
+            if now >= t {
+                // No `PlaybackStopped` came: end without recording the phrase.
+                self.hanging_up = None;
+                self.stopped_solo.clear();
+                self.end(now);
+            }
+            return;
+        }
         if let Some(c) = &self.closing {
             if now >= c.deadline {
                 if !self.queue.is_empty() {
@@ -776,7 +819,7 @@ impl<A> Dialogue<A> {
 
     /// Feeds one event that happened at `now`.
     pub fn handle(&mut self, now: Instant, input: Input<A>) {
-        if self.ended {
+        if self.ended || (self.hanging_up.is_some() && !matches!(input, Input::PlaybackStopped { .. })) {
             return;
         }
         match input {
@@ -800,7 +843,9 @@ impl<A> Dialogue<A> {
                 if self.stt.as_ref().is_some_and(|j| j.turn == turn) {
                     tracing::warn!(turn = turn.0, %error, "transcription failed");
                 }
+                self.stt_error = Some(error);
                 self.on_transcript(now, turn, None);
+                self.stt_error = None;
                 self.maybe_speculate(now);
             }
             Input::LlmToken { turn } => {
@@ -833,6 +878,9 @@ impl<A> Dialogue<A> {
                     c.deadline = c.deadline.min(now + grace);
                     c.reason = EndReason::Shutdown;
                 } else {
+                    // Stop talking now (recorded as far as heard): the goodbye must be
+                    // heard within the grace.
+                    self.cancel_work(now);
                     self.close(now, EndReason::Shutdown, phrase, Some(grace));
                 }
             }
@@ -878,6 +926,7 @@ impl<A> Dialogue<A> {
             bot,
             interrupted,
             timings,
+            error: None,
         }));
     }
 
@@ -1158,6 +1207,10 @@ impl<A> Dialogue<A> {
             }
             return;
         }
+        let failed = result.is_none();
+        if failed {
+            self.record_stt_failure(now, &job);
+        }
         let text = match result {
             Some((text, nsp)) => {
                 let text = text.trim().to_string();
@@ -1181,6 +1234,10 @@ impl<A> Dialogue<A> {
         }
         self.carry.clear();
         if full.is_empty() {
+            let phrase = self.config.stt_failed_phrase.clone();
+            if failed && !phrase.trim().is_empty() {
+                self.speak(now, phrase, SpeechKind::Solo(TurnKind::Reprompt));
+            }
             return;
         }
         let mut timings = TurnTimings {
@@ -1236,6 +1293,33 @@ impl<A> Dialogue<A> {
             turn,
             user_text: full,
         });
+    }
+
+    /// Records a failed (or timed-out) transcription as its own turn, with the error
+    /// and the timings up to the failure.
+    fn record_stt_failure(&mut self, now: Instant, job: &SttJob<A>) {
+        let error = self
+            .stt_error
+            .take()
+            .unwrap_or_else(|| "transcription failed".into());
+        let timings = TurnTimings {
+            endpoint: Some(job.endpoint),
+            stt: Some(now.saturating_duration_since(job.started)),
+            stt_after_endpoint: Some(now.saturating_duration_since(job.endpointed)),
+            speculative_stt: job.was_speculative,
+            ..TurnTimings::default()
+        };
+        self.record(
+            TurnKind::TranscriptionFailed,
+            job.voice_ended,
+            None,
+            String::new(),
+            false,
+            timings,
+        );
+        if let Some(Action::TurnFinished(r)) = self.actions.back_mut() {
+            r.error = Some(error);
+        }
     }
 
     fn on_sentence(&mut self, now: Instant, turn: TurnId, text: String) {
@@ -1365,6 +1449,9 @@ impl<A> Dialogue<A> {
             }
         }
         self.finish_interrupted(now, Some((speech, played)));
+        if self.hanging_up.take().is_some() {
+            self.end(now);
+        }
     }
 
     /// Records the barge-in-interrupted turn: the sentences played in full plus the
@@ -1462,14 +1549,28 @@ impl<A> Dialogue<A> {
             self.record(TurnKind::Conversation, r.at, Some(r.user), bot, cut, r.timings);
         }
         self.finish_interrupted(now, None);
-        if !self.queue.is_empty() {
-            self.queue.clear();
-            self.actions.push_back(Action::StopSpeaking);
-        }
         self.summary.reason = self
             .closing
             .as_ref()
             .map_or(EndReason::CallerHungUp, |c| c.reason);
+        if !self.queue.is_empty() {
+            let heard: Vec<Speech> = self
+                .queue
+                .iter()
+                .filter(|s| matches!(s.kind, SpeechKind::Solo(_)) && s.audio.is_some())
+                .cloned()
+                .collect();
+            self.queue.clear();
+            self.actions.push_back(Action::StopSpeaking);
+            if !heard.is_empty() {
+                // The greeting (or prompt...) was playing: record what was heard once
+                // the driver says how much was played.
+                self.stopped_solo = heard;
+                self.solo_onset = None;
+                self.hanging_up = Some(now + HANG_UP_STOP_WAIT);
+                return;
+            }
+        }
         self.end(now);
     }
 
@@ -2595,18 +2696,78 @@ mod tests {
     }
 
     #[test]
-    fn failed_transcription_gets_no_reply() {
+    fn failed_transcription_is_recorded_and_reprompted_without_a_reply() {
         let (mut d, t0) = greeted();
         let turn = utterance(&mut d, t0 + ms(2000), "a");
         d.handle(
             t0 + ms(3500),
             Input::TranscriptFailed {
                 turn,
-                error: "model error".into(),
+                error: "transcription timed out after 10 s".into(),
             },
         );
-        assert!(drain(&mut d).is_empty());
-        utterance(&mut d, t0 + ms(4000), "b");
+        let a = drain(&mut d);
+        assert!(!a.iter().any(|x| matches!(x, Action::Reply { .. })), "{a:?}");
+        let r = records(&a);
+        assert_eq!(r.len(), 1, "{a:?}");
+        assert_eq!(r[0].kind, TurnKind::TranscriptionFailed);
+        assert_eq!(r[0].error.as_deref(), Some("transcription timed out after 10 s"));
+        assert_eq!(r[0].user, None);
+        // voice ended at +3000, endpoint at +3300, failure at +3500
+        assert_eq!(r[0].at, ms(3000));
+        assert_eq!(r[0].timings.endpoint, Some(ms(300)));
+        assert_eq!(r[0].timings.stt, Some(ms(200)));
+        let v = serde_json::to_value(&r[0]).unwrap();
+        assert_eq!(v["kind"], "transcription_failed");
+        assert_eq!(v["error"], "transcription timed out after 10 s");
+        // the bot asks again; the re-prompt is its own turn once played
+        assert_eq!(
+            spoken_texts(&a),
+            vec![DialogueConfig::default().stt_failed_phrase]
+        );
+        let a = play(&mut d, t0 + ms(3600), speak_id(&a), ms(1500));
+        assert_eq!(records(&a)[0].kind, TurnKind::Reprompt);
+        assert!(
+            serde_json::to_value(&records(&a)[0])
+                .unwrap()
+                .get("error")
+                .is_none()
+        );
+
+        // no re-prompt when the caller already speaks again, or with an empty phrase
+        let t = t0 + ms(6000);
+        let turn = utterance(&mut d, t, "c");
+        d.handle(t + ms(1400), Input::SpeechStarted);
+        d.handle(
+            t + ms(1500),
+            Input::TranscriptFailed {
+                turn,
+                error: "x".into(),
+            },
+        );
+        let a = drain(&mut d);
+        assert_eq!(records(&a)[0].kind, TurnKind::TranscriptionFailed);
+        assert!(spoken_texts(&a).is_empty());
+        let t0 = Instant::now();
+        let mut d = D::new(
+            DialogueConfig {
+                greeting: String::new(),
+                stt_failed_phrase: " ".into(),
+                ..config()
+            },
+            t0,
+        );
+        let turn = utterance(&mut d, t0, "a");
+        d.handle(
+            t0 + ms(1500),
+            Input::TranscriptFailed {
+                turn,
+                error: "x".into(),
+            },
+        );
+        let a = drain(&mut d);
+        assert_eq!(records(&a).len(), 1);
+        assert!(spoken_texts(&a).is_empty());
     }
 
     #[test]
@@ -2889,6 +3050,113 @@ mod tests {
     }
 
     #[test]
+    fn caller_hang_up_during_the_greeting_records_what_was_heard() {
+        let t0 = Instant::now();
+        let mut d = D::new(config(), t0);
+        let id = speak_id(&drain(&mut d));
+        d.handle(
+            t0 + ms(20),
+            Input::SpeechAudio {
+                speech: id,
+                duration: ms(1000),
+            },
+        );
+        d.handle(t0 + ms(520), Input::CallerHungUp);
+        assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
+        assert!(!d.is_ended(), "waits for the driver to say how much was played");
+        assert_eq!(d.poll_timeout(), Some(t0 + ms(520) + HANG_UP_STOP_WAIT));
+        // other inputs are ignored meanwhile
+        d.handle(t0 + ms(521), Input::SpeechStarted);
+        d.handle(
+            t0 + ms(522),
+            Input::PlaybackStopped {
+                speech: Some(id),
+                played: ms(500),
+            },
+        );
+        let a = drain(&mut d);
+        let r = records(&a);
+        assert_eq!(r.len(), 1, "{a:?}");
+        assert_eq!(r[0].kind, TurnKind::Greeting);
+        assert_eq!(r[0].bot, "Hello");
+        assert!(r[0].interrupted);
+        assert_eq!(r[0].timings.barge_in_stop, None);
+        assert!(matches!(a.last(), Some(Action::CallEnded(_))));
+        assert!(!a.contains(&Action::HangUp));
+        assert_eq!(summary(&a).reason, EndReason::CallerHungUp);
+        assert_eq!(summary(&a).turns, 1);
+        assert!(d.is_ended());
+
+        // a driver that never answers: the call ends at the wait's end, unrecorded
+        let mut d = D::new(config(), t0);
+        let id = speak_id(&drain(&mut d));
+        d.handle(
+            t0,
+            Input::SpeechAudio {
+                speech: id,
+                duration: ms(1000),
+            },
+        );
+        d.handle(t0 + ms(300), Input::CallerHungUp);
+        drain(&mut d);
+        d.handle_timeout(t0 + ms(350));
+        assert!(!d.is_ended());
+        d.handle_timeout(t0 + ms(300) + HANG_UP_STOP_WAIT);
+        let a = drain(&mut d);
+        assert!(records(&a).is_empty());
+        assert_eq!(summary(&a).reason, EndReason::CallerHungUp);
+    }
+
+    #[test]
+    fn shutdown_stops_the_current_speech_and_says_the_goodbye() {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        transcript(&mut d, t0 + ms(3500), turn, "Tell me a story");
+        d.handle(
+            t0 + ms(3600),
+            Input::LlmSentence {
+                turn,
+                text: "Once upon a time there was a bot.".into(),
+            },
+        );
+        let sentence = speak_id(&drain(&mut d));
+        d.handle(
+            t0 + ms(3610),
+            Input::SpeechAudio {
+                speech: sentence,
+                duration: ms(2000),
+            },
+        );
+        d.handle(
+            t0 + ms(4000),
+            Input::Shutdown {
+                phrase: "Goodbye.".into(),
+                grace: ms(300),
+            },
+        );
+        let a = drain(&mut d);
+        let stop = a
+            .iter()
+            .position(|x| *x == Action::StopSpeaking)
+            .expect("stops speaking");
+        let speak = a
+            .iter()
+            .position(|x| matches!(x, Action::Speak { .. }))
+            .expect("says goodbye");
+        assert!(stop < speak, "{a:?}");
+        assert!(a.contains(&Action::CancelReply { turn }));
+        assert_eq!(spoken_texts(&a), vec!["Goodbye.".to_string()]);
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert!(r[0].interrupted);
+        let a = play(&mut d, t0 + ms(4010), speak_id(&a), ms(200));
+        assert!(a.contains(&Action::HangUp));
+        let s = summary(&a);
+        assert_eq!(s.reason, EndReason::Shutdown);
+        assert!(s.goodbye_completed);
+    }
+
+    #[test]
     fn caller_hang_up_during_stt_cancels_the_transcription() {
         let (mut d, t0) = greeted();
         let turn = utterance(&mut d, t0 + ms(2000), "a");
@@ -2969,6 +3237,7 @@ mod tests {
                 stt: Some(Duration::from_micros(250_500)),
                 ..TurnTimings::default()
             },
+            error: None,
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "dtmf");

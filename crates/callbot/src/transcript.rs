@@ -177,6 +177,7 @@ pub fn log_turn(call_id: &str, r: &TurnRecord) {
         voice_to_voice_ms = ms(t.voice_to_voice),
         user = r.user.as_deref().unwrap_or(""),
         bot = %r.bot,
+        error = r.error.as_deref().unwrap_or(""),
         "turn finished"
     );
 }
@@ -201,6 +202,7 @@ mod tests {
                 voice_to_voice: Some(Duration::from_millis(640)),
                 ..TurnTimings::default()
             },
+            error: None,
         }
     }
 
