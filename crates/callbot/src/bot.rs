@@ -22,12 +22,38 @@
 //! what happened (calls ended/abandoned, BYEs sent/answered, the goodbye, whether the
 //! registration was removed). Idempotent; `Drop` calls it with a 3 s deadline.
 //!
-//! **Reconfiguration**: [`Bot::reconfigure`] builds the changed components first and
-//! swaps them in, or changes nothing and names the failing setting (see
-//! [`crate::components`]). Live calls keep the STT, LLM and TTS components and the
-//! dialogue settings they started with until they end; new calls get the new ones.
-//! SIP settings (`sip.*`) cannot change while running: such a change is refused with
-//! the field named, and nothing changes.
+//! **Reconfiguration**: [`Bot::reconfigure`] (SIGHUP in `examples/callbot.rs`):
+//! 1. *Build* everything that changed while the old keeps serving, with no lock held
+//!    that a new call needs (see [`crate::components`]): a new Whisper pool when
+//!    `stt.model`/`threads`/`workers` change, a new LLM client (probed) when any
+//!    `llm.*` changes **or the bot is in echo mode** (so a server that became
+//!    reachable ends echo mode; the log says when echo mode starts or ends), and a
+//!    changed `[sip.registration]` is registered *beside* the old binding
+//!    ([`SipHandle::stage_registration`], at most [`REGISTRATION_TIMEOUT`]).
+//! 2. *Swap* at once, under the components lock: the new registration becomes the
+//!    current one and the old binding is removed (`Expires: 0`; a removed
+//!    `[sip.registration]` just unregisters), the new components are installed, the
+//!    new settings take effect.
+//! 3. *Retire* the old components: each is shut down as soon as no live call holds it.
+//!
+//! If anything fails to build or register, nothing changes: the old components and
+//! registration keep serving, the new components are shut down, the staged
+//! registration is dropped, and the [`SettingsError`] names the field
+//! (`sip.registration.password: registrar `...` answered 401 authentication rejected`).
+//! Reconfigurations are serialised by their own mutex.
+//!
+//! | settings | when a change applies |
+//! |---|---|
+//! | `sip.listen` | **restart needed**: refused with the field named (the new socket cannot be bound beside the old one on the same port) |
+//! | `sip.registration.*` | live: new binding registered, then swapped in; the old one removed |
+//! | `dialogue.max_calls` | live: the next INVITE is checked against it (calls above it get 486; live calls are not ended) |
+//! | `stt.model`, `stt.threads`, `stt.workers`, `llm.*` | live: new component built, used by new calls |
+//! | `stt.language`/`beam_size`/`initial_prompt`, `tts.*`, `media.*`, `dialogue.*`, `transcripts.*` | live: read by each new call when it starts |
+//!
+//! **Live calls keep until they end** the STT, LLM and TTS components, the settings
+//! (dialogue, media, voice, transcript directory) they started with; the registration
+//! does not belong to a call (a call is a dialog with its own route), so a swapped
+//! registration does not affect it.
 //!
 //! ```no_run
 //! use std::time::{Duration, Instant};
@@ -54,16 +80,20 @@ use callbot_audio::vad::{VadConfig, VadEvent};
 use callbot_rtp::{RecordTo, RtpSession, RtpSessionConfig};
 use callbot_sip::digest::DigestCredentials;
 use callbot_sip::{
-    AudioCodec, CallId, NegotiatedMedia, RegistrationConfig, SipConfig, SipEvent, SipHandle,
+    AudioCodec, CallId, NegotiatedMedia, RegistrationConfig, SipConfig, SipError, SipEvent, SipHandle,
     SipShutdownReport, SipUserAgent,
 };
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::call::{CallControl, CallSetup, EndpointEvent, Endpointer, run_call};
-use crate::components::{Components, ComponentsShutdownReport, ReconfigureReport};
-use crate::layers::{LayerFactory, transcribe_options, voice_options};
-use crate::settings::{Settings, SettingsError};
+use crate::components::{Components, ComponentsShutdownReport, ReconfigureReport, RegistrationChange};
+use crate::layers::{LayerFactory, LlmComponent, transcribe_options, voice_options};
+use crate::settings::{MAX_CALLS_LIMIT, RegistrationSettings, Settings, SettingsError};
 use crate::shutdown::{GoodbyeReport, prepare_goodbye};
+
+/// How long [`Bot::reconfigure`] waits for the registrar to accept a new registration
+/// before it gives up (the error then names `sip.registration.server`).
+pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Why the bot could not start.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +244,9 @@ struct Shared {
     stop_by: Mutex<Option<Instant>>,
     /// BYEs the callers answered after the shutdown began.
     byes_answered: AtomicUsize,
+    /// Held for a whole reconfiguration (build, register, swap), so two never
+    /// interleave; new calls never take it.
+    reconfiguring: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -263,18 +296,60 @@ fn resolve(server: &str) -> Result<(SocketAddr, String), SettingsError> {
     Ok((addr, host))
 }
 
+/// The SIP side of `[sip.registration]`: where (resolved), and the credentials.
+fn registration_config(
+    reg: &RegistrationSettings,
+) -> Result<(RegistrationConfig, DigestCredentials), SettingsError> {
+    let (registrar, domain) = resolve(&reg.server)?;
+    let mut r = RegistrationConfig::new(registrar, domain);
+    r.expires = reg.expires;
+    Ok((r, DigestCredentials::new(reg.user.clone(), reg.password.clone())))
+}
+
 fn sip_config(settings: &Settings) -> Result<SipConfig, SettingsError> {
     let mut c = SipConfig::new(settings.sip.listen);
-    c.max_calls = settings.dialogue.max_calls;
+    // The bot enforces `dialogue.max_calls` itself (486), so it can change while
+    // running; the SIP core's own limit only bounds its tables.
+    c.max_calls = MAX_CALLS_LIMIT;
     if let Some(reg) = &settings.sip.registration {
-        let (registrar, domain) = resolve(&reg.server)?;
-        let mut r = RegistrationConfig::new(registrar, domain);
-        r.expires = reg.expires;
+        let (r, credentials) = registration_config(reg)?;
         c.registration = Some(r);
         c.user = reg.user.clone();
-        c.credentials = Some(DigestCredentials::new(reg.user.clone(), reg.password.clone()));
+        c.credentials = Some(credentials);
     }
     Ok(c)
+}
+
+/// Names the `[sip.registration]` field a refused or unanswered new registration
+/// points at: no answer -> `server`; 401/403/407 -> `password` (or `user` when only
+/// the user changed); 404 -> `user`; 423 -> `expires`; anything else -> `server`.
+fn registration_error(
+    old: Option<&RegistrationSettings>,
+    new: &RegistrationSettings,
+    e: SipError,
+) -> SettingsError {
+    match e {
+        SipError::Registration { code: None, reason } => SettingsError::new(
+            "sip.registration.server",
+            format!("registrar `{}` did not answer: {reason}", new.server),
+        ),
+        SipError::Registration {
+            code: Some(code),
+            reason,
+        } => {
+            let user_changed = old.is_none_or(|o| o.user != new.user);
+            let password_changed = old.is_none_or(|o| o.password != new.password);
+            let field = match code {
+                401 | 403 | 407 if user_changed && !password_changed => "sip.registration.user",
+                401 | 403 | 407 => "sip.registration.password",
+                404 | 604 => "sip.registration.user",
+                423 => "sip.registration.expires",
+                _ => "sip.registration.server",
+            };
+            SettingsError::new(field, format!("registrar `{}` answered {reason}", new.server))
+        }
+        other => SettingsError::new("sip.registration", other.to_string()),
+    }
 }
 
 impl Bot {
@@ -302,6 +377,7 @@ impl Bot {
             wake,
             stop_by: Mutex::new(None),
             byes_answered: AtomicUsize::new(0),
+            reconfiguring: Mutex::new(()),
         });
         let (stop_tx, stop_rx) = bounded::<()>(1);
         let (done_tx, event_done) = bounded::<()>(1);
@@ -350,36 +426,86 @@ impl Bot {
             .is_some_and(|c| c.llm.is_echo())
     }
 
-    /// Applies new settings: rebuilds the changed components first and swaps them in;
-    /// on failure nothing changes and the error names the failing setting.
+    /// Applies new settings (see the [module docs](self)): builds every changed
+    /// component without holding the lock new calls need (a new Whisper pool, a new LLM
+    /// client, probed; echo mode is re-evaluated), registers a changed registration
+    /// beside the old one (waiting at most [`REGISTRATION_TIMEOUT`] for the
+    /// registrar), then swaps all of it in at once and retires the old ones. On any
+    /// failure nothing changes, the half-built components and the staged registration
+    /// are cleaned up, and the error names the failing setting. A changed `sip.listen`
+    /// is refused (restart needed). One reconfiguration runs at a time.
     pub fn reconfigure(&self, settings: Settings) -> Result<ReconfigureReport, SettingsError> {
         settings.validate()?;
-        if self.report.is_some() {
+        let (Some(sip), None) = (self.sip.as_ref(), self.report.as_ref()) else {
             return Err(SettingsError::new("bot", "the bot is shut down"));
+        };
+        let _one_at_a_time = lock(&self.shared.reconfiguring);
+        let started = Instant::now();
+        let current = lock(&self.shared.settings).clone();
+        if current.sip.listen != settings.sip.listen {
+            return Err(SettingsError::new(
+                "sip.listen",
+                format!(
+                    "cannot change while running ({} -> {}): a listening socket cannot be built beside the old one on the same port; restart the bot",
+                    current.sip.listen, settings.sip.listen
+                ),
+            ));
         }
-        {
-            let current = lock(&self.shared.settings);
-            if current.sip.listen != settings.sip.listen {
-                return Err(SettingsError::new(
-                    "sip.listen",
-                    "cannot change while running (restart the bot)",
-                ));
+        let new_registration = match &settings.sip.registration {
+            Some(r) if current.sip.registration.as_ref() != Some(r) => Some((r, registration_config(r)?)),
+            _ => None,
+        };
+        let was_echo = self.echo_mode();
+        // 1. Build, with no lock held: new calls keep starting on the old components.
+        let plan = lock(&self.shared.components).plan(&settings)?;
+        let built = plan.build()?;
+        let new_echo = built.llm().map(LlmComponent::is_echo);
+        let registration = match new_registration {
+            Some((reg, (cfg, credentials))) => {
+                let deadline = Instant::now() + REGISTRATION_TIMEOUT;
+                match sip.stage_registration(cfg, &reg.user, Some(credentials), deadline) {
+                    Ok((expires, took)) if current.sip.registration.is_some() => {
+                        RegistrationChange::Replaced { expires, took }
+                    }
+                    Ok((expires, took)) => RegistrationChange::Added { expires, took },
+                    Err(e) => {
+                        // `built` is dropped: the new components are shut down.
+                        return Err(registration_error(current.sip.registration.as_ref(), reg, e));
+                    }
+                }
             }
-            if current.sip.registration != settings.sip.registration {
-                return Err(SettingsError::new(
-                    "sip.registration",
-                    "cannot change while running (restart the bot)",
-                ));
+            None if current.sip.registration.is_some() && settings.sip.registration.is_none() => {
+                RegistrationChange::Removed
             }
-            if current.dialogue.max_calls != settings.dialogue.max_calls {
-                return Err(SettingsError::new(
-                    "dialogue.max_calls",
-                    "cannot change while running (restart the bot)",
-                ));
+            None => RegistrationChange::Unchanged,
+        };
+        // 2. Swap everything at once, under the components lock (which new calls take
+        //    to read the settings and components together).
+        let mut components = lock(&self.shared.components);
+        let swapped = match registration {
+            RegistrationChange::Added { .. } | RegistrationChange::Replaced { .. } => {
+                sip.commit_registration()
             }
+            RegistrationChange::Removed => sip.remove_registration().map(|_| ()),
+            RegistrationChange::Unchanged => Ok(()),
+        };
+        if let Err(e) = swapped {
+            let _ = sip.abort_registration();
+            return Err(SettingsError::new("sip.registration", e.to_string()));
         }
-        let report = lock(&self.shared.components).reconfigure(&settings)?;
+        let mut report = components.install(built)?;
         *lock(&self.shared.settings) = settings;
+        drop(components);
+        report.registration = registration;
+        report.elapsed = started.elapsed();
+        match new_echo {
+            Some(true) if !was_echo => {
+                tracing::warn!("LLM server unreachable: echo mode (the bot repeats what it heard)")
+            }
+            Some(false) if was_echo => tracing::info!("LLM server reachable again: echo mode left"),
+            _ => {}
+        }
+        tracing::info!(replaced = ?report.replaced, registration = ?report.registration, elapsed_ms = report.elapsed.as_millis() as u64, "reconfigured");
         Ok(report)
     }
 
@@ -590,7 +716,12 @@ fn accept(
     if !shared.accepting.load(Ordering::SeqCst) {
         return Err((503, "shutting down".into()));
     }
-    let settings = lock(&shared.settings).clone();
+    // Settings and components together, under the lock a reconfiguration swaps both
+    // under: a call never mixes old settings with new components.
+    let (settings, components) = {
+        let components = lock(&shared.components);
+        (lock(&shared.settings).clone(), components.for_call())
+    };
     if lock(&shared.calls).len() >= settings.dialogue.max_calls {
         return Err((486, "max_calls reached".into()));
     }
@@ -601,9 +732,7 @@ fn accept(
     if !settings.media.codecs.iter().any(|c| c == name) {
         return Err((488, format!("codec {name} not enabled")));
     }
-    let components = lock(&shared.components)
-        .for_call()
-        .ok_or((503, "components shut down".to_string()))?;
+    let components = components.ok_or((503, "components shut down".to_string()))?;
     let n = shared.call_seq.fetch_add(1, Ordering::SeqCst) + 1;
     let call_name = format!("{n}-{}", from_user(from));
     let mut rtp_cfg = RtpSessionConfig::new(sip.local_addr().ip(), law, Some(media.remote_rtp));

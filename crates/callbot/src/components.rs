@@ -4,15 +4,24 @@
 //! client, the speech synthesizer) live in [`Components`]. Each one sits in a [`Slot`]
 //! with the settings it was built from (its *key*) and a generation number.
 //!
-//! [`Components::reconfigure`] is the settings-change path:
-//! 1. For each component whose key changed, a new one is **built first**, while the old
-//!    one keeps serving.
-//! 2. If any build fails, the components already built for this attempt are shut down
-//!    (nothing half-built survives), **nothing changes**, and the error names the
-//!    failing setting ([`SettingsError`]).
-//! 3. Otherwise every new component is installed at once (`&mut self`: callers keep
-//!    `Components` behind one lock, so a new call sees either all old or all new
-//!    components), and the replaced ones **retire**.
+//! The settings-change path has three steps, so the slow one runs without the lock
+//! that new calls need to take their components:
+//! 1. [`Components::plan`] (cheap, under the caller's lock): which components' keys
+//!    changed (and whether the factory wants the LLM refreshed anyway, see
+//!    [`ComponentFactory::llm_needs_refresh`]).
+//! 2. [`RebuildPlan::build`] (slow, **without** the lock): a new component is **built
+//!    first** for each of them, while the old ones keep serving new calls. If any build
+//!    fails, the components already built for this attempt are shut down (nothing
+//!    half-built survives), **nothing changes**, and the error names the failing setting
+//!    ([`SettingsError`]).
+//! 3. [`Components::install`] (cheap, under the lock): every new component is installed
+//!    at once (`&mut self`: callers keep `Components` behind one lock, so a new call
+//!    sees either all old or all new components), and the replaced ones **retire**.
+//!    A [`BuiltComponents`] dropped instead of installed shuts its components down.
+//!
+//! Callers serialise reconfigurations (the bot holds a separate mutex across the three
+//! steps); `install` refuses a plan made before another install. [`Components::reconfigure`]
+//! does all three at once for callers that do not care about the lock.
 //!
 //! **Live calls keep the components they started with until they end**: a call takes a
 //! [`CallComponents`] snapshot (three `Arc`s) when it starts. A retired component is
@@ -199,6 +208,12 @@ pub trait ComponentFactory {
     fn build_llm(&self, settings: &Settings) -> Result<Self::Llm, SettingsError>;
     /// Builds the TTS component; the error names the setting at fault.
     fn build_tts(&self, settings: &Settings) -> Result<Self::Tts, SettingsError>;
+    /// Whether the current LLM component should be rebuilt on a reconfiguration even
+    /// though its settings did not change (the bot's factory: it is in echo mode, so a
+    /// server that became reachable is picked up). Default: no.
+    fn llm_needs_refresh(&self, _current: &Self::Llm) -> bool {
+        false
+    }
 }
 
 /// What one call uses: the components current when it started, kept until it ends.
@@ -235,6 +250,33 @@ pub struct ReconfigureReport {
     pub shut_down: Vec<ComponentReport>,
     /// How long building and swapping took.
     pub elapsed: Duration,
+    /// What happened to the SIP registration (filled in by [`crate::Bot::reconfigure`]).
+    pub registration: RegistrationChange,
+}
+
+/// What a reconfiguration did to the SIP registration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RegistrationChange {
+    /// The registration settings did not change.
+    #[default]
+    Unchanged,
+    /// A registration was added: the registrar accepted it before the swap.
+    Added {
+        /// Expiry the registrar granted (seconds).
+        expires: u32,
+        /// From the first REGISTER to the registrar's 200.
+        took: Duration,
+    },
+    /// The new binding was registered, swapped in, and the old one is being removed
+    /// (`Expires: 0`, unless it was the same binding: same registrar, user and domain).
+    Replaced {
+        /// Expiry the registrar granted (seconds).
+        expires: u32,
+        /// From the first REGISTER to the registrar's 200.
+        took: Duration,
+    },
+    /// The registration was removed (`Expires: 0` sent).
+    Removed,
 }
 
 /// What [`Components::shutdown`] did.
@@ -255,9 +297,100 @@ impl ComponentsShutdownReport {
     }
 }
 
+/// Which components a reconfiguration rebuilds, made by [`Components::plan`]; build
+/// them with [`RebuildPlan::build`] (without holding the lock around `Components`).
+pub struct RebuildPlan<F: ComponentFactory> {
+    factory: Arc<F>,
+    settings: Settings,
+    keys: (F::SttKey, F::LlmKey, F::TtsKey),
+    rebuild: (bool, bool, bool),
+    /// Generations the plan was made against.
+    based_on: (u64, u64, u64),
+}
+
+impl<F: ComponentFactory> RebuildPlan<F> {
+    /// Names of the components to rebuild (`"stt"`, `"llm"`, `"tts"`).
+    pub fn rebuilds(&self) -> Vec<&'static str> {
+        let (s, l, t) = self.rebuild;
+        [(s, "stt"), (l, "llm"), (t, "tts")]
+            .into_iter()
+            .filter_map(|(r, n)| r.then_some(n))
+            .collect()
+    }
+
+    /// Builds the planned components. Slow (a model load, a server probe): call it
+    /// without holding the lock around [`Components`]. If one fails, those already
+    /// built are shut down and the error names the failing setting.
+    pub fn build(self) -> Result<BuiltComponents<F>, SettingsError> {
+        let started = Instant::now();
+        let f = &self.factory;
+        let (rs, rl, rt) = self.rebuild;
+        let mut built = BuiltComponents {
+            stt: None,
+            llm: None,
+            tts: None,
+            keys: None,
+            based_on: self.based_on,
+            build_time: Duration::ZERO,
+        };
+        // On an early return `built` is dropped: its Drop shuts down what was built.
+        if rs {
+            built.stt = Some(f.build_stt(&self.settings)?);
+        }
+        if rl {
+            built.llm = Some(f.build_llm(&self.settings)?);
+        }
+        if rt {
+            built.tts = Some(f.build_tts(&self.settings)?);
+        }
+        built.keys = Some(self.keys);
+        built.build_time = started.elapsed();
+        Ok(built)
+    }
+}
+
+/// Components built by [`RebuildPlan::build`], waiting for [`Components::install`].
+/// Dropped instead, it shuts them down (the half-built cleanup of a failed
+/// reconfiguration).
+pub struct BuiltComponents<F: ComponentFactory> {
+    stt: Option<F::Stt>,
+    llm: Option<F::Llm>,
+    tts: Option<F::Tts>,
+    keys: Option<(F::SttKey, F::LlmKey, F::TtsKey)>,
+    based_on: (u64, u64, u64),
+    build_time: Duration,
+}
+
+impl<F: ComponentFactory> BuiltComponents<F> {
+    /// The LLM component built, if the plan rebuilt it.
+    pub fn llm(&self) -> Option<&F::Llm> {
+        self.llm.as_ref()
+    }
+
+    /// How long building took.
+    pub fn build_time(&self) -> Duration {
+        self.build_time
+    }
+}
+
+impl<F: ComponentFactory> Drop for BuiltComponents<F> {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + HALF_BUILT_SHUTDOWN;
+        if let Some(s) = self.stt.take() {
+            cleanup_half_built("stt", s, deadline);
+        }
+        if let Some(l) = self.llm.take() {
+            cleanup_half_built("llm", l, deadline);
+        }
+        if let Some(t) = self.tts.take() {
+            cleanup_half_built("tts", t, deadline);
+        }
+    }
+}
+
 /// The bot's STT, LLM and TTS components (see the [module docs](self)).
 pub struct Components<F: ComponentFactory> {
-    factory: F,
+    factory: Arc<F>,
     stt: Slot<F::Stt, F::SttKey>,
     llm: Slot<F::Llm, F::LlmKey>,
     tts: Slot<F::Tts, F::TtsKey>,
@@ -271,6 +404,7 @@ impl<F: ComponentFactory> Components<F> {
     /// Builds every component. If one fails, those already built are shut down and the
     /// error names the failing setting.
     pub fn start(factory: F, settings: &Settings) -> Result<Self, SettingsError> {
+        let factory = Arc::new(factory);
         let deadline = || Instant::now() + HALF_BUILT_SHUTDOWN;
         let stt = factory.build_stt(settings)?;
         let llm = match factory.build_llm(settings) {
@@ -311,53 +445,51 @@ impl<F: ComponentFactory> Components<F> {
         })
     }
 
-    /// Rebuilds the components whose settings changed and swaps them in together; on
-    /// any failure nothing changes (see the [module docs](self)).
-    pub fn reconfigure(&mut self, settings: &Settings) -> Result<ReconfigureReport, SettingsError> {
+    /// Step 1 of a reconfiguration: which components `settings` needs rebuilt (cheap;
+    /// see the [module docs](self)). Fails once the components are shut down.
+    pub fn plan(&self, settings: &Settings) -> Result<RebuildPlan<F>, SettingsError> {
         if self.shut_down {
             return Err(SettingsError::new("bot", "the components are shut down"));
         }
-        let started = Instant::now();
-        let deadline = || Instant::now() + HALF_BUILT_SHUTDOWN;
-        let (sk, lk, tk) = (
-            self.factory.stt_key(settings),
-            self.factory.llm_key(settings),
-            self.factory.tts_key(settings),
+        let f = &self.factory;
+        let keys = (f.stt_key(settings), f.llm_key(settings), f.tts_key(settings));
+        let refresh_llm = self
+            .llm
+            .current
+            .as_deref()
+            .is_some_and(|l| f.llm_needs_refresh(l));
+        let rebuild = (
+            self.stt.needs_rebuild(&keys.0),
+            self.llm.needs_rebuild(&keys.1) || refresh_llm,
+            self.tts.needs_rebuild(&keys.2),
         );
-        let new_stt = if self.stt.needs_rebuild(&sk) {
-            Some(self.factory.build_stt(settings)?)
-        } else {
-            None
+        Ok(RebuildPlan {
+            factory: Arc::clone(&self.factory),
+            settings: settings.clone(),
+            keys,
+            rebuild,
+            based_on: self.generations(),
+        })
+    }
+
+    /// Step 3 of a reconfiguration: installs what [`RebuildPlan::build`] built, all at
+    /// once; the replaced components retire (shut down at once when no call holds them).
+    /// Refused (and `built` shut down) when the components were shut down or another
+    /// reconfiguration was installed since the plan was made.
+    pub fn install(&mut self, mut built: BuiltComponents<F>) -> Result<ReconfigureReport, SettingsError> {
+        if self.shut_down {
+            return Err(SettingsError::new("bot", "the components are shut down"));
+        }
+        if built.based_on != self.generations() {
+            return Err(SettingsError::new(
+                "bot",
+                "another reconfiguration was installed meanwhile; nothing changed",
+            ));
+        }
+        let Some((sk, lk, tk)) = built.keys.take() else {
+            return Err(SettingsError::new("bot", "the components were not built"));
         };
-        let new_llm = if self.llm.needs_rebuild(&lk) {
-            match self.factory.build_llm(settings) {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    if let Some(s) = new_stt {
-                        cleanup_half_built("stt", s, deadline());
-                    }
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
-        let new_tts = if self.tts.needs_rebuild(&tk) {
-            match self.factory.build_tts(settings) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    if let Some(s) = new_stt {
-                        cleanup_half_built("stt", s, deadline());
-                    }
-                    if let Some(l) = new_llm {
-                        cleanup_half_built("llm", l, deadline());
-                    }
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
+        let started = Instant::now();
         let mut report = ReconfigureReport::default();
         let mut note = |name, replaced: bool| {
             if replaced {
@@ -366,22 +498,29 @@ impl<F: ComponentFactory> Components<F> {
                 report.kept.push(name);
             }
         };
-        note("stt", new_stt.is_some());
-        note("llm", new_llm.is_some());
-        note("tts", new_tts.is_some());
-        if let Some(s) = new_stt {
+        note("stt", built.stt.is_some());
+        note("llm", built.llm.is_some());
+        note("tts", built.tts.is_some());
+        if let Some(s) = built.stt.take() {
             self.stt.install(s, sk);
         }
-        if let Some(l) = new_llm {
+        if let Some(l) = built.llm.take() {
             self.llm.install(l, lk);
         }
-        if let Some(t) = new_tts {
+        if let Some(t) = built.tts.take() {
             self.tts.install(t, tk);
         }
         report.shut_down = self.reap(Instant::now() + HALF_BUILT_SHUTDOWN);
-        report.elapsed = started.elapsed();
+        report.elapsed = built.build_time + started.elapsed();
         tracing::info!(replaced = ?report.replaced, kept = ?report.kept, elapsed_ms = report.elapsed.as_millis() as u64, "components reconfigured");
         Ok(report)
+    }
+
+    /// Plans, builds and installs in one go, holding `&mut self` throughout (see the
+    /// [module docs](self)); on any failure nothing changes.
+    pub fn reconfigure(&mut self, settings: &Settings) -> Result<ReconfigureReport, SettingsError> {
+        let built = self.plan(settings)?.build()?;
+        self.install(built)
     }
 
     /// Shuts down retired components that no call holds any more.
@@ -501,9 +640,13 @@ mod tests {
         }
     }
 
-    /// Builds fakes labelled from the settings; fails for a chosen model name.
+    /// Builds fakes labelled from the settings; fails for a chosen model name; an LLM
+    /// model named `slow` waits for `gate` (a slow model load); `refresh` is what
+    /// `llm_needs_refresh` says.
     struct Factory {
         ledger: Arc<Ledger>,
+        gate: Option<crossbeam_channel::Receiver<()>>,
+        refresh: bool,
     }
 
     impl Factory {
@@ -542,6 +685,11 @@ mod tests {
             Ok(self.make(format!("stt:{}", s.stt.model.display())))
         }
         fn build_llm(&self, s: &Settings) -> Result<Fake, SettingsError> {
+            if s.llm.model == "slow"
+                && let Some(gate) = &self.gate
+            {
+                gate.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
             if s.llm.model == "bad" {
                 return Err(SettingsError::new("llm.model", "unknown model"));
             }
@@ -553,18 +701,23 @@ mod tests {
             }
             Ok(self.make(format!("tts:{}", s.tts.voice)))
         }
+        fn llm_needs_refresh(&self, _current: &Fake) -> bool {
+            self.refresh
+        }
+    }
+
+    fn factory(ledger: &Arc<Ledger>) -> Factory {
+        Factory {
+            ledger: Arc::clone(ledger),
+            gate: None,
+            refresh: false,
+        }
     }
 
     fn setup() -> (Components<Factory>, Arc<Ledger>, Settings) {
         let ledger = Arc::new(Ledger::default());
         let settings = Settings::default();
-        let c = Components::start(
-            Factory {
-                ledger: Arc::clone(&ledger),
-            },
-            &settings,
-        )
-        .unwrap();
+        let c = Components::start(factory(&ledger), &settings).unwrap();
         (c, ledger, settings)
     }
 
@@ -598,14 +751,7 @@ mod tests {
             let ledger = Arc::new(Ledger::default());
             let mut s = Settings::default();
             edit(&mut s);
-            let e = Components::start(
-                Factory {
-                    ledger: Arc::clone(&ledger),
-                },
-                &s,
-            )
-            .err()
-            .unwrap();
+            let e = Components::start(factory(&ledger), &s).err().unwrap();
             assert_eq!(e.field, field);
             assert_eq!(ledger.built.load(Ordering::SeqCst), built);
             assert_eq!(live(&ledger), 0, "half-built components shut down");
@@ -742,6 +888,84 @@ mod tests {
             Arc::get_mut(f).unwrap().shutdown(soon());
         }
         drop(call);
+        assert_eq!(live(&ledger), 0);
+    }
+
+    /// The slow step runs without the lock: while a new LLM "loads" (blocked on a
+    /// gate), new calls still take their components under the lock, from the old
+    /// generation; once installed, new calls get the new one.
+    #[test]
+    fn a_slow_build_does_not_block_new_calls() {
+        let ledger = Arc::new(Ledger::default());
+        let (open, gate) = crossbeam_channel::bounded(1);
+        let mut f = factory(&ledger);
+        f.gate = Some(gate);
+        let mut s = Settings::default();
+        let c = Arc::new(Mutex::new(Components::start(f, &s).unwrap()));
+        s.llm.model = "slow".into();
+        let (c2, s2) = (Arc::clone(&c), s.clone());
+        let (building_tx, building) = crossbeam_channel::bounded(1);
+        let t = std::thread::Builder::new()
+            .name("reconfigure".into())
+            .spawn(move || {
+                let plan = c2.lock().unwrap().plan(&s2).unwrap();
+                building_tx.send(()).unwrap();
+                let built = plan.build().unwrap();
+                c2.lock().unwrap().install(built).unwrap()
+            })
+            .unwrap();
+        building.recv_timeout(Duration::from_secs(5)).unwrap();
+        // The build is blocked on the gate; take components for "new calls" meanwhile.
+        for _ in 0..3 {
+            let started = Instant::now();
+            let call = c.lock().unwrap().for_call().unwrap();
+            assert!(started.elapsed() < Duration::from_secs(1));
+            assert_eq!(call.llm.label, "llm:llama3.2:1b");
+            assert_eq!(call.generations, (1, 1, 1));
+        }
+        assert!(!t.is_finished(), "the build is still in progress");
+        open.send(()).unwrap();
+        let r = t.join().unwrap();
+        assert_eq!(r.replaced, vec!["llm"]);
+        assert_eq!(c.lock().unwrap().for_call().unwrap().llm.label, "llm:slow");
+        c.lock().unwrap().shutdown(soon());
+        assert_eq!(live(&ledger), 0);
+    }
+
+    #[test]
+    fn built_but_not_installed_components_are_shut_down_and_stale_plans_refused() {
+        let (mut c, ledger, mut s) = setup();
+        s.stt.model = "a.bin".into();
+        s.llm.model = "a".into();
+        let plan = c.plan(&s).unwrap();
+        assert_eq!(plan.rebuilds(), vec!["stt", "llm"]);
+        let built = plan.build().unwrap();
+        assert_eq!(live(&ledger), 5);
+        drop(built);
+        assert_eq!(live(&ledger), 3, "dropped instead of installed: shut down");
+        assert_eq!(c.generations(), (1, 1, 1));
+        // A plan made before another install is refused; its components shut down.
+        let stale = c.plan(&s).unwrap().build().unwrap();
+        s.tts.voice = "en-gb".into();
+        c.reconfigure(&s).unwrap();
+        let e = c.install(stale).unwrap_err();
+        assert_eq!(e.field, "bot");
+        assert_eq!(c.generations(), (2, 2, 2));
+        assert_eq!(live(&ledger), 3);
+    }
+
+    #[test]
+    fn llm_refresh_rebuilds_an_unchanged_llm() {
+        let ledger = Arc::new(Ledger::default());
+        let mut f = factory(&ledger);
+        f.refresh = true;
+        let s = Settings::default();
+        let mut c = Components::start(f, &s).unwrap();
+        let r = c.reconfigure(&s).unwrap();
+        assert_eq!(r.replaced, vec!["llm"]);
+        assert_eq!(r.kept, vec!["stt", "tts"]);
+        assert_eq!(c.generations(), (1, 2, 1));
+        c.shutdown(soon());
         assert_eq!(live(&ledger), 0);
     }
 }

@@ -10,7 +10,8 @@
 //! - LLM: an [`OllamaChat`], probed at build time. When the server does not answer and
 //!   `llm.echo_when_unreachable` is on, the bot logs it and uses [`EchoChat`], which
 //!   answers with what it heard, so the whole pipeline works without Ollama. Rebuilt
-//!   when any `llm.*` setting changes.
+//!   when any `llm.*` setting changes, and on every reconfiguration while in echo mode
+//!   (the server is probed again: a server that became reachable ends echo mode).
 //! - TTS: one [`EspeakSynthesizer`] per process (libespeak-ng has global state). Voice,
 //!   rate, pitch and volume are per request ([`voice_options`]), so the engine is built
 //!   once and never rebuilt by a reconfiguration.
@@ -237,6 +238,11 @@ impl ComponentFactory for LayerFactory {
         s.llm.clone()
     }
     fn tts_key(&self, _s: &Settings) -> Self::TtsKey {}
+
+    /// Echo mode is re-evaluated on every reconfiguration: the server is probed again.
+    fn llm_needs_refresh(&self, current: &LlmComponent) -> bool {
+        current.is_echo()
+    }
 
     fn build_stt(&self, s: &Settings) -> Result<SttComponent, SettingsError> {
         let mut config = WhisperConfig::new(&s.stt.model);

@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest `dialogue.max_calls` accepted.
+pub const MAX_CALLS_LIMIT: usize = 10_000;
+
 /// Largest settings file read, in bytes.
 pub const MAX_SETTINGS_FILE_BYTES: u64 = 1 << 20;
 
@@ -673,10 +676,10 @@ impl Settings {
             1.0,
             86_400.0,
         )?;
-        if d.max_calls == 0 || d.max_calls > 10_000 {
+        if d.max_calls == 0 || d.max_calls > MAX_CALLS_LIMIT {
             return Err(SettingsError::new(
                 "dialogue.max_calls",
-                format!("{} is outside 1..=10000", d.max_calls),
+                format!("{} is outside 1..={MAX_CALLS_LIMIT}", d.max_calls),
             ));
         }
         let g = &d.noise_guard;

@@ -187,11 +187,12 @@ fn heavy_bot_start_failure_names_the_setting_and_reconfigure_rolls_back() {
     next.stt.threads = 1;
     next.dialogue.greeting = "Hi again.".into();
     let r = bot.reconfigure(next).unwrap();
-    assert_eq!(r.replaced, vec!["stt"]);
+    // The LLM too: in echo mode the server is probed again on every reconfiguration.
+    assert_eq!(r.replaced, vec!["stt", "llm"]);
     assert_eq!(
         r.shut_down.len(),
-        1,
-        "old Whisper pool shut down at once (no live call)"
+        2,
+        "old Whisper pool and echo LLM shut down at once (no live call)"
     );
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
