@@ -757,7 +757,7 @@ fn accept(
         dialogue: settings.dialogue_config(),
         stt: components.stt.clone(),
         stt_options: transcribe_options(&settings),
-        stt_timeout: Duration::from_secs(10),
+        stt_timeout: settings.stt_timeout(),
         llm: components.llm.clone(),
         chunker: Default::default(),
         tts: components.tts.clone(),

@@ -186,6 +186,10 @@ pub struct SttSettings {
     pub beam_size: u32,
     /// Text given to Whisper as the previous context (names, jargon).
     pub initial_prompt: String,
+    /// Longest a transcription may take, from its start (0.5 to 300 s). A transcription
+    /// that fails or times out is recorded in the transcript (a `transcription_failed`
+    /// turn with the error) and the bot says `dialogue.stt_failed_phrase`.
+    pub timeout_secs: f64,
 }
 
 impl Default for SttSettings {
@@ -197,6 +201,7 @@ impl Default for SttSettings {
             language: "en".into(),
             beam_size: 1,
             initial_prompt: String::new(),
+            timeout_secs: 10.0,
         }
     }
 }
@@ -369,7 +374,12 @@ pub struct DialogueSettings {
     pub max_calls: usize,
     /// Said when the language model fails.
     pub error_phrase: String,
-    /// Said to live calls when the bot shuts down.
+    /// Said when the transcription of the caller's utterance fails or times out
+    /// (`stt.timeout_secs`): a re-prompt. Empty: say nothing and listen.
+    pub stt_failed_phrase: String,
+    /// Said to live calls when the bot shuts down. Keep it short: it is synthesized once
+    /// and fitted into half of the shutdown's time left, spoken up to 2.5 times faster,
+    /// then cut (see `callbot::shutdown`).
     pub shutdown_phrase: String,
     /// When true, the caller's speech stops the bot's playback (barge-in).
     pub barge_in: bool,
@@ -396,7 +406,8 @@ impl Default for DialogueSettings {
             max_call_duration_secs: 600.0,
             max_calls: 20,
             error_phrase: "Sorry, I cannot answer that right now.".into(),
-            shutdown_phrase: "Sorry, I have to go now. Goodbye.".into(),
+            stt_failed_phrase: "Sorry, I did not catch that. Could you say it again?".into(),
+            shutdown_phrase: "Goodbye.".into(),
             barge_in: true,
             speculative_stt: true,
             noise_guard: NoiseGuardSettings::default(),
@@ -568,6 +579,7 @@ impl Settings {
             ));
         }
         phrase("stt.initial_prompt", &s.initial_prompt)?;
+        seconds("stt.timeout_secs", s.timeout_secs, 0.5, 300.0)?;
         Ok(())
     }
 
@@ -640,6 +652,7 @@ impl Settings {
         phrase("dialogue.goodbye", &d.goodbye)?;
         phrase("dialogue.silence_prompt", &d.silence_prompt)?;
         phrase("dialogue.error_phrase", &d.error_phrase)?;
+        phrase("dialogue.stt_failed_phrase", &d.stt_failed_phrase)?;
         phrase("dialogue.shutdown_phrase", &d.shutdown_phrase)?;
         for (i, p) in d.caller_goodbye_phrases.iter().enumerate() {
             if crate::dialogue::normalize_words(p).is_empty() {
@@ -750,6 +763,11 @@ impl Settings {
         Duration::from_millis(u64::from(self.media.jitter_buffer_ms))
     }
 
+    /// The deadline of each transcription (`stt.timeout_secs`).
+    pub fn stt_timeout(&self) -> Duration {
+        secs(self.stt.timeout_secs)
+    }
+
     /// The VAD's `min_speech` while the bot speaks (`dialogue.vad.barge_in_min_speech_secs`).
     pub fn barge_in_min_speech(&self) -> Duration {
         secs(self.dialogue.vad.barge_in_min_speech_secs)
@@ -771,6 +789,7 @@ impl Settings {
             silence_hangup_after: secs(d.silence_hangup_after_secs),
             max_call_duration: secs(d.max_call_duration_secs),
             error_phrase: d.error_phrase.clone(),
+            stt_failed_phrase: d.stt_failed_phrase.clone(),
             barge_in: d.barge_in,
             speculative_stt: d.speculative_stt,
             max_no_speech_prob: d.noise_guard.max_no_speech_prob,
@@ -967,6 +986,8 @@ mod tests {
             ("[stt]\nbeam_size = 0", "stt.beam_size"),
             ("[stt]\nlanguage = \"EN!\"", "stt.language"),
             ("[stt]\nmodel = \"\"", "stt.model"),
+            ("[stt]\ntimeout_secs = 0.1", "stt.timeout_secs"),
+            ("[stt]\ntimeout_secs = nan", "stt.timeout_secs"),
             ("[llm]\ntemperature = 3.0", "llm.temperature"),
             ("[llm]\ntemperature = nan", "llm.temperature"),
             ("[llm]\nnum_predict = 0", "llm.num_predict"),
