@@ -16,8 +16,10 @@
 //! live calls say the shutdown phrase and hang up (BYE), joins every thread, shuts SIP
 //! down (unregistering) and then the components, logging "All components cleaned up";
 //! it returns a [`BotShutdownReport`], is idempotent, and `Drop` calls it.
-//! [`Bot::reconfigure`] builds changed components first and swaps them in, or changes
-//! nothing and names the failing setting; live calls keep what they started with.
+//! [`Bot::reconfigure`] builds changed components (and a changed registration) first,
+//! without blocking new calls, and swaps them in, or changes nothing and names the
+//! failing setting; live calls keep what they started with. Every setting applies
+//! without a restart except `sip.listen` (the table is in [`bot`]).
 //!
 //! ## The modules
 //!
