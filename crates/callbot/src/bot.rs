@@ -95,6 +95,10 @@ use crate::shutdown::{GoodbyeReport, prepare_goodbye};
 /// before it gives up (the error then names `sip.registration.server`).
 pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// Time of the shutdown deadline kept for the components (Whisper, LLM, TTS) when the
+/// SIP layer waits for a registrar that does not answer (they take about 25 ms).
+const COMPONENTS_RESERVE: Duration = Duration::from_millis(100);
+
 /// Why the bot could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BotError {
@@ -566,11 +570,15 @@ impl Bot {
                 }
             }
         }
-        // 3. SIP: BYE to what is left, the answers awaited, unregister, join.
+        // 3. SIP: BYE to what is left, the answers awaited, unregister, join. A
+        // registrar that does not answer holds it until its own deadline, which
+        // leaves the components their share.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let sip_deadline = deadline - (left / 4).min(COMPONENTS_RESERVE);
         if let Some(sip) = self.sip.take() {
             match Arc::try_unwrap(sip) {
                 Ok(mut sip) => {
-                    let r = sip.shutdown(deadline);
+                    let r = sip.shutdown(sip_deadline);
                     report.byes_sent += r.calls_hung_up;
                     // Answers that arrived after `bot-sip` stopped.
                     let late = sip
