@@ -8,6 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use callbot::components::RegistrationChange;
+use callbot::settings::RegistrationSettings;
 use callbot::{Bot, Settings};
 use callbot_audio::g711::Law;
 use callbot_rtp::{RtpSession, RtpSessionConfig};
@@ -181,11 +183,13 @@ impl Caller {
     /// Places a call, waits for the answer, points a fresh RTP session at the bot.
     /// Panics if any call (this one or a held one) ends meanwhile.
     fn call(&mut self, bot: SocketAddr) -> (CallId, usize) {
+        self.call_via(&format!("sip:bot@{bot}"), bot)
+    }
+
+    /// [`Caller::call`] to `uri`, sending the INVITE to `dest` (a registrar routes it).
+    fn call_via(&mut self, uri: &str, dest: SocketAddr) -> (CallId, usize) {
         let rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
-        let call = self
-            .ua
-            .call(&format!("sip:bot@{bot}"), bot, rtp.local_addr())
-            .unwrap();
+        let call = self.ua.call(uri, dest, rtp.local_addr()).unwrap();
         let t0 = Instant::now();
         let media = loop {
             let left = Duration::from_secs(5).saturating_sub(t0.elapsed());
@@ -250,7 +254,11 @@ impl Caller {
 /// a model the server does not have, a non-HTTP URL, an unreachable server without echo
 /// fallback, and out-of-range values: each is rejected naming its field, the held calls
 /// survive, and a call placed right after is answered and hears its greeting (the old
-/// components still serve). Afterwards threads, fds and sockets are back to the
+/// components still serve). With Kamailio installed the bot is registered too: every
+/// tenth valid round moves the registration to the other of two registrars (the new
+/// binding registered first, the old one removed), one kind of invalid round is a wrong
+/// password (`sip.registration.password`), and the verification calls are routed
+/// through the current registrar. Afterwards threads, fds and sockets are back to the
 /// baseline exactly, and RSS within 16 MB (see the assertion).
 #[test]
 fn heavy_e2e_100_reconfigurations_during_live_calls() {
@@ -266,10 +274,39 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
     base.llm.url = llm.url();
     base.llm.model = "test-model".into();
     base.llm.echo_when_unreachable = false;
+    let registrars = callbot_testkit::tools::require("kamailio").map(|_| {
+        let cfg = callbot_testkit::kamailio::KamailioConfig::new("callbot", "s3cret");
+        [0, 1].map(|_| callbot_testkit::kamailio::Kamailio::start(&cfg).unwrap())
+    });
+    let registration_at = |i: usize, password: &str| {
+        registrars.as_ref().map(|r| RegistrationSettings {
+            server: r[i].addr().to_string(),
+            user: "callbot".into(),
+            password: password.into(),
+            expires: 300,
+        })
+    };
+    let mut registrar = 0;
+    base.sip.registration = registration_at(registrar, "s3cret");
     let mut bot = Bot::start(base.clone()).unwrap();
     assert!(!bot.echo_mode());
     let addr = bot.sip_addr();
     let mut caller = Caller::start();
+    let is_ok = |e: &callbot_testkit::kamailio::RegistrarEvent| {
+        matches!(e, callbot_testkit::kamailio::RegistrarEvent::RegOk { .. })
+    };
+    if let Some(r) = &registrars {
+        assert!(
+            r[0].wait_event(Duration::from_secs(10), is_ok).is_some(),
+            "{}",
+            r[0].log()
+        );
+    }
+    // Verification calls go through the current registrar when there is one.
+    let verify_route = |registrar: usize| match &registrars {
+        Some(r) => (r[registrar].user_uri("callbot"), r[registrar].addr()),
+        None => (format!("sip:bot@{addr}"), addr),
+    };
 
     // Warm-up: one full call so lazily allocated state exists before the baseline.
     let (c, i) = caller.call(addr);
@@ -289,6 +326,7 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
     let mut whisper_reloads = 0;
     let mut verified_calls = 0;
     let mut current_threads = base.stt.threads;
+    let mut registration_swaps = Vec::new();
     let rounds = 100;
     for round in 0..rounds {
         let mut next = base.clone();
@@ -302,13 +340,25 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
                 next.stt.threads = current_threads;
                 whisper_reloads += 1;
             }
+            let swap = round % 10 == 0 && registrars.is_some();
+            if swap {
+                next.sip.registration = registration_at(1 - registrar, "s3cret");
+            }
             let r = bot
-                .reconfigure(next)
+                .reconfigure(next.clone())
                 .unwrap_or_else(|e| panic!("round {round}: {e}"));
             assert!(r.replaced.contains(&"llm"), "round {round}: {r:?}");
+            if swap {
+                let RegistrationChange::Replaced { took, .. } = r.registration else {
+                    panic!("round {round}: {r:?}")
+                };
+                registration_swaps.push((took, r.elapsed));
+                registrar = 1 - registrar;
+            }
             base.stt.threads = current_threads;
+            base.sip.registration = next.sip.registration;
         } else {
-            let expected = match (round / 2) % 6 {
+            let expected = match (round / 2) % 7 {
                 0 => {
                     next.stt.model = dir.path().join("missing-model.bin");
                     "stt.model"
@@ -329,6 +379,10 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
                     next.tts.rate = 5000;
                     "tts.rate"
                 }
+                5 if registrars.is_some() => {
+                    next.sip.registration = registration_at(1 - registrar, "WRONG");
+                    "sip.registration.password"
+                }
                 _ => {
                     next.stt.beam_size = 99;
                     "stt.beam_size"
@@ -336,8 +390,10 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
             };
             let e = bot.reconfigure(next).expect_err("invalid settings accepted");
             assert_eq!(e.field, expected, "round {round}: {e}");
-            // The old components still serve: a new call is answered and greeted.
-            let (c, i) = caller.call(addr);
+            // The old components (and registration) still serve: a new call is answered
+            // and greeted.
+            let (uri, dest) = verify_route(registrar);
+            let (c, i) = caller.call_via(&uri, dest);
             assert!(
                 caller.hears_audio(i, Duration::from_secs(5)),
                 "round {round}: no greeting after a rejected reconfigure"
@@ -354,6 +410,27 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
     println!(
         "{rounds} reconfigurations (50 invalid, {whisper_reloads} Whisper reloads, {verified_calls} verification calls) in {took:?}"
     );
+    if let Some(r) = &registrars {
+        let unregistered = |k: &callbot_testkit::kamailio::Kamailio| {
+            k.count(|e| matches!(e, callbot_testkit::kamailio::RegistrarEvent::Unregistered { .. }))
+        };
+        println!(
+            "{} registration swaps (new binding accepted after, whole reconfiguration): {registration_swaps:?}; unregistered at A {}, at B {}",
+            registration_swaps.len(),
+            unregistered(&r[0]),
+            unregistered(&r[1])
+        );
+        // Every swap away from a registrar removed its binding there.
+        assert_eq!(
+            unregistered(&r[0]) + unregistered(&r[1]),
+            registration_swaps.len()
+        );
+        // Each new binding was accepted once (no retries, no refusals counted as bindings).
+        assert_eq!(
+            r[0].count(is_ok) + r[1].count(is_ok),
+            1 + registration_swaps.len()
+        );
+    }
 
     // The held calls are still up, and still served: hang them up.
     for (c, i) in held.into_iter().rev() {
