@@ -11,10 +11,16 @@
 //! The bot's own per-turn figure (end of the caller's voice to the first reply audio
 //! queued for sending, from its transcript) is printed beside it.
 //!
+//! With speculation on, the turn ends early when the speculative transcript reads as
+//! a finished sentence (`dialogue.early_end_of_turn`); `--early-end off` measures the
+//! speculation alone (the full endpoint hangover every turn).
+//!
 //! ```text
 //! cargo run --release -p callbot-examples --example voice_latency -- [--turns 10] [--mode both|on|off]
+//!     [--early-end on|off] [--speculation-delay SECS] [--early-min-silence SECS] [--hangover SECS]
 //! ```
-//! Needs `CALLBOT_WHISPER_MODEL` (or `cargo xtask model`) and espeak-ng.
+//! Needs `CALLBOT_WHISPER_MODEL` (or `cargo xtask model`) and espeak-ng. The machine's
+//! load average is printed before and after each mode (the figures depend on it).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -112,8 +118,24 @@ fn wait_quiet(rtp: &RtpSession, quiet: Duration, limit: Duration) {
     }
 }
 
-fn run_mode(
+/// The dialogue settings a run varies.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
     speculative: bool,
+    early_end: Option<bool>,
+    speculation_delay: Option<f64>,
+    early_min_silence: Option<f64>,
+    hangover: Option<f64>,
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn run_mode(
+    variant: Variant,
     turns: usize,
     model: &Path,
     utterances: &[Utterance],
@@ -128,7 +150,27 @@ fn run_mode(
     s.llm.url = llm.url();
     s.llm.model = "test-model".into();
     s.dialogue.greeting = String::new();
-    s.dialogue.speculative_stt = speculative;
+    s.dialogue.speculative_stt = variant.speculative;
+    if let Some(on) = variant.early_end {
+        s.dialogue.early_end_of_turn = on;
+    }
+    if let Some(secs) = variant.speculation_delay {
+        s.dialogue.speculation_delay_secs = secs;
+    }
+    if let Some(secs) = variant.early_min_silence {
+        s.dialogue.early_end_min_silence_secs = secs;
+    }
+    if let Some(secs) = variant.hangover {
+        s.dialogue.vad.hangover_secs = secs;
+    }
+    println!(
+        "  settings: speculative_stt {} early_end_of_turn {} speculation_delay_secs {} early_end_min_silence_secs {} vad.hangover_secs {}",
+        s.dialogue.speculative_stt,
+        s.dialogue.early_end_of_turn && s.dialogue.speculative_stt,
+        s.dialogue.speculation_delay_secs,
+        s.dialogue.early_end_min_silence_secs,
+        s.dialogue.vad.hangover_secs
+    );
     s.dialogue.silence_prompt_after_secs = 600.0;
     s.dialogue.silence_hangup_after_secs = 1200.0;
     s.dialogue.max_calls = 2;
@@ -210,8 +252,33 @@ fn run_mode(
 
 fn run() -> Result<(), String> {
     let args = callbot_examples::Args::parse(&[])?;
-    args.reject_unknown(&["turns", "mode"])?;
+    args.reject_unknown(&[
+        "turns",
+        "mode",
+        "early-end",
+        "speculation-delay",
+        "early-min-silence",
+        "hangover",
+    ])?;
     let turns: usize = args.parsed_or("turns", 10)?;
+    let early_end = match args.get("early-end") {
+        None => None,
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        Some(other) => return Err(format!("--early-end {other}: expected on or off")),
+    };
+    let optional = |name: &str| -> Result<Option<f64>, String> {
+        args.get(name)
+            .map(|v| v.parse::<f64>().map_err(|e| format!("--{name} {v}: {e}")))
+            .transpose()
+    };
+    let base = Variant {
+        speculative: true,
+        early_end,
+        speculation_delay: optional("speculation-delay")?,
+        early_min_silence: optional("early-min-silence")?,
+        hangover: optional("hangover")?,
+    };
     let modes: &[bool] = match args.get("mode").unwrap_or("both") {
         "both" => &[true, false],
         "on" => &[true],
@@ -222,10 +289,12 @@ fn run() -> Result<(), String> {
     let utterances = utterances()?;
     for &speculative in modes {
         println!(
-            "speculative transcription {}: {turns} turns",
-            if speculative { "ON" } else { "OFF" }
+            "speculative transcription {}: {turns} turns (load average {})",
+            if speculative { "ON" } else { "OFF" },
+            load_average()
         );
-        let (caller_side, lines) = run_mode(speculative, turns, &model, &utterances)?;
+        let variant = Variant { speculative, ..base };
+        let (caller_side, lines) = run_mode(variant, turns, &model, &utterances)?;
         let field =
             |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l["timings"][key].as_f64()).collect() };
         stats("caller: end of speech -> first reply packet", caller_side);
@@ -240,6 +309,7 @@ fn run() -> Result<(), String> {
             field("stt_after_endpoint"),
         );
         stats("bot: llm_first_token", field("llm_first_token"));
+        stats("bot: llm_first_sentence", field("llm_first_sentence"));
         stats("bot: tts_first_audio", field("tts_first_audio"));
         let spec = lines
             .iter()
@@ -249,6 +319,12 @@ fn run() -> Result<(), String> {
             "  turns answered from a speculative transcription: {spec} of {}",
             lines.len()
         );
+        let early = lines.iter().filter(|l| l["timings"]["early_end"] == true).count();
+        println!(
+            "  turns ended early (finished sentence before the hangover): {early} of {}",
+            lines.len()
+        );
+        println!("  load average after: {}", load_average());
         for l in lines.iter().take(3) {
             println!("  heard: {}", l["user"]);
         }

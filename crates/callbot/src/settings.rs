@@ -386,6 +386,20 @@ pub struct DialogueSettings {
     /// When true, the transcription of an utterance starts as soon as the caller's
     /// voice stops (during the endpoint hangover) and is dropped if the caller goes on.
     pub speculative_stt: bool,
+    /// Seconds of silence after the caller's voice stops before the speculative
+    /// transcription starts (0: at once). Longer spares the transcriber the short
+    /// pauses inside sentences but adds to every reply's latency.
+    pub speculation_delay_secs: f64,
+    /// When true (and `speculative_stt`), the turn ends as soon as the speculative
+    /// transcript reads as a finished utterance (final `.`/`?`/`!`, at least
+    /// `early_end_min_words` words, not ending with "and", "the", "um"...) and the
+    /// caller has been silent for `early_end_min_silence_secs`; otherwise the bot waits
+    /// for the full `vad.hangover_secs`.
+    pub early_end_of_turn: bool,
+    /// Seconds of caller silence before an early end of turn (at most `vad.hangover_secs`).
+    pub early_end_min_silence_secs: f64,
+    /// Words a transcript needs for an early end of turn.
+    pub early_end_min_words: usize,
     /// Which transcripts are treated as noise.
     pub noise_guard: NoiseGuardSettings,
     /// Voice activity detection.
@@ -410,6 +424,10 @@ impl Default for DialogueSettings {
             shutdown_phrase: "Goodbye.".into(),
             barge_in: true,
             speculative_stt: true,
+            speculation_delay_secs: 0.0,
+            early_end_of_turn: true,
+            early_end_min_silence_secs: 0.25,
+            early_end_min_words: 2,
             noise_guard: NoiseGuardSettings::default(),
             vad: VadSettings::default(),
             dtmf: BTreeMap::new(),
@@ -723,6 +741,30 @@ impl Settings {
             0.02,
             2.0,
         )?;
+        for (field, value) in [
+            ("dialogue.speculation_delay_secs", d.speculation_delay_secs),
+            (
+                "dialogue.early_end_min_silence_secs",
+                d.early_end_min_silence_secs,
+            ),
+        ] {
+            seconds(field, value, 0.0, 5.0)?;
+            if value >= v.hangover_secs {
+                return Err(SettingsError::new(
+                    field,
+                    format!(
+                        "{value} must be below dialogue.vad.hangover_secs ({})",
+                        v.hangover_secs
+                    ),
+                ));
+            }
+        }
+        if !(1..=50).contains(&d.early_end_min_words) {
+            return Err(SettingsError::new(
+                "dialogue.early_end_min_words",
+                format!("{} is outside 1..=50", d.early_end_min_words),
+            ));
+        }
         if v.barge_in_min_speech_secs > v.min_speech_secs {
             return Err(SettingsError::new(
                 "dialogue.vad.barge_in_min_speech_secs",
@@ -792,6 +834,10 @@ impl Settings {
             stt_failed_phrase: d.stt_failed_phrase.clone(),
             barge_in: d.barge_in,
             speculative_stt: d.speculative_stt,
+            speculation_delay: secs(d.speculation_delay_secs),
+            early_end_of_turn: d.early_end_of_turn,
+            early_end_min_silence: secs(d.early_end_min_silence_secs),
+            early_end_min_words: d.early_end_min_words,
             max_no_speech_prob: d.noise_guard.max_no_speech_prob,
             min_words: d.noise_guard.min_words,
             dtmf: d
@@ -1057,6 +1103,22 @@ mod tests {
             ("[dialogue.dtmf]\n11 = { say = \"x\" }", "dialogue.dtmf.11"),
             ("[dialogue.dtmf]\n5 = { say = \"\" }", "dialogue.dtmf.5"),
             (
+                "[dialogue]\nspeculation_delay_secs = -1.0",
+                "dialogue.speculation_delay_secs",
+            ),
+            (
+                "[dialogue]\nspeculation_delay_secs = 0.6",
+                "dialogue.speculation_delay_secs",
+            ),
+            (
+                "[dialogue]\nearly_end_min_silence_secs = 0.7",
+                "dialogue.early_end_min_silence_secs",
+            ),
+            (
+                "[dialogue]\nearly_end_min_words = 0",
+                "dialogue.early_end_min_words",
+            ),
+            (
                 "[sip.registration]\nserver = \"\"\nuser = \"bot\"",
                 "sip.registration.server",
             ),
@@ -1101,6 +1163,15 @@ mod tests {
         assert!(cfg.speculative_stt, "speculative transcription is on by default");
         let s = Settings::from_toml_str("[dialogue]\nspeculative_stt = false\n").unwrap();
         assert!(!s.dialogue_config().speculative_stt);
+        let s = Settings::from_toml_str(
+            "[dialogue]\nspeculation_delay_secs = 0.2\nearly_end_of_turn = false\nearly_end_min_silence_secs = 0.3\nearly_end_min_words = 3\n",
+        )
+        .unwrap();
+        let c = s.dialogue_config();
+        assert_eq!(c.speculation_delay, Duration::from_millis(200));
+        assert!(!c.early_end_of_turn);
+        assert_eq!(c.early_end_min_silence, Duration::from_millis(300));
+        assert_eq!(c.early_end_min_words, 3);
         assert_eq!(s.barge_in_min_speech(), Duration::from_millis(32));
     }
 
