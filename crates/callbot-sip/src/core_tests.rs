@@ -1024,6 +1024,26 @@ fn other_registrar() -> SocketAddr {
     "127.0.0.1:5080".parse().unwrap()
 }
 
+/// Answers `req` with a 401 challenge from `registrar`; returns the retry, which must
+/// carry `user`'s digest.
+fn challenge(
+    ua: &mut UserAgentCore,
+    now: Instant,
+    registrar: SocketAddr,
+    req: &SipMsg,
+    user: &str,
+) -> SipMsg {
+    ua.handle_datagram(
+        now,
+        registrar,
+        respond_to(req, 401, Some("r"), CHALLENGE, "").as_bytes(),
+    );
+    let retry = drain(ua).remove(0).1;
+    let auth = retry.header("Authorization").unwrap();
+    assert!(auth.contains(&format!("username=\"{user}\"")), "{auth}");
+    retry
+}
+
 #[test]
 fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_removed() {
     let t0 = Instant::now();
@@ -1045,17 +1065,7 @@ fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_remo
     assert!(r1.to.contains("sip:newbot@127.0.0.1"), "{}", r1.to);
     assert_ne!(r1.call_id, old_call_id, "a binding of its own");
     assert_eq!(r1.header("Contact"), Some("<sip:newbot@127.0.0.1:5060>"));
-    ua.handle_datagram(
-        t1,
-        other_registrar(),
-        respond_to(r1, 401, Some("r"), CHALLENGE, "").as_bytes(),
-    );
-    let r2 = drain(&mut ua).remove(0).1;
-    assert!(
-        r2.header("Authorization")
-            .unwrap()
-            .contains("username=\"newbot\"")
-    );
+    let r2 = challenge(&mut ua, t1, other_registrar(), r1, "newbot");
     let t2 = t1 + Duration::from_millis(40);
     ua.handle_datagram(
         t2,
@@ -1094,17 +1104,7 @@ fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_remo
     assert_eq!(un.call_id, old_call_id);
     assert_eq!(un.header("Expires"), Some("0"));
     assert_eq!(un.header("Contact"), Some("<sip:botuser@127.0.0.1:5060>"));
-    ua.handle_datagram(
-        t2,
-        peer(),
-        respond_to(un, 401, Some("r"), CHALLENGE, "").as_bytes(),
-    );
-    let un2 = drain(&mut ua).remove(0).1;
-    assert!(
-        un2.header("Authorization")
-            .unwrap()
-            .contains("username=\"botuser\"")
-    );
+    let un2 = challenge(&mut ua, t2, peer(), un, "botuser");
     ua.handle_datagram(t2, peer(), respond_to(&un2, 200, Some("r"), "", "").as_bytes());
     assert!(ua.reg_retiring.is_empty(), "forgotten once removed");
     assert!(events(&mut ua).is_empty());
@@ -1140,12 +1140,7 @@ fn refused_or_unanswered_staged_registration_leaves_the_old_one_alone() {
     )
     .unwrap();
     let r1 = drain(&mut ua).remove(0).1;
-    ua.handle_datagram(
-        t0,
-        peer(),
-        respond_to(&r1, 401, Some("r"), CHALLENGE, "").as_bytes(),
-    );
-    let r2 = drain(&mut ua).remove(0).1;
+    let r2 = challenge(&mut ua, t0, peer(), &r1, "botuser");
     ua.handle_datagram(t0, peer(), respond_to(&r2, 403, Some("r"), "", "").as_bytes());
     assert_eq!(
         ua.staged_registration(),
