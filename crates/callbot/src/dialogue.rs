@@ -22,11 +22,22 @@
 //!   One transcription runs at a time; an utterance that ends meanwhile waits (the
 //!   newest one; an older waiting one is dropped and counted).
 //! - **Speculative transcription** (when `speculative_stt` is on): when the caller's
-//!   voice stops ([`Input::SpeechPaused`], the start of the endpoint hangover), the
-//!   utterance so far is transcribed at once. When the hangover completes
-//!   ([`Input::SpeechEnded`]) that job's result is used (or awaited) instead of a new
-//!   one; when the caller goes on speaking ([`Input::SpeechResumed`]) it is cancelled.
-//!   Its result is never answered before the endpoint, so there is no double reply.
+//!   voice has stopped ([`Input::SpeechPaused`], the start of the endpoint hangover)
+//!   for `speculation_delay`, the utterance so far is transcribed. When the hangover
+//!   completes ([`Input::SpeechEnded`]) that job's result is used (or awaited) instead
+//!   of a new one; when the caller goes on speaking ([`Input::SpeechResumed`]) it is
+//!   cancelled, and no new speculation starts until the cancelled job has stopped (the
+//!   driver answers [`Action::CancelTranscription`] with the job's end), so a stale job
+//!   never queues ahead of a fresh one. While another transcription runs, the
+//!   speculation waits for it.
+//! - **Early end of turn** (when `early_end_of_turn` is on): when the speculative
+//!   transcript reads as a finished utterance ([`reads_finished`]: final punctuation
+//!   from Whisper, enough words, no dangling "and"/"the"/"um") and the caller has been
+//!   silent for `early_end_min_silence`, the turn ends at once ([`Action::EndUtterance`],
+//!   then [`Action::Reply`]) instead of after the full hangover. Otherwise the engine
+//!   waits for the hangover and reuses the result (the audio did not change). Speech
+//!   after an early end is a new utterance: before the bot says anything, the reply is
+//!   cancelled and both texts are answered together; once it speaks, it is a barge-in.
 //! - **Caller goes on speaking** before the bot says anything: the pending transcript
 //!   or reply is not answered; its text is carried into the next turn.
 //! - **Barge-in** (when enabled): the caller starts speaking while the bot speaks ->
@@ -1487,6 +1498,7 @@ impl<A> Dialogue<A> {
         }
         self.summary.dtmf_digits += 1;
         let digit = digit.to_ascii_uppercase();
+        tracing::info!(%digit, "DTMF digit");
         let Some(action) = self.config.dtmf.get(&digit).cloned() else {
             tracing::debug!(%digit, "DTMF digit without an action");
             return;
@@ -1495,7 +1507,14 @@ impl<A> Dialogue<A> {
         self.prompted = false;
         self.cancel_work(now);
         match action.then {
-            DtmfThen::Hangup => self.close(now, EndReason::Dtmf, action.say, None),
+            DtmfThen::Hangup => {
+                self.close(now, EndReason::Dtmf, action.say, None);
+                // Its phrase (the call's goodbye) is recorded as the digit's turn.
+                let id = self.closing.as_ref().and_then(|c| c.goodbye);
+                if let Some(s) = self.queue.iter_mut().find(|s| Some(s.id) == id) {
+                    s.kind = SpeechKind::Solo(TurnKind::Dtmf(digit));
+                }
+            }
             DtmfThen::Continue => {
                 if !action.say.trim().is_empty() {
                     self.speak(now, action.say, SpeechKind::Solo(TurnKind::Dtmf(digit)));
@@ -2958,9 +2977,13 @@ mod tests {
         let g = speak_id(&a);
         let a = play(&mut d, t + ms(1800), g, ms(900));
         assert!(a.contains(&Action::HangUp));
+        let r = records(&a);
+        assert_eq!(r[0].kind, TurnKind::Dtmf('0'));
+        assert_eq!(r[0].bot, "Transferring you. Goodbye.");
         let s = summary(&a);
         assert_eq!(s.reason, EndReason::Dtmf);
         assert_eq!(s.dtmf_digits, 1);
+        assert!(s.goodbye_completed);
     }
 
     #[test]

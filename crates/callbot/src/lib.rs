@@ -64,9 +64,11 @@
 //! `examples/demo_call.rs` (the bot on loopback, a real call asking a spoken question).
 //!
 //! Latency: transcription starts speculatively when the caller's voice stops (during
-//! the endpoint hangover; `dialogue.speculative_stt`), and while the bot speaks the VAD
-//! confirms speech after a shorter `dialogue.vad.barge_in_min_speech_secs`, so
-//! barge-in stops playback sooner. `examples/voice_latency.rs` measures voice-to-voice.
+//! the endpoint hangover; `dialogue.speculative_stt`), the turn ends as soon as that
+//! transcript reads as a finished sentence (`dialogue.early_end_of_turn`), and while
+//! the bot speaks the VAD confirms speech after a shorter
+//! `dialogue.vad.barge_in_min_speech_secs`, so barge-in stops playback sooner.
+//! `examples/voice_latency.rs` measures voice-to-voice.
 
 #[cfg(test)]
 mod barge_in_tests;
