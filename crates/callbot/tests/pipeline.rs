@@ -246,6 +246,43 @@ fn noise_is_not_answered() {
     assert_eq!(out.summary.unwrap().noise_ignored, 1);
 }
 
+#[test]
+fn early_end_of_turn_answers_before_the_hangover_and_resumed_speech_is_a_new_turn() {
+    let h = start(
+        &["What time is it?", "And tomorrow?"],
+        "It is noon.",
+        true,
+        DialogueConfig {
+            greeting: String::new(),
+            early_end_min_silence: Duration::ZERO,
+            ..dialogue()
+        },
+        None,
+    );
+    // 10 loud frames and one quiet one: the endpointer only reports the pause (its
+    // hangover is 5 frames), the speculative transcript reads as finished: answered.
+    h.remote.frames(5000, 10);
+    h.remote.frames(0, 1);
+    let t1 = next_turn(&h);
+    assert_eq!(t1.user.as_deref(), Some("What time is it?"));
+    assert!(t1.timings.early_end && t1.timings.speculative_stt);
+    // the caller goes on within the endpointer's hangover: a new utterance
+    h.remote.frames(5000, 10);
+    h.remote.frames(0, 1);
+    let t2 = next_turn(&h);
+    assert_eq!(t2.user.as_deref(), Some("And tomorrow?"));
+    assert!(t2.timings.early_end);
+    h.control.send(CallControl::CallerHungUp).unwrap();
+    let out = h.thread.join().unwrap();
+    let summary = out.summary.unwrap();
+    assert_eq!(summary.early_ends, 2);
+    assert_eq!(
+        summary.speculations, 2,
+        "one speculative transcription per utterance"
+    );
+    assert_eq!(h.chat.started.load(Ordering::SeqCst), 2);
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
