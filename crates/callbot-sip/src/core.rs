@@ -6,8 +6,7 @@
 //! [`UserAgentCore::poll_event`], and [`UserAgentCore::poll_timeout`] says when to call
 //! `handle_timeout` next.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,7 @@ use crate::digest::{DigestChallenge, DigestCredentials};
 use crate::media::{self, MediaError, NegotiatedMedia, Offer};
 use crate::message::{self, EchoHeaders, Method, Parsed, SipMsg, StartLine};
 use crate::transaction::{
-    ClientKey, ClientState, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout, ServerTx,
-    Timers,
+    ClientKey, ClientState, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout, ServerTx, Timers,
 };
 
 use self::registration::Registration;
@@ -303,6 +301,27 @@ pub(crate) enum TxOwner {
     Register,
 }
 
+/// What the transaction layer hands up to the transaction user (the second half of
+/// [`UserAgentCore::handle_datagram`]).
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A request that opened a new server transaction (a new INVITE has had its
+    /// 100 Trying).
+    Request {
+        key: ServerKey,
+        method: Method,
+        msg: Box<SipMsg>,
+    },
+    /// An ACK: for a non-2xx (its INVITE transaction) or a 2xx (its dialog).
+    Ack { key: ServerKey, msg: Box<SipMsg> },
+    /// A response a client transaction let through (not an absorbed retransmission).
+    Response {
+        owner: TxOwner,
+        code: u16,
+        msg: Box<SipMsg>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
     /// UAS: INVITE received, not answered yet.
@@ -365,13 +384,48 @@ enum TimerKey {
     Ring(CallId),
 }
 
+/// Pending deadlines in time order; an entry may be stale (its transaction moved on or
+/// ended), which is checked when it fires.
+#[derive(Debug, Default)]
+struct TimerQueue(BTreeSet<(Instant, TimerKey)>);
+
+impl TimerQueue {
+    fn push(&mut self, at: Instant, key: TimerKey) {
+        self.0.insert((at, key));
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.0.first().map(|(t, _)| *t)
+    }
+
+    /// The earliest entry due at `now`, removed.
+    fn pop_due(&mut self, now: Instant) -> Option<TimerKey> {
+        if self.next_deadline()? > now {
+            return None;
+        }
+        self.0.pop_first().map(|(_, key)| key)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// The sans-IO SIP user agent.
 #[derive(Debug)]
 pub struct UserAgentCore {
     cfg: CoreConfig,
     /// Deadlines of transactions (entries may be stale: checked when they fire).
-    timer_heap: BinaryHeap<Reverse<(Instant, TimerKey)>>,
-    server_tx: HashMap<ServerKey, ServerTx>,
+    timer_heap: TimerQueue,
+    /// Server transactions. A B-tree, like the timer queue: its nodes are small blocks,
+    /// so a burst that leaves tens of thousands of transactions lingering for 64*T1
+    /// never makes glibc raise its mmap and trim thresholds (it does when a multi-MB
+    /// hash table is freed), and the memory goes back to the system once they expired.
+    server_tx: BTreeMap<ServerKey, ServerTx>,
     client_tx: HashMap<ClientKey, ClientTx>,
     calls: HashMap<CallId, Call>,
     dialogs: HashMap<(String, String), CallId>,
@@ -436,8 +490,8 @@ impl UserAgentCore {
             .map(|r| Registration::new(r, cfg.user.clone(), cfg.credentials.clone(), now));
         UserAgentCore {
             cfg,
-            timer_heap: BinaryHeap::new(),
-            server_tx: HashMap::new(),
+            timer_heap: TimerQueue::default(),
+            server_tx: BTreeMap::new(),
             client_tx: HashMap::new(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
@@ -480,7 +534,7 @@ impl UserAgentCore {
 
     /// When `handle_timeout` must be called next (it may find nothing to do).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.timer_heap.peek().map(|Reverse((t, _))| *t);
+        let t = self.timer_heap.next_deadline();
         let r = self.registration_timeout();
         match (t, r) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -490,7 +544,7 @@ impl UserAgentCore {
 
     fn schedule_server(&mut self, key: &ServerKey) {
         if let Some(d) = self.server_tx.get(key).and_then(ServerTx::next_deadline) {
-            self.timer_heap.push(Reverse((d, TimerKey::Server(key.clone()))));
+            self.timer_heap.push(d, TimerKey::Server(key.clone()));
         }
     }
 
@@ -498,7 +552,7 @@ impl UserAgentCore {
         if let Some((key, tx)) = self.client_tx.get_key_value(branch)
             && let Some(d) = tx.next_deadline()
         {
-            self.timer_heap.push(Reverse((d, TimerKey::Client(key.clone()))));
+            self.timer_heap.push(d, TimerKey::Client(key.clone()));
         }
     }
 
@@ -541,11 +595,21 @@ impl UserAgentCore {
 
     /// Handles one received datagram.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if let Some(incoming) = self.receive(now, from, bytes) {
+            self.deliver(now, incoming);
+        }
+    }
+
+    /// The transaction layer: parses the datagram, answers what cannot be parsed,
+    /// matches it to its transaction (retransmissions absorbed) or opens a server
+    /// transaction (100 Trying for a new INVITE). Returns what the TU must handle.
+    pub(crate) fn receive(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Option<Incoming> {
         match message::parse(bytes, self.cfg.max_message_size) {
-            Parsed::KeepAlive => {}
+            Parsed::KeepAlive => None,
             Parsed::Drop(reason) => {
                 self.stats.dropped += 1;
                 tracing::debug!(%from, reason, "dropped datagram");
+                None
             }
             Parsed::Reject {
                 code,
@@ -566,18 +630,26 @@ impl UserAgentCore {
                 let tag = random_token(10);
                 let resp = message::build_response(code, &headers, Some(&tag), &extra, b"");
                 self.send(dest, resp);
+                None
             }
             Parsed::Message(msg) => match msg.start {
-                StartLine::Request { .. } => self.handle_request(now, from, *msg),
-                StartLine::Response { code, .. } => self.handle_response(now, code, *msg),
+                StartLine::Request { .. } => self.request_transaction(now, from, msg),
+                StartLine::Response { code, .. } => self.response_transaction(now, code, msg),
             },
         }
     }
 
-    fn handle_request(&mut self, now: Instant, from: SocketAddr, msg: SipMsg) {
-        let Some(method) = msg.method().cloned() else {
-            return;
-        };
+    /// The transaction user: dialogs, calls, registration.
+    pub(crate) fn deliver(&mut self, now: Instant, incoming: Incoming) {
+        match incoming {
+            Incoming::Ack { key, msg } => self.handle_ack(now, &key, &msg),
+            Incoming::Request { key, method, msg } => self.handle_request(now, key, method, msg),
+            Incoming::Response { owner, code, msg } => self.handle_response(now, owner, code, &msg),
+        }
+    }
+
+    fn request_transaction(&mut self, now: Instant, from: SocketAddr, msg: Box<SipMsg>) -> Option<Incoming> {
+        let method = msg.method()?.clone();
         let dest = response_destination(&msg.top_via, from);
         // Add received/rport to the top Via copy used in responses.
         let mut msg = msg;
@@ -619,8 +691,7 @@ impl UserAgentCore {
             &msg.top_via.sent_by(),
         );
         if method == Method::Ack {
-            self.handle_ack(now, &key, &msg);
-            return;
+            return Some(Incoming::Ack { key, msg });
         }
         if let Some(tx) = self.server_tx.get(&key) {
             self.stats.retransmissions_absorbed += 1;
@@ -628,7 +699,7 @@ impl UserAgentCore {
                 let d = tx.dest;
                 self.send(d, resp);
             }
-            return;
+            return None;
         }
         let invite = method == Method::Invite;
         self.server_tx.insert(key.clone(), ServerTx::new(invite, dest));
@@ -642,11 +713,18 @@ impl UserAgentCore {
             if !unsupported.is_empty() {
                 let extra = [("Unsupported", unsupported.join(", "))];
                 self.respond(now, &key, &msg, 420, &extra, b"", None);
-                return;
+                return None;
             }
         }
+        if invite && msg.to_tag.is_none() {
+            self.respond(now, &key, &msg, 100, &[], b"", None);
+        }
+        Some(Incoming::Request { key, method, msg })
+    }
+
+    fn handle_request(&mut self, now: Instant, key: ServerKey, method: Method, msg: Box<SipMsg>) {
         match method {
-            Method::Invite => self.handle_invite(now, &key, msg),
+            Method::Invite => self.handle_invite(now, &key, *msg),
             Method::Cancel => self.handle_cancel(now, &key, &msg),
             Method::Bye => self.handle_bye(now, &key, &msg),
             Method::Options => {
@@ -688,7 +766,7 @@ impl UserAgentCore {
         };
         let mut extra = extra.to_vec();
         extra.push(("Server", self.cfg.user_agent.clone()));
-        let bytes = message::build_response(code, &msg.echo(), tag, &extra, body);
+        let bytes = message::build_response(code, msg, tag, &extra, body);
         self.respond_bytes(now, key, code, bytes);
     }
 
@@ -738,7 +816,6 @@ impl UserAgentCore {
             self.handle_reinvite(now, key, msg, tag);
             return;
         }
-        self.respond(now, key, &msg, 100, &[], b"", None);
         if self.shutting_down {
             let extra = [("Retry-After", self.cfg.retry_after_secs.to_string())];
             self.respond(now, key, &msg, 503, &extra, b"", None);
@@ -824,7 +901,7 @@ impl UserAgentCore {
         };
         self.dialogs.insert((msg.call_id.clone(), local_tag), id);
         self.timer_heap
-            .push(Reverse((now + self.cfg.ring_timeout, TimerKey::Ring(id))));
+            .push(now + self.cfg.ring_timeout, TimerKey::Ring(id));
         self.calls.insert(id, call);
         if let Some(tx) = self.server_tx.get_mut(key) {
             tx.call = Some(id);
@@ -987,10 +1064,10 @@ impl UserAgentCore {
 
     // ------------------------------------------------------------ responses
 
-    fn handle_response(&mut self, now: Instant, code: u16, msg: SipMsg) {
+    fn response_transaction(&mut self, now: Instant, code: u16, msg: Box<SipMsg>) -> Option<Incoming> {
         let Some(branch) = msg.top_via.branch.clone() else {
             self.stats.dropped += 1;
-            return;
+            return None;
         };
         let timers = self.cfg.timers;
         let branch = if msg.cseq_method == "CANCEL" {
@@ -1001,14 +1078,14 @@ impl UserAgentCore {
         let Some(tx) = self.client_tx.get_mut(branch.as_str()) else {
             // A 2xx retransmission after the INVITE transaction ended: re-ACK.
             self.reack(&msg);
-            return;
+            return None;
         };
         if !msg
             .cseq_method
             .eq_ignore_ascii_case(if tx.invite { "INVITE" } else { method_of(tx.owner) })
         {
             self.stats.dropped += 1;
-            return;
+            return None;
         }
         let was_completed = tx.state == ClientState::Completed;
         let fresh = tx.on_response(now, code, &timers);
@@ -1028,7 +1105,7 @@ impl UserAgentCore {
                     self.reack(&msg);
                 }
             }
-            return;
+            return None;
         }
         if code >= 200 {
             // ACK for non-2xx: same branch, To from the response. Built from the request,
@@ -1041,9 +1118,13 @@ impl UserAgentCore {
                 self.send(dest, ack);
             }
         }
+        Some(Incoming::Response { owner, code, msg })
+    }
+
+    fn handle_response(&mut self, now: Instant, owner: TxOwner, code: u16, msg: &SipMsg) {
         match owner {
-            TxOwner::Register => self.on_register_response(now, code, &msg),
-            TxOwner::Invite(id) => self.on_invite_response(now, id, code, &msg),
+            TxOwner::Register => self.on_register_response(now, code, msg),
+            TxOwner::Invite(id) => self.on_invite_response(now, id, code, msg),
             TxOwner::Bye(id) | TxOwner::Cancel(id) => {
                 if code >= 200 && matches!(owner, TxOwner::Bye(_)) {
                     let reason = self
@@ -1307,7 +1388,7 @@ impl UserAgentCore {
         self.calls.insert(id, call);
         self.send_invite(now, id, None);
         self.timer_heap
-            .push(Reverse((now + self.cfg.ring_timeout, TimerKey::Ring(id))));
+            .push(now + self.cfg.ring_timeout, TimerKey::Ring(id));
         Ok(id)
     }
 
@@ -1369,7 +1450,7 @@ impl UserAgentCore {
         // RFC 3261 9.1: without a final response to the INVITE 64*T1 after the CANCEL,
         // the INVITE transaction is considered destroyed.
         self.timer_heap
-            .push(Reverse((now + self.cfg.timers.t64(), TimerKey::Ring(id))));
+            .push(now + self.cfg.timers.t64(), TimerKey::Ring(id));
     }
 
     fn on_invite_response(&mut self, now: Instant, id: CallId, code: u16, msg: &SipMsg) {
@@ -1500,12 +1581,12 @@ impl UserAgentCore {
                 m.shrink_to(m.len() * 2);
             }
         }
+        // (The server transactions and the timers are B-trees: they free as they empty.)
         fn queue<T>(q: &mut VecDeque<T>) {
             if worth(q.len(), q.capacity()) {
                 q.shrink_to(q.len() * 2);
             }
         }
-        map(&mut self.server_tx);
         map(&mut self.client_tx);
         map(&mut self.calls);
         map(&mut self.dialogs);
@@ -1516,14 +1597,11 @@ impl UserAgentCore {
         let live = self.server_tx.len() + self.client_tx.len() + self.calls.len();
         if self.timer_heap.len() > 4 * live + SHRINK_MIN_CAPACITY {
             let (server_tx, client_tx, calls) = (&self.server_tx, &self.client_tx, &self.calls);
-            self.timer_heap.retain(|Reverse((_, key))| match key {
+            self.timer_heap.0.retain(|(_, key)| match key {
                 TimerKey::Server(k) => server_tx.contains_key(k),
                 TimerKey::Client(k) => client_tx.contains_key(k),
                 TimerKey::Ring(id) => calls.contains_key(id),
             });
-        }
-        if worth(self.timer_heap.len(), self.timer_heap.capacity()) {
-            self.timer_heap.shrink_to(self.timer_heap.len() * 2);
         }
     }
 
@@ -1532,13 +1610,7 @@ impl UserAgentCore {
         let mut due_server: Vec<ServerKey> = Vec::new();
         let mut due_client: Vec<ClientKey> = Vec::new();
         let mut due_ring: Vec<CallId> = Vec::new();
-        while let Some(Reverse((t, _))) = self.timer_heap.peek() {
-            if *t > now {
-                break;
-            }
-            let Some(Reverse((_, key))) = self.timer_heap.pop() else {
-                break;
-            };
+        while let Some(key) = self.timer_heap.pop_due(now) {
             match key {
                 TimerKey::Server(k) => due_server.push(k),
                 TimerKey::Client(k) => due_client.push(k),

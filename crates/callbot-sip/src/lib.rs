@@ -74,6 +74,8 @@
 //! ```
 
 pub mod digest;
+#[cfg(feature = "bench-internals")]
+pub mod internals;
 pub mod sdp;
 
 mod core;
