@@ -1024,6 +1024,13 @@ fn other_registrar() -> SocketAddr {
     "127.0.0.1:5080".parse().unwrap()
 }
 
+/// Stages `user` (without credentials) at `other_registrar()`; returns its REGISTER.
+fn stage_at_other_registrar(ua: &mut UserAgentCore, now: Instant, user: &str) -> SipMsg {
+    let cfg = RegistrationConfig::new(other_registrar(), "127.0.0.1");
+    ua.stage_registration(now, cfg, user, None).unwrap();
+    drain(ua).remove(0).1
+}
+
 /// Answers `req` with a 401 challenge from `registrar`; returns the retry, which must
 /// carry `user`'s digest.
 fn challenge(
@@ -1162,13 +1169,7 @@ fn refused_or_unanswered_staged_registration_leaves_the_old_one_alone() {
         Some(DigestCredentials::new("botuser", "s3cret"))
     );
     // Unreachable registrar: timer F fails it (the driver gives up sooner).
-    ua.stage_registration(
-        t0,
-        RegistrationConfig::new(other_registrar(), "127.0.0.1"),
-        "botuser",
-        None,
-    )
-    .unwrap();
+    stage_at_other_registrar(&mut ua, t0, "botuser");
     run_until(&mut ua, t0 + Duration::from_secs(33));
     assert_eq!(
         ua.staged_registration(),
@@ -1215,14 +1216,7 @@ fn same_binding_is_refreshed_not_removed_and_remove_unregisters() {
     );
     // A staged registration accepted then aborted (another component failed) is
     // removed again when it is another binding...
-    ua.stage_registration(
-        t0,
-        RegistrationConfig::new(other_registrar(), "127.0.0.1"),
-        "x",
-        None,
-    )
-    .unwrap();
-    let r = drain(&mut ua).remove(0).1;
+    let r = stage_at_other_registrar(&mut ua, t0, "x");
     ua.handle_datagram(
         t0,
         other_registrar(),
