@@ -61,10 +61,99 @@ fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Our own call beside SIPp's: a SIP UA and a bare UDP socket as its RTP port, read by
+/// a thread that timestamps every packet the bot sends and the BYE, so the test knows
+/// when the goodbye was heard and when the BYE came.
+struct Listener {
+    ua: SipHandle,
+    rtp: UdpSocket,
+    call: CallId,
+}
+
+/// What the listener saw from `since` on.
+#[derive(Debug, Default)]
+struct Heard {
+    /// Arrival of the first and last packet with loud audio (the goodbye), from `since`.
+    first_loud: Option<Duration>,
+    last_loud: Option<Duration>,
+    /// Audio in the loud packets.
+    loud: Duration,
+    /// Arrival of the bot's BYE, from `since`.
+    bye: Option<Duration>,
+}
+
+impl Listener {
+    fn call(bot: SocketAddr) -> Listener {
+        let rtp = UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).unwrap();
+        let ua = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
+        let call = ua
+            .call(&format!("sip:listener@{bot}"), bot, rtp.local_addr().unwrap())
+            .unwrap();
+        loop {
+            match ua.events().recv_timeout(Duration::from_secs(5)) {
+                Ok(SipEvent::CallAnswered { call: c, .. }) if c == call => break,
+                Ok(SipEvent::CallEnded { reason, .. }) => panic!("listener call ended: {reason:?}"),
+                Ok(_) => {}
+                Err(e) => panic!("listener call not answered: {e}"),
+            }
+        }
+        Listener { ua, rtp, call }
+    }
+
+    /// Drops the packets received so far (the greeting).
+    fn drain(&self) {
+        let mut buf = [0u8; 2048];
+        self.rtp.set_nonblocking(true).unwrap();
+        while self.rtp.recv_from(&mut buf).is_ok() {}
+        self.rtp.set_nonblocking(false).unwrap();
+    }
+
+    /// Reads packets and SIP events from `since` until the BYE (plus 100 ms) or 3 s.
+    fn listen(&self, since: Instant) -> Heard {
+        let mut heard = Heard::default();
+        let mut buf = [0u8; 2048];
+        let mut samples = Vec::new();
+        self.rtp
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        while since.elapsed() < Duration::from_secs(3)
+            && heard.bye.is_none_or(|b| since.elapsed() < b + Duration::from_millis(100))
+        {
+            while let Ok(ev) = self.ua.events().try_recv() {
+                if let SipEvent::CallEnded { call, reason } = ev
+                    && call == self.call
+                {
+                    assert_eq!(reason, callbot_sip::EndReason::RemoteHangup);
+                    heard.bye.get_or_insert(since.elapsed());
+                }
+            }
+            let Ok((n, _)) = self.rtp.recv_from(&mut buf) else {
+                continue;
+            };
+            let at = since.elapsed();
+            // 12-byte RTP header (the bot sends no CSRC or extension), PCMU payload.
+            let Some(payload) = buf.get(12..n).filter(|_| buf[1] & 0x7f == 0) else {
+                continue;
+            };
+            samples.clear();
+            Law::Ulaw.decode_into(payload, &mut samples);
+            if samples.iter().any(|s| s.unsigned_abs() > 500) {
+                heard.first_loud.get_or_insert(at);
+                heard.last_loud = Some(at);
+                heard.loud += Duration::from_millis(payload.len() as u64 / 8);
+            }
+        }
+        heard
+    }
+}
+
 /// Shutdown with 50 live calls from SIPp (signalling only, holding the calls for far
-/// longer than the test): `Bot::shutdown` returns within the 500 ms deadline, every call
-/// got BYE from the bot (SIPp counts each as ended by an unexpected BYE, which it
-/// answers with 200, and then exits), every thread is joined and every port released.
+/// longer than the test) and a spoken goodbye (`"Goodbye."`): `Bot::shutdown` returns
+/// within the 500 ms deadline, every call got BYE from the bot (SIPp counts each as
+/// ended by an unexpected BYE, which it answers with 200, and then exits), every
+/// goodbye played to its end before its BYE, every thread is joined and every port
+/// released. A 51st call from the project's own UA checks on the wire that the goodbye
+/// arrived whole, then the BYE, both within the deadline.
 #[test]
 fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     let Some(model) = callbot_testkit::whisper_model() else {
@@ -75,8 +164,8 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     }
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     let n = 50;
-    let mut s = settings(dir.path(), model, n);
-    s.dialogue.shutdown_phrase = String::new();
+    let mut s = settings(dir.path(), model, n + 1);
+    s.dialogue.shutdown_phrase = "Goodbye.".into();
     let (rtp_min, rtp_max) = (s.media.rtp_port_min, s.media.rtp_port_max);
     // A first bot started and shut down: process-global library state initialised once
     // per process (it holds a connected UNIX socket pair after the first start) is then
@@ -94,6 +183,7 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     let fds_before = fds();
     let mut bot = Bot::start(s).unwrap();
     let sip = bot.sip_addr();
+    let mut listener = Listener::call(sip);
 
     let uac = callbot_testkit::sipp::SippUac::new(sip, n as u32, 50.0)
         .media(callbot_testkit::sipp::UacMedia::SignallingOnly)
@@ -104,23 +194,38 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
         .spawn(move || uac.run())
         .unwrap();
 
-    wait_until(Duration::from_secs(20), "50 live calls", || bot.live_calls() == n);
-    // Let every greeting start playing.
+    wait_until(Duration::from_secs(20), "51 live calls", || {
+        bot.live_calls() == n + 1
+    });
+    // Let every greeting play to its end.
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(bot.live_calls(), n);
+    assert_eq!(bot.live_calls(), n + 1);
     let live_threads = threads();
+    listener.drain();
 
     let started = Instant::now();
-    let report = bot.shutdown(Instant::now() + Duration::from_millis(500));
-    let took = started.elapsed();
+    let heard = std::thread::scope(|scope| {
+        let l = scope.spawn(|| listener.listen(started));
+        let report = bot.shutdown(started + Duration::from_millis(500));
+        (report, started.elapsed(), l.join().unwrap())
+    });
+    let (report, took, heard) = heard;
     println!(
-        "shutdown with {n} live SIPp calls: {took:?} (report elapsed {:?}); threads live {live_threads}",
-        report.elapsed
+        "shutdown with {} live calls and a goodbye: {took:?}; threads live {live_threads}; load {}",
+        n + 1,
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
     );
+    println!("{report}");
     println!("{report:#?}");
-    assert_eq!(report.live_calls, n);
-    assert_eq!(report.calls_ended, n, "{report:?}");
-    assert_eq!(report.calls_abandoned, 0);
+    println!("listener: {heard:?}");
+    assert_eq!(report.live_calls, n + 1);
+    assert_eq!(report.calls_ended, n + 1, "{report}");
+    assert_eq!(report.calls_abandoned, 0, "{report}");
+    assert_eq!(report.byes_sent, n + 1, "{report}");
+    assert_eq!(report.byes_answered, n + 1, "{report}");
+    assert_eq!(report.goodbyes_completed, n + 1, "{report}");
+    let goodbye = report.goodbye.as_ref().expect("a goodbye");
+    assert!(goodbye.error.is_none() && !goodbye.cut, "{goodbye:?}");
     assert!(report.event_thread_joined);
     let sip_report = report.sip.as_ref().expect("SIP shut down");
     assert!(sip_report.thread_joined, "{sip_report}");
@@ -128,6 +233,19 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     assert!(report.components.all_clean(), "{report:?}");
     // The deadline is 500 ms; allow scheduling noise on the loaded 2-core machine.
     assert!(took < Duration::from_millis(650), "shutdown took {took:?}");
+    // On the wire: the whole goodbye (but its quiet edges), then the BYE, in time.
+    let bye = heard.bye.expect("the listener got BYE");
+    let last = heard.last_loud.expect("the listener heard the goodbye");
+    assert!(last < bye, "{heard:?}");
+    assert!(bye < Duration::from_millis(650), "{heard:?}");
+    assert!(
+        heard.loud + Duration::from_millis(60) >= goodbye.audio,
+        "heard {:?} of {:?}",
+        heard.loud,
+        goodbye.audio
+    );
+    listener.ua.shutdown(Instant::now() + Duration::from_secs(1));
+    drop(listener);
 
     // SIPp: every call ended by the bot's BYE; SIPp exits once all 50 are gone.
     let t0 = Instant::now();
@@ -160,7 +278,8 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     let threads_after = threads();
     let fds_after = fds();
     println!(
-        "threads: before start {threads_before}, with {n} calls {live_threads}, after {threads_after}; fds {fds_before} -> {fds_after}"
+        "threads: before start {threads_before}, with {} calls {live_threads}, after {threads_after}; fds {fds_before} -> {fds_after}",
+        n + 1
     );
     assert_eq!(threads_after, threads_before, "every thread joined");
     assert_eq!(fds_after, fds_before, "every fd closed: {}", fd_list());
