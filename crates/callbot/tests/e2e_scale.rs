@@ -113,11 +113,11 @@ impl Listener {
         let mut heard = Heard::default();
         let mut buf = [0u8; 2048];
         let mut samples = Vec::new();
-        self.rtp
-            .set_read_timeout(Some(Duration::from_millis(2)))
-            .unwrap();
+        self.rtp.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
         while since.elapsed() < Duration::from_secs(3)
-            && heard.bye.is_none_or(|b| since.elapsed() < b + Duration::from_millis(100))
+            && heard
+                .bye
+                .is_none_or(|b| since.elapsed() < b + Duration::from_millis(100))
         {
             while let Ok(ev) = self.ua.events().try_recv() {
                 if let SipEvent::CallEnded { call, reason } = ev
@@ -213,7 +213,9 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     println!(
         "shutdown with {} live calls and a goodbye: {took:?}; threads live {live_threads}; load {}",
         n + 1,
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
     );
     println!("{report}");
     println!("{report:#?}");
