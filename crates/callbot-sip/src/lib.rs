@@ -32,6 +32,19 @@
 //! bound again at once), logs `SIP client shutdown complete` and returns a
 //! [`SipShutdownReport`]. `Drop` calls it with [`DROP_SHUTDOWN_TIMEOUT`].
 //!
+//! ## Changing the registration while running
+//!
+//! A new binding is registered *beside* the current one before it replaces it:
+//! [`SipHandle::stage_registration`] sends the new REGISTER (its own Call-ID, user and
+//! credentials; digest challenges answered) and waits, up to a deadline, for the
+//! registrar's verdict while the current registration keeps serving. Accepted:
+//! [`SipHandle::commit_registration`] makes it current and removes the old binding
+//! (`Expires: 0`; not when it is the same binding: same registrar, user and domain) or
+//! [`SipHandle::abort_registration`] drops it (removing what it bound). Refused or
+//! unanswered: it is dropped at once and [`SipError::Registration`] carries the status
+//! code. [`SipHandle::remove_registration`] unregisters. The core's side is
+//! [`UserAgentCore::stage_registration`] and [`StagedRegistration`].
+//!
 //! ## Messages
 //!
 //! rsip 0.4 ignores Content-Length, does not know compact header names and fails on
