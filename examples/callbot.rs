@@ -115,7 +115,14 @@ fn run() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::SeqCst) {
             match load(&args).and_then(|s| bot.reconfigure(s).map_err(|e| e.to_string())) {
-                Ok(r) => println!("reloaded: replaced {:?}, kept {:?}", r.replaced, r.kept),
+                Ok(r) => println!(
+                    "reloaded in {:?}: replaced {:?}, kept {:?}, registration {:?}, echo mode {}",
+                    r.elapsed,
+                    r.replaced,
+                    r.kept,
+                    r.registration,
+                    bot.echo_mode()
+                ),
                 Err(e) => println!("reload refused, old settings kept: {e}"),
             }
         }
