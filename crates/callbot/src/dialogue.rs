@@ -2141,25 +2141,30 @@ mod tests {
         }
     }
 
+    /// The caller's voice stopped at `voice_ended`; the VAD reports the pause 40 ms
+    /// later, with the utterance so far.
+    fn pause(d: &mut D, voice_ended: Instant, audio: &'static str) -> Vec<Act> {
+        d.handle(voice_ended + ms(40), Input::SpeechPaused { audio, voice_ended });
+        drain(d)
+    }
+
+    /// The turn of `actions`, which must be just the transcription of `audio`.
+    fn transcribes(actions: &[Act], audio: &str) -> TurnId {
+        match actions {
+            [Action::Transcribe { turn, audio: a }] if *a == audio => *turn,
+            other => panic!("expected a Transcribe of {audio:?}, got {other:?}"),
+        }
+    }
+
     /// A call (no greeting) whose caller spoke from `t0` and stopped at `t0 + 1 s`;
-    /// the pause is reported 40 ms later and the speculative job starts: (dialogue,
-    /// voice end, the job's turn).
+    /// the pause starts the speculative job: (dialogue, voice end, the job's turn).
     fn early_pause(config: DialogueConfig) -> (D, Instant, TurnId) {
         let t0 = Instant::now();
         let mut d = D::new(config, t0);
         d.handle(t0, Input::SpeechStarted);
         let end = t0 + ms(1000);
-        d.handle(
-            end + ms(40),
-            Input::SpeechPaused {
-                audio: "u",
-                voice_ended: end,
-            },
-        );
-        match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, audio: "u" }] => (d, end, *turn),
-            other => panic!("expected a speculative Transcribe, got {other:?}"),
-        }
+        let turn = transcribes(&pause(&mut d, end, "u"), "u");
+        (d, end, turn)
     }
 
     fn reply_text(actions: &[Act]) -> Option<&str> {
@@ -2296,17 +2301,7 @@ mod tests {
         // resume: the turn was already over, so it is a new utterance)
         d.handle(end + ms(350), Input::SpeechResumed);
         assert_eq!(drain(&mut d), vec![Action::CancelReply { turn }]);
-        d.handle(
-            end + ms(2040),
-            Input::SpeechPaused {
-                audio: "u2",
-                voice_ended: end + ms(2000),
-            },
-        );
-        let turn2 = match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, audio: "u2" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn2 = transcribes(&pause(&mut d, end + ms(2000), "u2"), "u2");
         let a = transcript(&mut d, end + ms(2300), turn2, "That is all I needed.");
         assert_eq!(reply_text(&a), Some("Thank you very much. That is all I needed."));
         assert_eq!(d.summary.early_ends, 2);
@@ -2318,18 +2313,8 @@ mod tests {
         let (mut d, end, turn) = early_pause(early_config());
         d.handle(end + ms(100), Input::SpeechResumed);
         assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn }]);
-        let pause2 = |d: &mut D, at: Instant| {
-            d.handle(
-                at + ms(40),
-                Input::SpeechPaused {
-                    audio: "u2",
-                    voice_ended: at,
-                },
-            );
-        };
-        pause2(&mut d, end + ms(1000));
         assert!(
-            drain(&mut d).is_empty(),
+            pause(&mut d, end + ms(1000), "u2").is_empty(),
             "the stale job still holds the transcriber"
         );
         d.handle(
@@ -2339,22 +2324,15 @@ mod tests {
                 error: "cancelled".into(),
             },
         );
-        let turn2 = match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, audio: "u2" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn2 = transcribes(&drain(&mut d), "u2");
         // a driver that never reports the stopped job holds it back for STALE_JOB_WAIT
         d.handle(end + ms(1200), Input::SpeechResumed);
         assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn: turn2 }]);
-        pause2(&mut d, end + ms(1500));
-        assert!(drain(&mut d).is_empty());
+        assert!(pause(&mut d, end + ms(1500), "u3").is_empty());
         let due = end + ms(1200) + STALE_JOB_WAIT;
         assert_eq!(d.poll_timeout(), Some(due));
         d.handle_timeout(due);
-        assert!(matches!(
-            drain(&mut d).as_slice(),
-            [Action::Transcribe { audio: "u2", .. }]
-        ));
+        transcribes(&drain(&mut d), "u3");
     }
 
     #[test]
@@ -2369,31 +2347,15 @@ mod tests {
         );
         d.handle(t0, Input::SpeechStarted);
         let end = t0 + ms(1000);
-        d.handle(
-            end + ms(40),
-            Input::SpeechPaused {
-                audio: "u",
-                voice_ended: end,
-            },
-        );
-        assert!(drain(&mut d).is_empty());
+        assert!(pause(&mut d, end, "u").is_empty());
         assert_eq!(d.poll_timeout(), Some(end + ms(200)));
         // a pause shorter than the delay costs no transcription
         d.handle(end + ms(150), Input::SpeechResumed);
         assert!(drain(&mut d).is_empty());
         assert_eq!(d.poll_timeout(), Some(t0 + ms(600_000)));
-        d.handle(
-            end + ms(1040),
-            Input::SpeechPaused {
-                audio: "u+",
-                voice_ended: end + ms(1000),
-            },
-        );
+        assert!(pause(&mut d, end + ms(1000), "u+").is_empty());
         d.handle_timeout(end + ms(1200));
-        let turn = match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, audio: "u+" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn = transcribes(&drain(&mut d), "u+");
         let a = transcript(&mut d, end + ms(1500), turn, "Is the pharmacy open?");
         assert_eq!(a.first(), Some(&Action::EndUtterance));
         assert_eq!(d.summary.speculations, 1);
