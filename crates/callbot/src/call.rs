@@ -519,6 +519,10 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 text: t.text,
                 no_speech_prob: t.no_speech_prob,
             }),
+            Err(callbot_stt::SttError::DeadlineExceeded) => self.input(Input::TranscriptFailed {
+                turn,
+                error: format!("transcription timed out after {:?}", self.setup.stt_timeout),
+            }),
             Err(e) => self.input(Input::TranscriptFailed {
                 turn,
                 error: e.to_string(),

@@ -1,0 +1,104 @@
+//! A transcription that times out leaves a trace (issue 7): the call runs with the real
+//! Whisper engine and a transcription deadline too short for any utterance; the
+//! transcript file gets a `transcription_failed` turn with the engine's error and the
+//! stage timings, the bot says its re-prompt (`stt_failed_phrase`), and no reply is
+//! asked for.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callbot::call::{CallControl, CallSetup, run_call};
+use callbot::dialogue::DialogueConfig;
+use callbot::testing::{EnergyEndpointer, FakeMedia, InstantChat, InstantSynth};
+use callbot_stt::{WhisperConfig, WhisperTranscriber};
+
+#[test]
+fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let dir = callbot_testkit::temp_dir("callbot-stt-timeout");
+    let mut config = WhisperConfig::new(&model);
+    config.threads_per_job = 1;
+    let stt = Arc::new(WhisperTranscriber::new(config).unwrap());
+    let chat = Arc::new(InstantChat::new("You should not hear this."));
+    let (media, remote) = FakeMedia::new(true);
+    let (control, control_rx) = crossbeam_channel::bounded(4);
+    let dialogue = DialogueConfig {
+        greeting: String::new(),
+        speculative_stt: false,
+        ..DialogueConfig::default()
+    };
+    let reprompt = dialogue.stt_failed_phrase.clone();
+    let setup = CallSetup {
+        call_id: "stt-timeout".into(),
+        dialogue,
+        stt: stt.clone(),
+        stt_options: Default::default(),
+        // What `stt.timeout_secs` sets; far too short for any transcription.
+        stt_timeout: Duration::from_millis(1),
+        llm: chat.clone(),
+        chunker: Default::default(),
+        tts: Arc::new(InstantSynth::default()),
+        voice: Default::default(),
+        transcript_dir: Some(dir.path().to_path_buf()),
+        preroll: Duration::from_millis(200),
+        max_utterance: Duration::from_secs(30),
+        turn_observer: None,
+    };
+    let thread = std::thread::Builder::new()
+        .name("stt-timeout-call".into())
+        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
+        .unwrap();
+    // One utterance: 400 ms of loud audio, then silence past the endpoint.
+    remote.frames(5000, 20);
+    remote.frames(0, 10);
+    // The re-prompt is written to the transcript once played (the fake media finishes
+    // each playback at once).
+    let written = |kind: &str| {
+        std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .contains(&format!("\"kind\":\"{kind}\""))
+        })
+    };
+    let t0 = Instant::now();
+    while !written("reprompt") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no re-prompt");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(remote.plays().len(), 1, "the re-prompt only");
+    control.send(CallControl::CallerHungUp).unwrap();
+    let outcome = thread.join().unwrap();
+    let path = outcome.transcript.expect("a transcript file");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for l in &lines {
+        println!("{l}");
+    }
+    let failed = lines
+        .iter()
+        .find(|l| l["kind"] == "transcription_failed")
+        .expect("a transcription_failed turn");
+    assert_eq!(failed["error"], "transcription timed out after 1ms", "{failed}");
+    assert!(failed["user"].is_null());
+    assert!(failed["timings"]["endpoint"].as_f64().unwrap() > 0.0, "{failed}");
+    assert!(failed["timings"]["stt"].as_f64().is_some(), "{failed}");
+    let asked = lines
+        .iter()
+        .find(|l| l["kind"] == "reprompt")
+        .expect("the re-prompt as a turn");
+    assert_eq!(asked["bot"], reprompt.as_str());
+    assert_eq!(
+        chat.started.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no reply without a transcript"
+    );
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["replies"], 0);
+}
