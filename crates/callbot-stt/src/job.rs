@@ -361,7 +361,8 @@ pub trait Transcriber: Send + Sync {
 /// What [`Transcriber::shutdown`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SttShutdownReport {
-    /// True when an earlier call had already shut the engine down (nothing was done).
+    /// True when an earlier call had already shut the engine down: nothing was done, except
+    /// waiting again for workers an earlier call reported in `workers_not_joined`.
     pub already_shut_down: bool,
     /// Queued jobs failed with [`SttError::Cancelled`].
     pub queued_cancelled: usize,
@@ -369,11 +370,16 @@ pub struct SttShutdownReport {
     pub running_finished: usize,
     /// Jobs that were running at the deadline and were aborted.
     pub running_aborted: usize,
+    /// From the abort of the running jobs (at the deadline) until the last worker had
+    /// stopped; `None` when nothing had to be aborted, or when a worker did not stop.
+    pub abort_latency: Option<Duration>,
     /// Worker threads joined.
     pub workers_joined: usize,
-    /// Worker threads that did not stop in time (left running; should be 0).
+    /// Worker threads that had not stopped by the deadline plus the engine's abort grace
+    /// (should be 0). They are not detached: a later `shutdown` call (or `Drop`) waits for
+    /// them again and frees the model once they are gone.
     pub workers_not_joined: usize,
-    /// True when the model memory was released.
+    /// True when the model memory was released (always after every state).
     pub model_freed: bool,
     /// How long the shutdown took.
     pub elapsed: Duration,

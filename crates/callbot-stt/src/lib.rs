@@ -22,19 +22,31 @@
 //! Every job has a deadline (the request's, or `default_timeout`) and a cancel flag, both
 //! checked by whisper.cpp's abort callback: cancelling (or dropping) the
 //! [`TranscriptionJob`] of a caller who hung up frees the worker at whisper.cpp's next
-//! check. whisper.cpp 1.8.3 checks after its encoder pass and at every decoder step (a few
-//! milliseconds apart), but not inside the encoder pass, so a cancel that lands there
-//! waits for the pass to end. Measured on 2 busy cores with a 12 s utterance: 5 ms when
-//! the cancel landed in decoding, about 0.5 s when it landed in the encoder pass.
+//! check. The workspace builds a patched whisper.cpp (`vendor/whisper-rs-sys/PATCHES.md`)
+//! that checks the callback after every graph node, inside the encoder pass as well as
+//! at every decoder step (stock 1.8.3 only checks between passes, so a cancel landing in
+//! the encoder waited 0.5-2 s for the pass to end). Measured with a 25 s utterance and the
+//! full window on 2 cores loaded 4x over (load average 8.5, encoder pass 8.3 s): cancel to
+//! `Cancelled` 124 ms median (167 ms max) inside the encoder pass, 24 ms while decoding;
+//! cancel to the worker taking its next job 144 ms / 41 ms (`tests/lifecycle.rs`). An
+//! aborted job ends with [`SttError::Cancelled`] (or [`SttError::DeadlineExceeded`]), and
+//! whisper.cpp's "failed to encode" / "failed to decode" lines for it are logged at
+//! `debug`, not as errors. Language auto-detection (`language: "auto"`) runs one more
+//! encoder pass that whisper.cpp does not let the callback interrupt.
 //! Audio shorter than [`MIN_UTTERANCE`] returns an empty transcript without running whisper;
 //! audio longer than [`MAX_UTTERANCE`] (30 s) is refused. The encoder window is sized from
 //! the utterance ([`AudioWindow::Auto`]) instead of whisper's fixed 30 s.
 //!
 //! [`Transcriber::shutdown`] fails queued jobs with [`SttError::Cancelled`], lets running
 //! jobs finish until the deadline and aborts them then, joins the workers (each frees its
-//! state before it ends), frees the model last and logs "Whisper model cleaned up". It is
-//! idempotent; `Drop` calls it with a 2 s deadline. It returns by the deadline plus
-//! [`WhisperConfig::abort_grace`] at the latest.
+//! state, then drops its reference to the model, before it ends, also when it panics),
+//! frees the model last and logs "Whisper model cleaned up". It returns by the deadline
+//! plus [`WhisperConfig::abort_grace`] (default 1 s) at the latest, and its
+//! [`SttShutdownReport`] says what happened: jobs cancelled in the queue, finished, aborted,
+//! how long the aborted ones took to stop, workers joined. A worker still inside whisper.cpp
+//! after the grace (not seen with the patched abort) is reported in `workers_not_joined`,
+//! keeps the model alive and is waited for again by the next call or `Drop`. Later calls
+//! do nothing else; `Drop` calls it with a 2 s deadline.
 //!
 //! ```no_run
 //! use std::time::{Duration, Instant};
@@ -63,6 +75,8 @@
 
 mod error;
 mod job;
+#[cfg(test)]
+mod lifecycle_tests;
 mod logging;
 mod model_file;
 mod whisper;

@@ -50,10 +50,11 @@ pub struct WhisperConfig {
     /// Deadline of requests that carry none, counted from submission.
     pub default_timeout: Duration,
     /// How long [`shutdown`](Transcriber::shutdown) waits, after its deadline, for aborted
-    /// jobs to return. whisper.cpp checks the abort flag between its encoder pass and each
-    /// decoder step, so this must cover one encoder pass (about 1 s for a 30 s utterance on
-    /// 2 cores; far less for phone turns). A worker still busy after it is left to finish on
-    /// its own (reported in [`SttShutdownReport::workers_not_joined`]).
+    /// jobs to return. The vendored whisper.cpp checks the abort flag between graph nodes
+    /// (`vendor/whisper-rs-sys/PATCHES.md`), so an aborted job returns within milliseconds;
+    /// the grace only matters on a badly overloaded machine. A worker still busy after it is
+    /// reported in [`SttShutdownReport::workers_not_joined`] and waited for again by the
+    /// next `shutdown` call or `Drop`.
     pub abort_grace: Duration,
 }
 
@@ -69,7 +70,7 @@ impl WhisperConfig {
             queue_capacity: 8,
             threads_per_job: (cores / workers).clamp(1, 4),
             default_timeout: Duration::from_secs(30),
-            abort_grace: Duration::from_secs(5),
+            abort_grace: Duration::from_secs(1),
         }
     }
 
@@ -102,12 +103,27 @@ struct Shared {
     running: AtomicUsize,
     /// Running jobs that shutdown aborted.
     aborted_by_shutdown: AtomicUsize,
+    /// Jobs that ended on their own (not aborted by shutdown) after shutdown began.
+    finished_while_closing: AtomicUsize,
+    /// Test hook: every job first sleeps this long, deaf to aborts (a stuck whisper call).
+    stall_jobs: Option<Duration>,
     /// Queued jobs a worker failed because shutdown had started.
     cancelled_by_workers: AtomicUsize,
     /// The model's full encoder window in frames.
     n_audio_ctx: usize,
     /// End-of-text token: ids below it are text.
     token_eot: i32,
+}
+
+/// Failure injection for tests; `Default` injects nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TestHooks {
+    /// This worker reports a state allocation failure after allocating its state, to
+    /// exercise the failed-start path with real states alive.
+    pub(crate) fail_worker: Option<usize>,
+    /// Every job sleeps this long before running whisper, ignoring aborts: a worker stuck
+    /// past shutdown's abort grace.
+    pub(crate) stall_jobs: Option<Duration>,
 }
 
 /// A queued job.
@@ -154,12 +170,11 @@ impl WhisperTranscriber {
     /// freed before the model) on a missing, foreign or truncated file, a model whisper.cpp
     /// refuses, or a state it cannot allocate.
     pub fn new(config: WhisperConfig) -> Result<Self, SttError> {
-        Self::start(config, None)
+        Self::start(config, TestHooks::default())
     }
 
-    /// `fail_worker`: test hook making that worker report a state allocation failure after
-    /// allocating its state, to exercise the failure path with real states alive.
-    fn start(config: WhisperConfig, fail_worker: Option<usize>) -> Result<Self, SttError> {
+    /// `hooks`: failure injection for tests (none in production).
+    pub(crate) fn start(config: WhisperConfig, hooks: TestHooks) -> Result<Self, SttError> {
         config.validate()?;
         crate::logging::install();
         let info = validate_model_file(&config.model_path)?;
@@ -178,7 +193,9 @@ impl WhisperTranscriber {
             abort_all: AtomicBool::new(false),
             running: AtomicUsize::new(0),
             aborted_by_shutdown: AtomicUsize::new(0),
+            finished_while_closing: AtomicUsize::new(0),
             cancelled_by_workers: AtomicUsize::new(0),
+            stall_jobs: hooks.stall_jobs,
             n_audio_ctx,
             token_eot,
         });
@@ -201,7 +218,7 @@ impl WhisperTranscriber {
             let rx = rx.clone();
             let done_tx = done_tx.clone();
             let ready_tx = ready_tx.clone();
-            let fail = fail_worker == Some(index);
+            let fail = hooks.fail_worker == Some(index);
             let spawned = std::thread::Builder::new()
                 .name(format!("stt-whisper-{index}"))
                 .spawn(move || worker_main(index, shared, rx, ready_tx, done_tx, fail));
@@ -388,14 +405,21 @@ impl Transcriber for WhisperTranscriber {
 
     fn shutdown(&mut self, deadline: Instant) -> SttShutdownReport {
         let start = Instant::now();
+        let mut report = SttShutdownReport::default();
         if self.shut_down {
-            return SttShutdownReport {
-                already_shut_down: true,
-                ..SttShutdownReport::default()
-            };
+            report.already_shut_down = true;
+            if self.workers.iter().any(|w| !w.done) {
+                // Workers an earlier call reported stuck: they were aborted already.
+                self.wait_for_workers(deadline);
+                self.join_workers_and_free_model(&mut report);
+                if report.model_freed {
+                    tracing::info!(?report, "Whisper model cleaned up");
+                }
+            }
+            report.elapsed = start.elapsed();
+            return report;
         }
         self.shut_down = true;
-        let mut report = SttShutdownReport::default();
         if let Some(shared) = &self.shared {
             shared.closing.store(true, Ordering::Release);
         }
@@ -405,76 +429,91 @@ impl Transcriber for WhisperTranscriber {
             job.completion.complete(Err(SttError::Cancelled));
             report.queued_cancelled += 1;
         }
-        let running_at_start = self.running();
 
-        let mut pending = self.workers.iter().filter(|w| !w.done).count();
-        let mut aborted = false;
-        let mut aborted_at = deadline;
-        while pending > 0 {
-            let limit = if aborted {
-                aborted_at + self.config.abort_grace
-            } else {
-                deadline
-            };
+        if !self.wait_for_workers(deadline) {
+            let aborted_at = Instant::now();
+            if let Some(shared) = &self.shared {
+                shared.abort_all.store(true, Ordering::Release);
+            }
+            tracing::debug!("Whisper shutdown deadline reached; aborting running jobs");
+            if let Some(last) = self
+                .wait_for_workers(aborted_at + self.config.abort_grace)
+                .then(Instant::now)
+            {
+                report.abort_latency = Some(last.saturating_duration_since(aborted_at));
+            }
+        }
+        if let Some(shared) = &self.shared {
+            report.queued_cancelled += shared.cancelled_by_workers.load(Ordering::Acquire);
+            report.running_aborted = shared.aborted_by_shutdown.load(Ordering::Acquire);
+            report.running_finished = shared.finished_while_closing.load(Ordering::Acquire);
+        }
+        self.join_workers_and_free_model(&mut report);
+        report.elapsed = start.elapsed();
+        if report.model_freed {
+            tracing::info!(?report, "Whisper model cleaned up");
+        } else {
+            tracing::error!(
+                ?report,
+                "Whisper workers did not stop within the abort grace; the model stays loaded until a later shutdown or drop joins them"
+            );
+        }
+        report
+    }
+}
+
+impl WhisperTranscriber {
+    /// Waits until every worker has signalled its end, at most until `limit`; true when all have.
+    fn wait_for_workers(&mut self, limit: Instant) -> bool {
+        while self.workers.iter().any(|w| !w.done) {
             match self.done_rx.recv_deadline(limit) {
                 Ok(index) => {
                     if let Some(w) = self.workers.iter_mut().find(|w| w.index == index) {
                         w.done = true;
                     }
-                    pending -= 1;
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) if !aborted => {
-                    aborted = true;
-                    aborted_at = Instant::now();
-                    if let Some(shared) = &self.shared {
-                        shared.abort_all.store(true, Ordering::Release);
-                    }
-                    tracing::debug!(
-                        pending,
-                        "Whisper shutdown deadline reached; aborting running jobs"
-                    );
-                }
-                Err(_) => break,
+                Err(_) => return false,
             }
         }
+        true
+    }
+
+    /// Joins the workers that have ended (at once: ending is their last action), counts
+    /// the others, and frees the model once no worker is left.
+    fn join_workers_and_free_model(&mut self, report: &mut SttShutdownReport) {
         for w in &mut self.workers {
             if w.done {
                 if let Some(h) = w.handle.take() {
-                    // The worker signalled done as its last action: this returns at once.
                     if h.join().is_err() {
                         tracing::error!(worker = w.index, "Whisper worker panicked");
                     }
+                    report.workers_joined += 1;
                 }
-                report.workers_joined += 1;
-            } else if w.handle.take().is_some() {
-                // Stuck inside whisper.cpp despite the abort: it keeps its own reference to
-                // the model, so nothing it uses is freed under it.
-                tracing::error!(worker = w.index, "Whisper worker did not stop; left running");
+            } else {
+                // Still inside whisper.cpp despite the abort. Kept, not detached: a later
+                // shutdown, or Drop, waits for it again. It holds its own reference to the
+                // model, so nothing it uses is freed under it.
+                tracing::error!(
+                    worker = w.index,
+                    "Whisper worker did not stop within the abort grace"
+                );
                 report.workers_not_joined += 1;
             }
         }
+        if report.workers_not_joined > 0 {
+            return;
+        }
+        // Every worker freed its states and dropped its reference before it ended: this is
+        // the last owner of the model.
         if let Some(shared) = self.shared.take() {
-            report.queued_cancelled += shared.cancelled_by_workers.load(Ordering::Acquire);
-            report.running_aborted = shared.aborted_by_shutdown.load(Ordering::Acquire);
-            report.running_finished = running_at_start.saturating_sub(report.running_aborted);
-            // Workers drop their states before signalling done, so this is the last owner
-            // of the model unless a worker is stuck.
             match Arc::try_unwrap(shared) {
                 Ok(shared) => {
                     drop(shared);
                     report.model_freed = true;
                 }
-                Err(shared) => {
-                    tracing::warn!("Whisper model still in use by a stuck worker; freed when it ends");
-                    drop(shared);
-                }
+                Err(shared) => self.shared = Some(shared),
             }
         }
-        report.elapsed = start.elapsed();
-        if report.model_freed {
-            tracing::info!(?report, "Whisper model cleaned up");
-        }
-        report
     }
 }
 
@@ -484,6 +523,25 @@ impl Drop for WhisperTranscriber {
         if !report.already_shut_down {
             tracing::debug!(?report, "Whisper transcriber dropped");
         }
+        if self.workers.iter().any(|w| !w.done) {
+            tracing::error!(
+                "Whisper worker still inside whisper.cpp at drop; it frees its state, then the model, when it returns"
+            );
+        }
+    }
+}
+
+/// Tells shutdown that a worker has ended, as the worker's very last action, also when it
+/// unwinds from a panic.
+struct DoneGuard {
+    index: usize,
+    tx: Sender<usize>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        // Bounded by the number of workers: never blocks.
+        let _ = self.tx.try_send(self.index);
     }
 }
 
@@ -495,6 +553,12 @@ fn worker_main(
     done_tx: Sender<usize>,
     fail: bool,
 ) {
+    // Locals drop in reverse order, on return and on unwinding alike: the state, then the
+    // queue, then this worker's reference to the model, and last the done signal. (A
+    // state also keeps the whisper.cpp context alive until it is freed.)
+    let _done = DoneGuard { index, tx: done_tx };
+    let shared = shared;
+    let rx = rx;
     let mut state = shared.ctx.create_state().ok();
     let ready = match (&state, fail) {
         (Some(_), false) => Ok(()),
@@ -523,18 +587,14 @@ fn worker_main(
             }
         }
     }
-    // States first, then our reference to the model, then tell shutdown we are done.
-    drop(state);
-    drop(rx);
-    drop(shared);
-    let _ = done_tx.send(index);
 }
 
 /// Data behind whisper's abort callback; lives on the worker's stack during `state.full`.
 struct AbortCheck<'a> {
     control: &'a JobControl,
     abort_all: &'a AtomicBool,
-    fired: AtomicBool,
+    /// Set once the check said stop (shared with the log hook, see `logging::during_job`).
+    fired: Arc<AtomicBool>,
 }
 
 impl AbortCheck<'_> {
@@ -632,7 +692,7 @@ fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
     let check = AbortCheck {
         control: completion.control(),
         abort_all: &shared.abort_all,
-        fired: AtomicBool::new(false),
+        fired: Arc::new(AtomicBool::new(false)),
     };
     // SAFETY: the trampoline matches `ggml_abort_callback`; the user data points to `check`,
     // which lives until after `st.full` returns (the params are consumed by that call) and
@@ -642,13 +702,24 @@ fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
         params.set_abort_callback_user_data(std::ptr::from_ref(&check).cast_mut().cast::<c_void>());
     }
     shared.running.fetch_add(1, Ordering::AcqRel);
-    let result = st.full(params, &audio);
+    if let Some(stall) = shared.stall_jobs {
+        std::thread::sleep(stall);
+    }
+    let result = crate::logging::during_job(&check.fired, || st.full(params, &audio));
     shared.running.fetch_sub(1, Ordering::AcqRel);
     let inference = started.elapsed();
+    let aborted = check.fired.load(Ordering::Acquire);
+    let by_shutdown = aborted && shared.abort_all.load(Ordering::Acquire);
+    if by_shutdown {
+        shared.aborted_by_shutdown.fetch_add(1, Ordering::AcqRel);
+    } else if shared.closing.load(Ordering::Acquire) {
+        shared.finished_while_closing.fetch_add(1, Ordering::AcqRel);
+    }
 
-    if check.fired.load(Ordering::Acquire) || result.is_err() {
-        let err = if shared.abort_all.load(Ordering::Acquire) && check.fired.load(Ordering::Acquire) {
-            shared.aborted_by_shutdown.fetch_add(1, Ordering::AcqRel);
+    if aborted || result.is_err() {
+        // whisper.cpp fails an aborted pass ("failed to encode" / "failed to decode"): that
+        // is the abort, reported as the reason the job was stopped, not as a failure.
+        let err = if by_shutdown {
             SttError::Cancelled
         } else if let Some(reason) = completion.stop_reason() {
             reason
@@ -658,6 +729,11 @@ fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
                 Ok(()) => SttError::Cancelled,
             }
         };
+        if aborted {
+            tracing::debug!(error = %err, ms = inference.as_millis(), "Whisper job aborted");
+        } else {
+            tracing::warn!(error = %err, "Whisper job failed");
+        }
         completion.complete(Err(err));
         return;
     }
@@ -841,7 +917,11 @@ mod tests {
         c.workers = 3;
         c.threads_per_job = 1;
         for fail_at in [0, 2] {
-            let err = WhisperTranscriber::start(c.clone(), Some(fail_at)).unwrap_err();
+            let hooks = TestHooks {
+                fail_worker: Some(fail_at),
+                ..TestHooks::default()
+            };
+            let err = WhisperTranscriber::start(c.clone(), hooks).unwrap_err();
             assert!(matches!(err, SttError::StateAllocation), "{err}");
         }
         assert_eq!(threads(), before, "worker threads left behind");
