@@ -483,8 +483,8 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
     };
 
     // 1. During the greeting (about 8 s long): hang up after 1.5 s.
-    // The greeting was still playing: the last 300 ms baresip recorded are loud. (The
-    // transcript of such a call has no greeting turn at all: `turns: 0`.)
+    // The greeting was still playing: the last 300 ms baresip recorded are loud, and the
+    // transcript records the greeting as far as it was played (interrupted).
     let t = run(&bot, &quiet_wav, Duration::from_millis(1500), "greeting");
     let heard = callbot_audio::wav::read_wav(&out_wav).unwrap();
     let tail = &heard.samples[heard.samples.len().saturating_sub(2400)..];
@@ -494,6 +494,18 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
         heard.samples.len()
     );
     assert_eq!(t.last().unwrap()["replies"], 0);
+    let greeting = t
+        .iter()
+        .find(|l| l["kind"] == "greeting")
+        .expect("the partly played greeting is recorded");
+    assert_eq!(greeting["interrupted"], true, "{greeting}");
+    let said = greeting["bot"].as_str().unwrap();
+    let full = base.dialogue.greeting.as_str();
+    println!("greeting as heard before the hang-up: {said:?}");
+    assert!(
+        full.starts_with(said) && !said.is_empty() && said.len() < full.len() / 2,
+        "about 1.5 s of an 8 s greeting: {said:?}"
+    );
 
     // No greeting from now on (applies to new calls).
     let mut next = base.clone();
