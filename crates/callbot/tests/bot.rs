@@ -742,9 +742,16 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
     caller.hang_up(c);
     let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    // 1. Wrong password at B: refused, nothing changes.
+    // 1. Wrong password at B, with a new Whisper pool built for the same attempt:
+    //    refused, the new pool shut down again, nothing changes.
+    wait_until(Duration::from_secs(3), "the first call reaped", || {
+        bot.live_calls() == 0
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let threads_before = callbot_testkit::resources::threads();
     let mut next = s.clone();
     next.sip.registration = Some(registration(&b, "WRONG"));
+    next.stt.threads = 2;
     let t = Instant::now();
     let e = bot.reconfigure(next.clone()).unwrap_err();
     println!(
@@ -761,9 +768,21 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
     );
     assert_eq!(count(&b, reg_ok), 0);
     assert_eq!(count(&a, unregistered), 0, "A's binding kept");
+    assert_eq!(
+        callbot_testkit::resources::threads(),
+        threads_before,
+        "the Whisper pool built for the refused attempt is gone"
+    );
     let c = caller.answered(&a.user_uri(USER), a.addr());
     caller.hang_up(c);
     assert!(matches!(via_b(), Outcome::Refused(404)));
+    // A component that fails to build: the registration is not even tried.
+    let mut broken = s.clone();
+    broken.sip.registration = Some(registration(&b, PASSWORD));
+    broken.stt.model = dir.path().join("missing.bin");
+    assert_eq!(bot.reconfigure(broken).unwrap_err().field, "stt.model");
+    assert_eq!(count(&b, reg_ok), 0, "no REGISTER for a failed reconfiguration");
+    next.stt.threads = s.stt.threads;
 
     // 2. A registrar that does not answer: refused after REGISTRATION_TIMEOUT.
     let mut dead = registration(&b, PASSWORD);
