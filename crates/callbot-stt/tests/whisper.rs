@@ -195,9 +195,9 @@ fn uncancelled(stt: &WhisperTranscriber, audio: &[f32]) -> callbot_stt::Transcri
     .unwrap()
 }
 
-/// A long job stopped mid-way frees its worker at once (goal 100 ms). whisper.cpp checks
-/// the abort flag after its encoder pass and at each decoder step, so the job is stopped
-/// in its decoding half here; the encoder-pass bound is reported separately.
+/// A long job stopped mid-way (two thirds in: decoding) frees its worker at once, whether
+/// cancelled, dropped or past its deadline. A stop inside the encoder pass is timed and
+/// measured in `tests/lifecycle.rs`.
 #[test]
 fn heavy_cancel_deadline_and_drop_free_the_worker_at_once() {
     let (Some(model), Some(speech)) = (model(), sentences()) else {
@@ -236,12 +236,10 @@ fn heavy_cancel_deadline_and_drop_free_the_worker_at_once() {
         total,
         whole.audio_ctx
     );
-    // Goal: 100 ms. whisper.cpp 1.8.3 checks the abort flag after its encoder pass and at
-    // each decoder step, not inside the encoder pass, so a stop that lands there waits for
-    // the pass to end; on a loaded machine that pass alone can take seconds. What is
-    // asserted: the job really stopped (Cancelled / DeadlineExceeded above, never a full
-    // transcript), well before it could have run again from the start, and the worker
-    // then serves the next job normally. The figures go to the closing note.
+    // Goal: 100 ms (whisper.cpp checks the abort flag after every graph node; figures
+    // against machine load in tests/lifecycle.rs). What is asserted here: the job really
+    // stopped (Cancelled / DeadlineExceeded above, never a full transcript), well before
+    // it could have run again from the start, and the worker then serves the next job.
     for (how, latency) in &figures {
         assert!(*latency < total, "{how:?}: {latency:?} (job length {total:?})");
     }
@@ -259,8 +257,9 @@ fn heavy_shutdown_cancels_queued_aborts_running_and_is_idempotent() {
     };
     let mut c = config(model);
     c.queue_capacity = 3;
-    // Long enough for the running job's encoder pass to end on a loaded machine.
-    c.abort_grace = Duration::from_secs(120);
+    // The running job stops at whisper's next graph node (tens of milliseconds; far more
+    // only on an overloaded machine, hence the generous bound).
+    c.abort_grace = Duration::from_secs(5);
     let mut stt = WhisperTranscriber::new(c).unwrap();
     let long = long_audio(&speech, 12);
     let full = opts(AudioWindow::Auto);
@@ -288,9 +287,10 @@ fn heavy_shutdown_cancels_queued_aborts_running_and_is_idempotent() {
     assert_eq!(report.workers_joined, 1);
     assert_eq!(report.workers_not_joined, 0);
     assert!(report.model_freed);
-    // Bounded: the deadline, then at most one encoder pass (within abort_grace).
+    // Bounded: the deadline, then the abort (within abort_grace).
+    assert!(report.abort_latency.is_some(), "{report:?}");
     assert!(
-        report.elapsed < Duration::from_millis(200) + Duration::from_secs(120),
+        report.elapsed < Duration::from_millis(200) + Duration::from_secs(5),
         "{:?}",
         report.elapsed
     );
