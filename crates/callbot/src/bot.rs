@@ -944,4 +944,50 @@ mod tests {
             "sip.registration.server"
         );
     }
+
+    #[test]
+    fn a_refused_registration_names_the_field_at_fault() {
+        let old = RegistrationSettings {
+            server: "127.0.0.1:5070".into(),
+            user: "bot".into(),
+            password: "pw".into(),
+            expires: 300,
+        };
+        let refused = |code| SipError::Registration {
+            code,
+            reason: format!("{code:?} X"),
+        };
+        let field = |old: Option<&RegistrationSettings>, new: &RegistrationSettings, code| {
+            registration_error(old, new, refused(code)).field
+        };
+        let new_password = RegistrationSettings {
+            password: "other".into(),
+            ..old.clone()
+        };
+        let new_user = RegistrationSettings {
+            user: "bot2".into(),
+            ..old.clone()
+        };
+        assert_eq!(
+            field(Some(&old), &new_password, Some(401)),
+            "sip.registration.password"
+        );
+        assert_eq!(
+            field(Some(&old), &new_password, Some(403)),
+            "sip.registration.password"
+        );
+        assert_eq!(field(Some(&old), &new_user, Some(403)), "sip.registration.user");
+        assert_eq!(field(None, &old, Some(407)), "sip.registration.password");
+        assert_eq!(field(Some(&old), &new_user, Some(404)), "sip.registration.user");
+        assert_eq!(field(Some(&old), &old, Some(423)), "sip.registration.expires");
+        assert_eq!(field(Some(&old), &old, Some(503)), "sip.registration.server");
+        assert_eq!(field(Some(&old), &old, None), "sip.registration.server");
+        let e = registration_error(None, &old, SipError::NotRunning);
+        assert_eq!(e.field, "sip.registration");
+        assert!(
+            registration_error(None, &old, refused(Some(401)))
+                .reason
+                .contains("127.0.0.1:5070")
+        );
+    }
 }
