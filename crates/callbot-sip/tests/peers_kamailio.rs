@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use callbot_sip::digest::DigestCredentials;
-use callbot_sip::{RegistrationConfig, RegistrationState, SipConfig};
+use callbot_sip::{RegistrationConfig, RegistrationState, SipConfig, SipError};
 use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 use peers_support::Bot;
 
@@ -197,4 +197,104 @@ fn heavy_kamailio_refresh_at_granted_expires_no_qop() {
     bot.run_while(|| status = options_status(&reg));
     assert_eq!(status, Some(200));
     assert_eq!(reg.count(|e| matches!(e, RegistrarEvent::BadPassword { .. })), 0);
+}
+
+/// Changing the registration while running, against two real registrars
+/// (`SipHandle::{stage,commit,remove}_registration`): the same binding with a new
+/// expiry is refreshed in place and never removed; a wrong password at B is refused
+/// (401) with nothing bound there while A still routes to the UA; B for real gets the
+/// new binding first, then A's is removed; removing unregisters.
+#[test]
+fn heavy_kamailio_registration_changes_while_running() {
+    let Some(a) = registrar(KamailioConfig::new(USER, PASS)) else {
+        return;
+    };
+    let b = Kamailio::start(&KamailioConfig::new(USER, PASS)).unwrap();
+    let mut bot = bot_for(&a, PASS, 120);
+    assert!(
+        bot.pump_until(Duration::from_secs(5), |b| registered(b).is_some()),
+        "{}",
+        a.log()
+    );
+    let creds = |pw: &str| Some(DigestCredentials::new(USER, pw));
+    let soon = || Instant::now() + Duration::from_secs(3);
+    let unregistered = |k: &Kamailio| k.count(|e| matches!(e, RegistrarEvent::Unregistered { .. }));
+    let routes = |bot: &mut Bot, k: &Kamailio| {
+        let mut status = None;
+        bot.run_while(|| status = options_status(k));
+        status
+    };
+
+    // Same binding, new expiry: refreshed in place, never removed.
+    let mut same = RegistrationConfig::new(a.addr(), "127.0.0.1");
+    same.expires = 300;
+    let (expires, _) = bot
+        .handle
+        .stage_registration(same, USER, creds(PASS), soon())
+        .unwrap();
+    assert_eq!(expires, 300);
+    bot.handle.commit_registration().unwrap();
+    bot.pump(Duration::from_millis(300));
+    assert_eq!(unregistered(&a), 0, "{}", a.log());
+    assert_eq!(routes(&mut bot, &a), Some(200));
+
+    // Wrong password at B: refused, nothing bound there, A still routes.
+    let t = Instant::now();
+    let e = bot
+        .handle
+        .stage_registration(
+            RegistrationConfig::new(b.addr(), "127.0.0.1"),
+            USER,
+            creds("WRONG"),
+            soon(),
+        )
+        .unwrap_err();
+    println!("wrong password refused in {:?}: {e}", t.elapsed());
+    assert!(matches!(e, SipError::Registration { code: Some(401), .. }), "{e}");
+    assert!(bot.handle.commit_registration().is_err(), "nothing staged");
+    assert_eq!(routes(&mut bot, &b), Some(404));
+    assert_eq!(routes(&mut bot, &a), Some(200));
+
+    // B for real: registered first, swapped in, A's binding removed.
+    let t = Instant::now();
+    let (_, took) = bot
+        .handle
+        .stage_registration(
+            RegistrationConfig::new(b.addr(), "127.0.0.1"),
+            USER,
+            creds(PASS),
+            soon(),
+        )
+        .unwrap();
+    bot.handle.commit_registration().unwrap();
+    let swapped = t.elapsed();
+    assert!(
+        a.wait_event(Duration::from_secs(3), |e| matches!(
+            e,
+            RegistrarEvent::Unregistered { .. }
+        ))
+        .is_some(),
+        "{}",
+        a.log()
+    );
+    println!(
+        "A -> B: new binding accepted {took:?} after its first REGISTER, swapped after {swapped:?}, A's binding removed after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(routes(&mut bot, &b), Some(200));
+    assert_eq!(routes(&mut bot, &a), Some(404));
+
+    // Removed: B's binding gone; shutdown has nothing left to unregister.
+    assert!(bot.handle.remove_registration().unwrap());
+    assert!(
+        b.wait_event(Duration::from_secs(3), |e| matches!(
+            e,
+            RegistrarEvent::Unregistered { .. }
+        ))
+        .is_some()
+    );
+    assert_eq!(routes(&mut bot, &b), Some(404));
+    let rep = bot.handle.shutdown(soon());
+    assert_eq!(rep.unregistered, None, "{rep}");
+    assert!(rep.thread_joined, "{rep}");
 }
