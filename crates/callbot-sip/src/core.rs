@@ -26,6 +26,9 @@ const ACCEPT: &str = "application/sdp";
 const BRANCH_COOKIE: &str = "z9hG4bK";
 /// Tables (maps, queues, the timer heap) at or below this capacity are never shrunk.
 const SHRINK_MIN_CAPACITY: usize = 64;
+/// Records (transactions and calls) a load peak must reach for its end to be reported
+/// by [`UserAgentCore::take_drained`].
+const DRAINED_MIN_PEAK: usize = 1000;
 
 /// Identifies one call (one INVITE dialog) for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -440,6 +443,10 @@ pub struct UserAgentCore {
     next_call: u64,
     shutting_down: bool,
     stats: CoreStats,
+    /// Most records (transactions and calls) held since the tables were last empty.
+    peak_records: usize,
+    /// The tables emptied after holding at least [`DRAINED_MIN_PEAK`] records.
+    drained: bool,
 }
 
 fn random_token(len: usize) -> String {
@@ -503,6 +510,8 @@ impl UserAgentCore {
             next_call: 1,
             shutting_down: false,
             stats: CoreStats::default(),
+            peak_records: 0,
+            drained: false,
         }
     }
 
@@ -1561,6 +1570,14 @@ impl UserAgentCore {
 
     // ------------------------------------------------------------- timers
 
+    /// True once after a load peak (at least 1,000 transactions and calls at once)
+    /// ended and every table emptied, the last transaction's RFC 3261 linger timer
+    /// having expired: the moment a driver can hand the heap memory the peak used back
+    /// to the system (the UDP driver calls glibc's `malloc_trim` then).
+    pub fn take_drained(&mut self) -> bool {
+        std::mem::take(&mut self.drained)
+    }
+
     /// Runs every timer that is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.run_timers(now);
@@ -1592,9 +1609,14 @@ impl UserAgentCore {
         map(&mut self.dialogs);
         queue(&mut self.transmits);
         queue(&mut self.events);
+        let live = self.server_tx.len() + self.client_tx.len() + self.calls.len();
+        self.peak_records = self.peak_records.max(live);
+        if live == 0 && self.peak_records >= DRAINED_MIN_PEAK {
+            self.peak_records = 0;
+            self.drained = true;
+        }
         // Timers of transactions and calls that are gone (a ring timeout outlives every
         // short call by minutes) are dropped once they outnumber the live ones.
-        let live = self.server_tx.len() + self.client_tx.len() + self.calls.len();
         if self.timer_heap.len() > 4 * live + SHRINK_MIN_CAPACITY {
             let (server_tx, client_tx, calls) = (&self.server_tx, &self.client_tx, &self.calls);
             self.timer_heap.0.retain(|(_, key)| match key {

@@ -501,6 +501,11 @@ fn run(
         }
         if core.poll_timeout().is_some_and(|t| t <= now) {
             core.handle_timeout(now);
+            if core.take_drained() {
+                let started = Instant::now();
+                let released = crate::heap::release_free_memory();
+                tracing::debug!(released, took = ?started.elapsed(), "load peak over: free heap returned to the system");
+            }
         }
         while let Some(t) = core.poll_transmit() {
             if let Err(e) = socket.send_to(&t.payload, t.destination) {

@@ -93,6 +93,7 @@ pub mod sdp;
 
 mod core;
 mod driver;
+mod heap;
 mod media;
 mod message;
 mod transaction;

@@ -45,12 +45,12 @@ fn heavy_measure_setup_rate_and_rss() {
     let mut cfg = SipConfig::new(std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0));
     cfg.max_calls = 5000;
     let mut bot = Bot::start_with(cfg);
+    bot.count_only = true;
     let warm = calls(&mut bot, 100, 100.0);
     assert_eq!(warm.failed, 0);
-    bot.events.clear();
     let st = bot.wait_idle(Duration::from_secs(40));
     let rss_100 = callbot_testkit::resources::rss_kib();
-    println!("RSS after 100 calls: {rss_100} KiB ({st:?})");
+    println!("RSS after 100 calls, their RFC linger timers expired: {rss_100} KiB ({st:?})");
 
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     let rate = env("CALLBOT_LOAD_RATE").unwrap_or(1000.0);
@@ -58,19 +58,16 @@ fn heavy_measure_setup_rate_and_rss() {
     let runs = env("CALLBOT_LOAD_RUNS").unwrap_or(2.0) as u32;
     let mut rss_prev = rss_100;
     for run in 1..=runs {
+        bot.counts.clear();
         let big = calls(&mut bot, total, rate);
-        let mut reasons = std::collections::BTreeMap::<String, usize>::new();
-        for (_, r) in bot.ended() {
-            *reasons.entry(r.to_string()).or_default() += 1;
-        }
+        let rss_right_after = callbot_testkit::resources::rss_kib();
         println!(
-            "run {run}: incoming-call events {} for {} calls; end reasons {reasons:?}; right after: {:?}",
-            bot.incoming(),
+            "run {run}: events {:?} for {} calls; right after: {:?}",
+            bot.counts,
             big.created,
             bot.handle.stats().unwrap()
         );
-        bot.events.clear();
-        bot.events.shrink_to_fit();
+        bot.counts.clear();
         // Transactions linger 64*T1 (32 s); calls whose ACK and BYE were lost end after
         // timer H and their BYE's timeout.
         let t0 = std::time::Instant::now();
@@ -81,20 +78,24 @@ fn heavy_measure_setup_rate_and_rss() {
             println!("draining after {:.0?}: {st:?}", t0.elapsed());
             st = bot.wait_idle(Duration::from_secs(10));
         }
-        let late: Vec<String> = bot.ended().iter().map(|(_, r)| r.to_string()).collect();
-        if !late.is_empty() {
-            println!("calls ended while draining: {} ({:?})", late.len(), late.first());
+        if !bot.counts.is_empty() {
+            println!("events while draining: {:?}", bot.counts);
         }
-        bot.events.clear();
         let rss = callbot_testkit::resources::rss_kib();
         println!(
-            "LOAD-RESULT run={run} rate_goal={rate} calls={total} successful={} failed={} retransmissions={} calls_per_s={:.0} rss_kib={rss} rss_growth_kib={} (vs 100-call baseline {})",
+            "LOAD-RESULT run={run} rate_goal={rate} calls={total} successful={} failed={} retransmissions={} calls_per_s={:.0} \
+             rss_after_100_calls_kib={rss_100} rss_right_after_kib={rss_right_after} \
+             rss_after_expiry_kib={rss} (calls ended, RFC linger timers expired, tables empty) \
+             growth_over_previous_kib={} growth_over_100_kib={} (goal <= 1024); load: {}",
             big.successful,
             big.failed,
             big.retransmissions,
             big.calls_per_second(),
             rss as i64 - rss_prev as i64,
-            rss as i64 - rss_100 as i64
+            rss as i64 - rss_100 as i64,
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
         rss_prev = rss;
         assert_eq!(big.failed, 0, "{big:?}");

@@ -1,0 +1,30 @@
+//! Handing freed heap memory back to the operating system after a load peak.
+//!
+//! A burst of calls leaves tens of thousands of completed transactions lingering for
+//! their RFC 3261 timers (64*T1 = 32 s on UDP). Once they expired the core's tables are
+//! empty, but glibc keeps the freed blocks in its arenas: the process's RSS would stay
+//! at the peak. glibc's `malloc_trim(0)` returns every free page of every arena. The
+//! driver calls [`release_free_memory`] only when [`crate::UserAgentCore::take_drained`]
+//! says a peak of at least 1,000 records just ended, so it runs at most once per load
+//! peak; measured at 10,000 calls it takes about a millisecond.
+
+/// Returns the allocator's free pages to the system; true when memory was released.
+/// A no-op (false) where the C library is not glibc.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // one FFI call into glibc, nothing else in this crate is unsafe
+pub(crate) fn release_free_memory() -> bool {
+    unsafe extern "C" {
+        /// glibc: returns free heap memory (every arena) to the system.
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: malloc_trim takes no pointer and has no precondition; it walks glibc's own
+    // arenas, each under its lock, and may be called from any thread at any time.
+    unsafe { malloc_trim(0) != 0 }
+}
+
+/// Returns the allocator's free pages to the system; true when memory was released.
+/// A no-op (false) where the C library is not glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn release_free_memory() -> bool {
+    false
+}
