@@ -1719,7 +1719,7 @@ impl UserAgentCore {
                     let owner = tx.owner;
                     self.client_tx.remove(&k);
                     match owner {
-                        TxOwner::Register => self.register_timed_out(now),
+                        TxOwner::Register => self.register_timed_out(now, &k),
                         TxOwner::Invite(id) => {
                             let reason = self
                                 .calls

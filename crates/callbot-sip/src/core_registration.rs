@@ -272,18 +272,13 @@ impl UserAgentCore {
         }
     }
 
-    /// A REGISTER transaction timed out: the registration whose transaction is gone.
-    pub(super) fn register_timed_out(&mut self, now: Instant) {
-        let gone: Vec<String> = self
+    /// The REGISTER transaction `branch` timed out (timer F).
+    pub(super) fn register_timed_out(&mut self, now: Instant, branch: &str) {
+        let timed_out = self
             .registrations()
-            .filter(|(r, _)| {
-                r.branch
-                    .as_deref()
-                    .is_some_and(|b| !self.client_tx.contains_key(b))
-            })
-            .map(|(r, _)| r.call_id.clone())
-            .collect();
-        for id in gone {
+            .find(|(r, _)| r.branch.as_deref() == Some(branch))
+            .map(|(r, _)| r.call_id.clone());
+        if let Some(id) = timed_out {
             self.register_failed(now, &id, None, "408 no response from registrar".into());
         }
     }
