@@ -16,6 +16,9 @@ use callbot_stt::{
     WhisperTranscriber,
 };
 use callbot_testkit::speech::{self, SENTENCES};
+
+mod common;
+use common::wait_running;
 use whisper_rs::{WhisperContext, WhisperContextParameters};
 
 const THREADS: usize = 2;
@@ -59,15 +62,6 @@ fn phases(ctx: &WhisperContext, audio: &[f32]) -> (Duration, Duration) {
     let t1 = Instant::now();
     st.encode(0, THREADS).unwrap();
     (mel, t1.elapsed())
-}
-
-fn wait_running(stt: &WhisperTranscriber) -> Instant {
-    let until = Instant::now() + Duration::from_secs(60);
-    while stt.running() == 0 {
-        assert!(Instant::now() < until, "job never started");
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Instant::now()
 }
 
 /// One cancelled job: returns (cancel -> `Cancelled` result, cancel -> next job picked up).

@@ -13,6 +13,9 @@ use callbot_stt::{
 };
 use callbot_testkit::speech::{self, SENTENCES};
 
+mod common;
+use common::wait_running;
+
 fn model() -> Option<PathBuf> {
     callbot_testkit::whisper_model()
 }
@@ -125,15 +128,6 @@ fn long_audio(speech: &[(&str, Vec<i16>)], secs: usize) -> Vec<f32> {
     }
     audio.truncate(16_000 * secs);
     audio
-}
-
-fn wait_running(stt: &WhisperTranscriber) -> Instant {
-    let until = Instant::now() + Duration::from_secs(30);
-    while stt.running() == 0 {
-        assert!(Instant::now() < until, "job never started");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Instant::now()
 }
 
 #[derive(Debug, Clone, Copy)]
