@@ -167,3 +167,32 @@ fn valgrind_load_transcribe_shutdown_loses_no_memory() {
         summary.join("\n")
     );
 }
+
+/// A job that panics fails alone: its caller sees `WorkerLost`, the worker frees the state,
+/// serves the next job, and shutdown joins it and frees the model.
+#[test]
+fn heavy_panicking_job_fails_alone_and_the_worker_goes_on() {
+    let Some(model) = callbot_testkit::whisper_model() else {
+        return;
+    };
+    let Some(pcm) = speech::espeak(SENTENCES[3].text, SENTENCES[3].voice) else {
+        return;
+    };
+    let audio = speech::to_16k(&pcm);
+    let before = threads();
+    let hooks = TestHooks {
+        panic_jobs: 1,
+        ..TestHooks::default()
+    };
+    let mut c = config(model, 1);
+    // Without a worker left, the next job would only end at its deadline.
+    c.default_timeout = Duration::from_secs(60);
+    let mut stt = WhisperTranscriber::start(c, hooks).unwrap();
+    let lost = stt.transcribe(TranscriptionRequest::new(audio.clone()));
+    assert!(matches!(lost, Err(SttError::WorkerLost)), "{lost:?}");
+    let t = stt.transcribe(TranscriptionRequest::new(audio)).unwrap();
+    assert!(speech::wer(SENTENCES[3].text, &t.text).0 <= 3, "{}", t.text);
+    let r = stt.shutdown(Instant::now() + Duration::from_secs(10));
+    assert!(r.model_freed && r.workers_joined == 1, "{r:?}");
+    assert_eq!(threads(), before);
+}

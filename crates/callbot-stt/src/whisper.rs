@@ -107,6 +107,8 @@ struct Shared {
     finished_while_closing: AtomicUsize,
     /// Test hook: every job first sleeps this long, deaf to aborts (a stuck whisper call).
     stall_jobs: Option<Duration>,
+    /// Test hook: this many jobs still unwind (panic) after whisper returns.
+    panic_jobs: AtomicUsize,
     /// Queued jobs a worker failed because shutdown had started.
     cancelled_by_workers: AtomicUsize,
     /// The model's full encoder window in frames.
@@ -124,6 +126,9 @@ pub(crate) struct TestHooks {
     /// Every job sleeps this long before running whisper, ignoring aborts: a worker stuck
     /// past shutdown's abort grace.
     pub(crate) stall_jobs: Option<Duration>,
+    /// The first this many jobs unwind after whisper returns, as a panic while reading the
+    /// results would.
+    pub(crate) panic_jobs: usize,
 }
 
 /// A queued job.
@@ -196,6 +201,7 @@ impl WhisperTranscriber {
             finished_while_closing: AtomicUsize::new(0),
             cancelled_by_workers: AtomicUsize::new(0),
             stall_jobs: hooks.stall_jobs,
+            panic_jobs: AtomicUsize::new(hooks.panic_jobs),
             n_audio_ctx,
             token_eot,
         });
@@ -580,7 +586,13 @@ fn worker_main(
                 Some(st) => Some(st),
                 None => shared.ctx.create_state().ok(),
             };
-            run_job(&shared, st, job);
+            // A panic (a bug) fails this job only: its caller sees `WorkerLost` (the
+            // completion is dropped), its state is freed while unwinding, and the worker
+            // goes on serving the queue.
+            let run = std::panic::AssertUnwindSafe(|| run_job(&shared, st, job));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(worker = index, "Whisper job panicked; the worker goes on");
+            }
             // The used state is freed; allocate the next one now, off the next job's path.
             if !shared.closing.load(Ordering::Acquire) {
                 state = shared.ctx.create_state().ok();
@@ -707,6 +719,13 @@ fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
     }
     let result = crate::logging::during_job(&check.fired, || st.full(params, &audio));
     shared.running.fetch_sub(1, Ordering::AcqRel);
+    if shared
+        .panic_jobs
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        std::panic::resume_unwind(Box::new("test hook: job panics"));
+    }
     let inference = started.elapsed();
     let aborted = check.fired.load(Ordering::Acquire);
     let by_shutdown = aborted && shared.abort_all.load(Ordering::Acquire);
