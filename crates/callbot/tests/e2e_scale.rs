@@ -4,7 +4,9 @@
 //! layers (Whisper tiny.en, espeak-ng, an Ollama-protocol test server or echo mode).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,21 +17,11 @@ use callbot_audio::g711::Law;
 use callbot_rtp::{RtpSession, RtpSessionConfig};
 use callbot_sip::{CallId, SipConfig, SipEvent, SipHandle, SipUserAgent};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+use common::LOOPBACK;
 
 fn settings(dir: &Path, model: PathBuf, max_calls: usize) -> Settings {
-    let mut s = Settings::default();
-    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
-    s.stt.model = model;
-    s.stt.threads = 1;
-    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
-    s.llm.connect_timeout_secs = 0.3;
+    let mut s = common::loopback_settings(model, max_calls);
     s.dialogue.greeting = "Hello.".into();
-    s.dialogue.max_calls = max_calls;
-    let n = u16::try_from(2 * max_calls + 2).unwrap();
-    let base = callbot_testkit::ports::free_udp_port_range(n);
-    s.media.rtp_port_min = base;
-    s.media.rtp_port_max = base + n - 1;
     s.transcripts.dir = Some(dir.join("transcripts"));
     s
 }

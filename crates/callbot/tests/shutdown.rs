@@ -5,22 +5,19 @@
 //! removed ("unregistered: no (timed out)").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use callbot::settings::RegistrationSettings;
 use callbot::{Bot, Settings};
 use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+use common::LOOPBACK;
 
 fn settings(model: std::path::PathBuf, registrar: SocketAddr) -> Settings {
-    let mut s = Settings::default();
-    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
-    s.stt.model = model;
-    s.stt.threads = 1;
-    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
-    s.llm.connect_timeout_secs = 0.3;
+    let mut s = common::loopback_settings(model, 2);
     s.sip.registration = Some(RegistrationSettings {
         server: registrar.to_string(),
         user: "callbot".into(),

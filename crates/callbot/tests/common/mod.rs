@@ -1,0 +1,28 @@
+//! Settings shared by the end-to-end test files (each includes this with `mod common;`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use callbot::Settings;
+
+/// The loopback address every test uses.
+#[allow(dead_code)] // not every test file that includes this module needs it
+pub(crate) const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// A bot on loopback with the real layers: SIP on a free port, Whisper `model` with one
+/// thread, echo mode (the LLM URL names a port where nothing listens; probed for 0.3 s),
+/// `max_calls`, and a free RTP range of two ports per call (plus one spare pair).
+pub(crate) fn loopback_settings(model: PathBuf, max_calls: usize) -> Settings {
+    let mut s = Settings::default();
+    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
+    s.stt.model = model;
+    s.stt.threads = 1;
+    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
+    s.llm.connect_timeout_secs = 0.3;
+    s.dialogue.max_calls = max_calls;
+    let n = u16::try_from(2 * max_calls + 2).expect("a port range that fits");
+    let base = callbot_testkit::ports::free_udp_port_range(n);
+    s.media.rtp_port_min = base;
+    s.media.rtp_port_max = base + n - 1;
+    s
+}
