@@ -129,13 +129,9 @@ fn run() -> Result<(), String> {
     }
     println!("shutting down ({} live calls)", bot.live_calls());
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
-    println!(
-        "shut down in {:?}: {} calls ended, {} abandoned, components clean: {}",
-        report.elapsed,
-        report.calls_ended,
-        report.calls_abandoned,
-        report.components.all_clean()
-    );
+    // One line: time, calls ended/abandoned, BYEs sent/answered, the goodbye,
+    // whether the registration was removed, threads joined, components clean.
+    println!("shut down: {report}");
     Ok(())
 }
 
