@@ -13,9 +13,13 @@
 //! events: answer/reject, caller hang-ups, reaping ended calls) and one `call-N` thread
 //! per live call, which owns the call's `RtpSession` (thread `rtp-<port>`) and runs
 //! [`call::run_call`]. [`Bot::shutdown`]`(deadline)` rejects new calls with 503, has
-//! live calls say the shutdown phrase and hang up (BYE), joins every thread, shuts SIP
-//! down (unregistering) and then the components, logging "All components cleaned up";
-//! it returns a [`BotShutdownReport`], is idempotent, and `Drop` calls it.
+//! live calls stop talking, play the shutdown phrase (synthesized once for all of them
+//! and fitted to the deadline, see [`shutdown`]) and hang up (BYE), joins every thread,
+//! shuts SIP down (the BYE answers awaited, unregistering) and then the components,
+//! logging "All components cleaned up", all within the deadline (a registrar that does
+//! not answer is given up on at the deadline); it returns a [`BotShutdownReport`]
+//! (calls ended/abandoned, BYEs sent/answered, the goodbye, unregistered or not), is
+//! idempotent, and `Drop` calls it.
 //! [`Bot::reconfigure`] builds changed components (and a changed registration) first,
 //! without blocking new calls, and swaps them in, or changes nothing and names the
 //! failing setting; live calls keep what they started with. Every setting applies
