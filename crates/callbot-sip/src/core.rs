@@ -663,20 +663,7 @@ impl UserAgentCore {
         // Add received/rport to the top Via copy used in responses.
         let mut msg = msg;
         if let Some(top) = msg.vias.first_mut() {
-            if msg.top_via.rport {
-                let stripped: Vec<&str> = top
-                    .split(';')
-                    .filter(|p| !p.trim().to_ascii_lowercase().starts_with("rport"))
-                    .collect();
-                *top = format!(
-                    "{};received={};rport={}",
-                    stripped.join(";"),
-                    from.ip(),
-                    from.port()
-                );
-            } else if msg.top_via.received.is_none() {
-                top.push_str(&format!(";received={}", from.ip()));
-            }
+            message::stamp_top_via(top, &msg.top_via, from);
         }
         let rfc2543_branch;
         let branch = match msg.top_via.branch.as_deref() {

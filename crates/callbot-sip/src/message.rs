@@ -107,7 +107,7 @@ impl Via {
         let first = parts.next()?.trim();
         let mut it = first.split_whitespace();
         let proto = it.next()?;
-        if !proto.to_ascii_uppercase().starts_with("SIP/2.0/") {
+        if !proto.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("SIP/2.0/")) {
             return None;
         }
         let sent_by = it.next()?;
@@ -143,6 +143,26 @@ impl Via {
     }
 }
 
+/// Stamps the top Via value a response echoes with where the request came from:
+/// `received` (RFC 3261 18.2.1) and, when the Via asked for it, `rport=PORT`
+/// (RFC 3581; any `rport` parameter it had is replaced).
+pub(crate) fn stamp_top_via(top: &mut String, via: &Via, from: SocketAddr) {
+    if via.rport {
+        let mut out = String::with_capacity(top.len() + 48);
+        let is_rport = |p: &str| p.trim().get(..5).is_some_and(|k| k.eq_ignore_ascii_case("rport"));
+        for (i, p) in top.split(';').filter(|p| !is_rport(p)).enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            out.push_str(p);
+        }
+        let _ = write!(out, ";received={};rport={}", from.ip(), from.port());
+        *top = out;
+    } else if via.received.is_none() {
+        let _ = write!(top, ";received={}", from.ip());
+    }
+}
+
 /// Splits `host[:port]` / `[v6][:port]`.
 pub(crate) fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
     if let Some(rest) = s.strip_prefix('[') {
@@ -169,11 +189,41 @@ pub(crate) fn host_port(addr: SocketAddr) -> String {
     }
 }
 
-/// Byte ranges of one header line's name and value inside [`Headers::text`].
+/// Byte ranges of one header line's name and value inside [`Headers::text`], and
+/// which of the headers every message is searched for it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Field {
     name: (usize, usize),
     value: (usize, usize),
+    kind: Kind,
+}
+
+/// The headers the message layer looks up on every message (found by a byte compare
+/// instead of a case-insensitive name compare per header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    ContentLength,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |canonical: &str| name.eq_ignore_ascii_case(canonical.as_bytes());
+        match name.len() {
+            2 if is("To") => Kind::To,
+            3 if is("Via") => Kind::Via,
+            4 if is("From") => Kind::From,
+            4 if is("CSeq") => Kind::CSeq,
+            7 if is("Call-ID") => Kind::CallId,
+            14 if is("Content-Length") => Kind::ContentLength,
+            _ => Kind::Other,
+        }
+    }
 }
 
 /// The header lines of a message, in order, in one string of `Name: value` lines
@@ -207,6 +257,7 @@ impl Headers {
         self.fields.push(Field {
             name: (n0, n1),
             value: (v0, v1),
+            kind: Kind::of(name.as_bytes()),
         });
     }
 
@@ -224,15 +275,23 @@ impl Headers {
 
     /// Every value of a header (case-insensitive name).
     pub(crate) fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        let kind = Kind::of(name.as_bytes());
+        self.fields
+            .iter()
+            .filter(move |f| f.kind == kind)
+            .map(|f| self.pair(f))
+            .filter(move |(n, _)| kind != Kind::Other || n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
 
     /// The first value of a header (case-insensitive name).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        let kind = Kind::of(name.as_bytes());
+        self.fields
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| self.pair(f))
+            .find(|(n, _)| kind != Kind::Other || n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
 }
@@ -532,7 +591,8 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
         if value.first().is_some_and(wsp) || value.last().is_some_and(wsp) {
             return None;
         }
-        if line.get(..name_len)?.eq_ignore_ascii_case(b"Content-Length") {
+        let kind = Kind::of(line.get(..name_len)?);
+        if kind == Kind::ContentLength {
             if content_length.is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
                 return None;
             }
@@ -542,6 +602,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
         fields.push(Field {
             name: (at, at + name_len),
             value: (at + v0, at + v1),
+            kind,
         });
         pos += v1 + 2;
     }
