@@ -202,14 +202,17 @@ fn heavy_kamailio_refresh_at_granted_expires_no_qop() {
 /// Changing the registration while running, against two real registrars
 /// (`SipHandle::{stage,commit,remove}_registration`): the same binding with a new
 /// expiry is refreshed in place and never removed; a wrong password at B is refused
-/// (401) with nothing bound there while A still routes to the UA; B for real gets the
+/// (B answers it with 403) with nothing bound there while A still routes to the UA; B
+/// for real gets the
 /// new binding first, then A's is removed; removing unregisters.
 #[test]
 fn heavy_kamailio_registration_changes_while_running() {
     let Some(a) = registrar(KamailioConfig::new(USER, PASS)) else {
         return;
     };
-    let b = Kamailio::start(&KamailioConfig::new(USER, PASS)).unwrap();
+    let mut b_cfg = KamailioConfig::new(USER, PASS);
+    b_cfg.wrong_password_403 = true;
+    let b = Kamailio::start(&b_cfg).unwrap();
     let mut bot = bot_for(&a, PASS, 120);
     assert!(
         bot.pump_until(Duration::from_secs(5), |b| registered(b).is_some()),
@@ -250,7 +253,7 @@ fn heavy_kamailio_registration_changes_while_running() {
         )
         .unwrap_err();
     println!("wrong password refused in {:?}: {e}", t.elapsed());
-    assert!(matches!(e, SipError::Registration { code: Some(401), .. }), "{e}");
+    assert!(matches!(e, SipError::Registration { code: Some(403), .. }), "{e}");
     assert!(bot.handle.commit_registration().is_err(), "nothing staged");
     assert_eq!(routes(&mut bot, &b), Some(404));
     assert_eq!(routes(&mut bot, &a), Some(200));
