@@ -221,7 +221,7 @@ fn heavy_measure_answer_example_rate_and_rss() {
     assert_eq!(warm.failed, 0);
     std::thread::sleep(linger);
     let rss_100 = callbot_testkit::resources::rss_kib_of(pid);
-    println!("answer example: RSS after 100 calls {rss_100} KiB");
+    println!("answer example: RSS after 100 calls, their RFC linger timers expired: {rss_100} KiB");
     let mut prev = rss_100;
     for run in 1..=runs {
         let st = callbot_testkit::sipp::SippUac::new(addr, total, rate)
@@ -233,14 +233,17 @@ fn heavy_measure_answer_example_rate_and_rss() {
         std::thread::sleep(linger);
         let rss = callbot_testkit::resources::rss_kib_of(pid);
         println!(
-            "ANSWER-LOAD run={run} calls={total} rate_goal={rate} successful={} failed={} retransmissions={} calls_per_s={:.0} setup_avg_ms={:?} rss_right_after_kib={rss_peak} rss_after_expiry_kib={rss} growth_over_previous_kib={} growth_over_100_kib={}",
+            "ANSWER-LOAD run={run} calls={total} rate_goal={rate} successful={} failed={} retransmissions={} calls_per_s={:.0} setup_avg_ms={:?} \
+             rss_after_100_calls_kib={rss_100} rss_right_after_kib={rss_peak} rss_after_expiry_kib={rss} \
+             (calls ended, RFC linger timers expired) growth_over_previous_kib={} growth_over_100_kib={} (goal <= 1024); load: {}",
             st.successful,
             st.failed,
             st.retransmissions,
             st.calls_per_second(),
             st.setup_avg_ms,
             rss as i64 - prev as i64,
-            rss as i64 - rss_100 as i64
+            rss as i64 - rss_100 as i64,
+            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
         );
         prev = rss;
         assert_eq!(st.failed, 0, "{st:?}");
