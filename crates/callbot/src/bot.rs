@@ -423,7 +423,8 @@ impl Bot {
         lock(&self.shared.calls).len()
     }
 
-    /// Whether the LLM runs in echo mode (no server was reachable).
+    /// Whether the LLM runs in echo mode: no server was reachable at start or at the
+    /// last reconfiguration (each reconfiguration in echo mode probes it again).
     pub fn echo_mode(&self) -> bool {
         lock(&self.shared.components)
             .for_call()
