@@ -65,9 +65,14 @@ fn phases(ctx: &WhisperContext, audio: &[f32]) -> (Duration, Duration) {
 }
 
 /// One cancelled job: returns (cancel -> `Cancelled` result, cancel -> next job picked up).
-fn cancel_at(stt: &WhisperTranscriber, audio: &[f32], at: Duration) -> (Duration, Duration) {
+fn cancel_at(
+    stt: &WhisperTranscriber,
+    audio: &[f32],
+    options: TranscribeOptions,
+    at: Duration,
+) -> (Duration, Duration) {
     let job = stt
-        .submit(TranscriptionRequest::new(audio.to_vec()).with_options(full_window()))
+        .submit(TranscriptionRequest::new(audio.to_vec()).with_options(options))
         .unwrap();
     let started = wait_running(stt);
     std::thread::sleep((started + at).saturating_duration_since(Instant::now()));
@@ -136,7 +141,8 @@ fn captured() -> Captured {
 /// The goal: a long job cancelled mid-way frees its worker within 100 ms. The
 /// cancel is timed to land in the middle of whisper's encoder pass over a 25 s utterance
 /// (full 30 s window), the pass that whisper.cpp 1.8.3 could not interrupt (0.5-2 s here
-/// before the patch), then in the decoding that follows it.
+/// before the patch), then in the decoding that follows it, then in the language-detection
+/// pass of `language: "auto"`.
 #[test]
 fn heavy_cancel_inside_the_encoder_frees_the_worker_at_once() {
     let Some(model) = callbot_testkit::whisper_model() else {
@@ -149,12 +155,12 @@ fn heavy_cancel_inside_the_encoder_frees_the_worker_at_once() {
     let ctx = WhisperContext::new_with_params(&model, params).unwrap();
     let mut stt = WhisperTranscriber::new(config(&model)).unwrap();
 
-    let trials = 4;
+    let trials = 3;
     let (mut enc_answer, mut enc_free, mut encoder_passes) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..trials {
         // Measured again before each trial: machine load changes the pass length.
         let (mel, encode) = phases(&ctx, &audio);
-        let (answered, freed) = cancel_at(&stt, &audio, mel + encode / 2);
+        let (answered, freed) = cancel_at(&stt, &audio, full_window(), mel + encode / 2);
         enc_answer.push(answered);
         enc_free.push(freed);
         encoder_passes.push(encode);
@@ -163,9 +169,19 @@ fn heavy_cancel_inside_the_encoder_frees_the_worker_at_once() {
     for _ in 0..2 {
         let (mel, encode) = phases(&ctx, &audio);
         // Decoding a 25 s utterance takes several encoder passes' time.
-        let (answered, freed) = cancel_at(&stt, &audio, mel + encode + encode / 2);
+        let (answered, freed) = cancel_at(&stt, &audio, full_window(), mel + encode + encode / 2);
         dec_answer.push(answered);
         dec_free.push(freed);
+    }
+    // `language: "auto"` runs a language-detection encoder pass first (tiny.en too).
+    let auto = TranscribeOptions {
+        language: "auto".into(),
+        ..full_window()
+    };
+    let mut auto_answer = Vec::new();
+    for _ in 0..2 {
+        let (mel, encode) = phases(&ctx, &audio);
+        auto_answer.push(cancel_at(&stt, &audio, auto.clone(), mel + encode / 2).0);
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let pass = median(encoder_passes.clone());
@@ -177,7 +193,7 @@ fn heavy_cancel_inside_the_encoder_frees_the_worker_at_once() {
         enc_free.iter().max().unwrap(),
     );
     eprintln!(
-        "cancel while decoding (2 trials): Cancelled after median {:?} max {:?}; worker free after median {:?} max {:?}; load average {}",
+        "cancel while decoding (2 trials): Cancelled after median {:?} max {:?}; worker free after median {:?} max {:?}; inside language detection: Cancelled after {auto_answer:?}; load average {}",
         median(dec_answer.clone()),
         dec_answer.iter().max().unwrap(),
         median(dec_free.clone()),
@@ -203,7 +219,12 @@ fn heavy_cancel_inside_the_encoder_frees_the_worker_at_once() {
     // 100 ms is the figure on an idle machine (a pass of about 1 s; the abort lands after
     // the graph node running at the cancel), which a loaded one scales several times.
     let shortest = *encoder_passes.iter().min().unwrap();
-    for (i, a) in enc_answer.iter().chain(&dec_answer).enumerate() {
+    for (i, a) in enc_answer
+        .iter()
+        .chain(&dec_answer)
+        .chain(&auto_answer)
+        .enumerate()
+    {
         assert!(
             *a < shortest / 4,
             "trial {i}: cancelled after {a:?}, pass {shortest:?}"
