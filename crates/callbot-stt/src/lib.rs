@@ -23,16 +23,18 @@
 //! checked by whisper.cpp's abort callback: cancelling (or dropping) the
 //! [`TranscriptionJob`] of a caller who hung up frees the worker at whisper.cpp's next
 //! check. The workspace builds a patched whisper.cpp (`vendor/whisper-rs-sys/PATCHES.md`)
-//! that checks the callback after every graph node, inside the encoder pass as well as
-//! at every decoder step (stock 1.8.3 only checks between passes, so a cancel landing in
-//! the encoder waited 0.5-2 s for the pass to end). Measured with a 25 s utterance and the
-//! full window on 2 cores loaded 4x over (load average 8.5, encoder pass 8.3 s): cancel to
-//! `Cancelled` 124 ms median (167 ms max) inside the encoder pass, 24 ms while decoding;
-//! cancel to the worker taking its next job 144 ms / 41 ms (`tests/lifecycle.rs`). An
+//! that checks the callback after every graph node, inside the encoder passes (language
+//! detection included) as well as at every decoder step; stock 1.8.3 only checks between
+//! passes, so a cancel landing in the encoder waited 0.5-2 s for the pass to end. Measured
+//! with a 25 s utterance and the full window on 2 cores shared with other builds (load
+//! average 7.5; an encoder pass took 9.8 s instead of about 1 s on an idle machine): cancel
+//! to `Cancelled` 81 ms median (133 ms max) inside the encoder pass, 15 ms while decoding;
+//! cancel to the worker taking its next job 101 ms / 36 ms (`tests/lifecycle.rs`). An
 //! aborted job ends with [`SttError::Cancelled`] (or [`SttError::DeadlineExceeded`]), and
 //! whisper.cpp's "failed to encode" / "failed to decode" lines for it are logged at
-//! `debug`, not as errors. Language auto-detection (`language: "auto"`) runs one more
-//! encoder pass that whisper.cpp does not let the callback interrupt.
+//! `debug`, not as errors. A job that panics (a bug) fails alone with
+//! [`SttError::WorkerLost`]; its worker goes on.
+//!
 //! Audio shorter than [`MIN_UTTERANCE`] returns an empty transcript without running whisper;
 //! audio longer than [`MAX_UTTERANCE`] (30 s) is refused. The encoder window is sized from
 //! the utterance ([`AudioWindow::Auto`]) instead of whisper's fixed 30 s.
