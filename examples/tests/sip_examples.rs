@@ -243,7 +243,9 @@ fn heavy_measure_answer_example_rate_and_rss() {
             st.setup_avg_ms,
             rss as i64 - prev as i64,
             rss as i64 - rss_100 as i64,
-            std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim()
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .trim()
         );
         prev = rss;
         assert_eq!(st.failed, 0, "{st:?}");
