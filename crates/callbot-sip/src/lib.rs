@@ -18,6 +18,13 @@
 //!   before the granted expiry, backoff on failure, Expires: 0 on shutdown). Every call
 //!   and transaction leaves its table when it ends ([`UserAgentCore::stats`] shows the
 //!   sizes). Drive it from any event loop.
+//!
+//!   Memory: a completed transaction keeps only what absorbing retransmissions needs
+//!   (one shared key, the serialized final response, its destination and timer; the
+//!   response goes too once acknowledged), about 550 bytes while it lingers for its
+//!   64*T1 timer: 1,000 calls/s leave some 64,000 lingering, ~35 MB. The tables give
+//!   their memory back as they empty, and [`UserAgentCore::take_drained`] tells the
+//!   driver when a load peak is over.
 //! - [`SipUserAgent::start`] → [`SipHandle`]: the thin UDP driver.
 //!
 //! ## What the handle owns, its thread, and how it stops
@@ -25,7 +32,10 @@
 //! A [`SipHandle`] owns **one UDP socket** and **one thread named `sip-ua`** that runs the
 //! core. Events arrive on a bounded crossbeam channel ([`SipHandle::events`]); commands
 //! are methods on the handle, passed to the thread over a bounded channel and answered
-//! at once (an empty datagram to the socket wakes the thread).
+//! at once (an empty datagram to the socket wakes the thread). When a load peak is over
+//! (its transactions expired) the thread returns the freed heap to the system (glibc
+//! `malloc_trim`, once per peak, ~1.4 ms): after 10,000 calls at 1,000/s the process is
+//! back within 1 MB of its RSS after 100 calls.
 //! [`SipHandle::shutdown`] (deadline-bounded, idempotent) makes new INVITEs get 503 with
 //! Retry-After, hangs up every live call (BYE, CANCEL or 603), unregisters, waits for
 //! the answers until the deadline, joins the thread, closes the socket (the port can be
