@@ -136,10 +136,12 @@ impl Via {
 
     /// `host:port` of the sent-by part, as used in transaction matching.
     pub(crate) fn sent_by(&self) -> String {
-        match self.port {
-            Some(p) => format!("{}:{p}", self.host),
-            None => self.host.clone(),
+        let mut out = String::with_capacity(self.host.len() + 6);
+        out.push_str(&self.host);
+        if let Some(p) = self.port {
+            let _ = write!(out, ":{p}");
         }
+        out
     }
 }
 
@@ -523,6 +525,29 @@ fn is_value_char(b: u8) -> bool {
     matches!(b, b' '..=b'~' | b'\t')
 }
 
+/// Length of the leading run of [`is_value_char`] bytes: eight at a time while none of
+/// them is a control character (HT included), DEL or above, then byte by byte.
+fn value_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut n = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(word);
+        // A byte below 0x20; a byte above 0x7e (both exact for "is there one").
+        let below = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let above = (x.wrapping_add(ONES) | x) & HIGH;
+        if below | above != 0 {
+            break;
+        }
+        n += 8;
+    }
+    let tail = bytes.get(n..).unwrap_or_default();
+    n + tail.iter().position(|&b| !is_value_char(b)).unwrap_or(tail.len())
+}
+
 /// Parses one datagram. `max_size` bounds the datagram length.
 ///
 /// A datagram already in canonical form (the common case) is checked in one scan and
@@ -582,7 +607,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
             return None;
         }
         let v0 = name_len + 2;
-        let v1 = v0 + line.get(v0..)?.iter().position(|&b| !is_value_char(b))?;
+        let v1 = v0 + value_run(line.get(v0..)?);
         if line.get(v1..v1 + 2)? != b"\r\n" {
             return None;
         }
@@ -1266,6 +1291,22 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn value_run_stops_at_the_first_byte_outside_a_value() {
+        for len in 0..20 {
+            for bad in [0u8, b'\r', b'\n', 0x1f, 0x7f, 0x80, 0xff, b'\t'] {
+                for at in 0..=len {
+                    let mut v = vec![b'a'; len];
+                    v.insert(at, bad);
+                    let expected = if bad == b'\t' { len + 1 } else { at };
+                    assert_eq!(value_run(&v), expected, "{v:?}");
+                }
+            }
+            assert_eq!(value_run(&vec![b'~'; len]), len);
+            assert_eq!(value_run(&vec![b' '; len]), len);
         }
     }
 

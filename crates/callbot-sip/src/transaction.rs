@@ -49,7 +49,14 @@ const KEY_SEP: char = '\n';
 
 impl ServerKey {
     pub(crate) fn new(method: &str, branch: &str, sent_by: &str) -> ServerKey {
-        ServerKey(format!("{method}{KEY_SEP}{branch}{KEY_SEP}{sent_by}").into())
+        let mut key = String::with_capacity(method.len() + branch.len() + sent_by.len() + 2);
+        for (i, part) in [method, branch, sent_by].into_iter().enumerate() {
+            if i > 0 {
+                key.push(KEY_SEP);
+            }
+            key.push_str(part);
+        }
+        ServerKey(key.into())
     }
 
     /// The key of the transaction with the same branch and sent-by for `method`
