@@ -67,20 +67,6 @@ fn dtmf_scenario(pcap: &Path, before: Duration, bye_timeout: Duration) -> String
     format!("{}{tail}{}", &base[..from], &base[to..])
 }
 
-fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[test]
 fn heavy_e2e_dtmf_0_from_sipp_says_the_phrase_and_hangs_up() {
     let Some(model) = callbot_testkit::whisper_model() else {
@@ -174,7 +160,7 @@ fn heavy_e2e_dtmf_0_from_sipp_says_the_phrase_and_hangs_up() {
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
     println!("{report}");
 
-    let lines = transcript_lines(&transcripts);
+    let lines = common::transcript_lines(&transcripts);
     for l in &lines {
         println!("{l}");
     }

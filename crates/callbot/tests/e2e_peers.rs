@@ -3,7 +3,8 @@
 //! espeak-ng speech and recording what the bot says, Whisper tiny.en as the judge.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,41 +16,16 @@ use callbot_testkit::baresip::{BaresipCall, CallEnd};
 use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 use callbot_testkit::speech;
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
 fn settings(dir: &Path, model: PathBuf) -> Settings {
-    let mut s = Settings::default();
-    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
-    s.stt.model = model;
+    let mut s = common::loopback_settings(model, 4);
     s.stt.threads = 2;
-    // Nothing listens there: echo mode.
-    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
-    s.llm.connect_timeout_secs = 0.3;
-    s.dialogue.max_calls = 4;
-    let base = callbot_testkit::ports::free_udp_port_range(10);
-    s.media.rtp_port_min = base;
-    s.media.rtp_port_max = base + 9;
     s.transcripts.dir = Some(dir.join("transcripts"));
     s
 }
 
 /// Every JSON line of every transcript file, in file order.
 fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir(dir.join("transcripts")) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    common::transcript_lines(&dir.join("transcripts"))
 }
 
 /// Writes 8 kHz mono S16 `samples` as a WAV file.
