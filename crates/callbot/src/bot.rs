@@ -15,12 +15,15 @@
 //! phrase is synthesized once and fitted to the time left ([`crate::shutdown`]); every
 //! live call is told at once to stop speaking, play that shared audio and hang up (BYE)
 //! within 5/8 of the time left, and the call threads are joined in parallel (each with
-//! the same deadline, 3/4 of the time left); then `bot-sip` is stopped and joined, the
-//! SIP user agent is shut down (BYE to calls still up, the answers to the BYEs awaited,
-//! registration removed, `sip-ua` joined), and the components are shut down ("All
-//! components cleaned up"), all bounded by the deadline. The [`BotShutdownReport`] says
-//! what happened (calls ended/abandoned, BYEs sent/answered, the goodbye, whether the
-//! registration was removed). Idempotent; `Drop` calls it with a 3 s deadline.
+//! the same deadline, 3/4 of the time left; one still running then gets until the SIP
+//! layer's own deadline, since it holds the SIP handle); then `bot-sip` is stopped and
+//! joined, the SIP user agent is shut down (BYE to calls still up, the answers to the
+//! BYEs awaited, registration removed, `sip-ua` joined; it keeps up to 100 ms of the
+//! deadline for the components when a registrar does not answer), and the components
+//! are shut down ("All components cleaned up"), all bounded by the deadline. The
+//! [`BotShutdownReport`] says what happened (calls ended/abandoned, BYEs sent/answered,
+//! the goodbye, whether the registration was removed). Idempotent; `Drop` calls it with
+//! a 3 s deadline.
 //!
 //! **Reconfiguration**: [`Bot::reconfigure`] (SIGHUP in `examples/callbot.rs`):
 //! 1. *Build* everything that changed while the old keeps serving, with no lock held
@@ -539,25 +542,10 @@ impl Bot {
             });
         }
         let calls_deadline = Instant::now() + left * 3 / 4;
-        for (id, c) in calls {
-            match c.done.recv_deadline(calls_deadline) {
-                Ok(end) => {
-                    let _ = c.thread.join();
-                    report.calls_ended += 1;
-                    report.byes_sent += usize::from(end.bye_sent);
-                    report.goodbyes_completed += usize::from(end.goodbye_completed);
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    // The thread ended without reporting (it panicked): joined all the same.
-                    let _ = c.thread.join();
-                    report.calls_ended += 1;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    tracing::warn!(call = %id, "call thread still running at the deadline");
-                    report.calls_abandoned += 1;
-                }
-            }
-        }
+        let running: Vec<(CallId, LiveCall)> = calls
+            .into_iter()
+            .filter_map(|(id, c)| join_call(c, calls_deadline, &mut report).map(|c| (id, c)))
+            .collect();
         report.calls_elapsed = started.elapsed();
         // 2. The SIP event thread.
         self.stop.take();
@@ -575,7 +563,16 @@ impl Bot {
         // registrar that does not answer holds it until its own deadline, which
         // leaves the components their share.
         let left = deadline.saturating_duration_since(Instant::now());
-        let sip_deadline = deadline - (left / 4).min(COMPONENTS_RESERVE);
+        let sip_deadline = deadline
+            .checked_sub((left / 4).min(COMPONENTS_RESERVE))
+            .unwrap_or(deadline);
+        // Call threads still running hold the SIP handle: they get until then.
+        for (id, c) in running {
+            if join_call(c, sip_deadline, &mut report).is_some() {
+                tracing::warn!(call = %id, "call thread still running at the deadline");
+                report.calls_abandoned += 1;
+            }
+        }
         if let Some(sip) = self.sip.take() {
             match Arc::try_unwrap(sip) {
                 Ok(mut sip) => {
@@ -611,6 +608,23 @@ impl Bot {
         self.report = Some(report.clone());
         report
     }
+}
+
+/// Waits for a call thread until `by` and joins it, counting what it reported; gives it
+/// back when it is still running.
+fn join_call(c: LiveCall, by: Instant, report: &mut BotShutdownReport) -> Option<LiveCall> {
+    match c.done.recv_deadline(by) {
+        Ok(end) => {
+            report.byes_sent += usize::from(end.bye_sent);
+            report.goodbyes_completed += usize::from(end.goodbye_completed);
+        }
+        // The thread ended without reporting (it panicked): joined all the same.
+        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {}
+        Err(crossbeam_channel::RecvTimeoutError::Timeout) => return Some(c),
+    }
+    let _ = c.thread.join();
+    report.calls_ended += 1;
+    None
 }
 
 impl Bot {
