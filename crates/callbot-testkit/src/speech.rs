@@ -6,12 +6,13 @@
 //!   when espeak-ng is not installed, a panic under `CALLBOT_REQUIRE_PEERS=1`.
 //! - [`to_16k`]: 22,050 Hz i16 -> 16 kHz f32 (what Whisper wants), through
 //!   `callbot_audio::resample`.
-//! - [`telephone_8k`] / [`telephone_16k`]: the same speech as a phone call carries it:
+//! - [`voip_16k`]: speech as a VoIP call carries it: 8 kHz, G.711, back to 16 kHz.
+//! - [`telephone_8k`] / [`telephone_16k`]: the same speech as an analogue phone line carries it:
 //!   resampled to 8 kHz, band-limited to 300-3400 Hz (4th-order Butterworth high-pass and
 //!   low-pass), optionally through G.711, and for `telephone_16k` back up to 16 kHz f32.
 //! - [`SENTENCES`]: a fixed list of 12 phone-bot sentences over five espeak voices.
-//! - [`wer`]: word errors (Levenshtein over words) after lowercasing, dropping
-//!   punctuation and spelling out numbers.
+//! - [`wer`]: word errors (Levenshtein over words) after [`normalize`]: Whisper's English
+//!   normaliser rules (case, punctuation, contractions, fillers, spelling), numbers spelled out.
 //! - [`labelled_in_noise`]: utterances placed at known offsets in white noise, with the
 //!   true speech intervals, for measuring VAD edge errors.
 
@@ -165,6 +166,19 @@ pub fn telephone_8k(pcm_22050: &[i16], law: Option<Law>) -> Vec<i16> {
 pub fn telephone_16k(pcm_22050: &[i16], law: Option<Law>) -> Vec<f32> {
     let pcm8 = telephone_8k(pcm_22050, law);
     resample(&frame::i16_to_f32(&pcm8), 8_000, 16_000).expect("resample to 16 kHz")
+}
+
+/// `pcm` (mono f32 at `rate`) as a VoIP call carries it: resampled to 8 kHz (the
+/// resampler's anti-alias filter is the only band limit), through G.711 `law` (encode +
+/// decode) and back up to 16 kHz f32 for speech recognition. [`telephone_16k`] adds the
+/// analogue PSTN's 300-3400 Hz band-pass on top.
+pub fn voip_16k(pcm: &[f32], rate: u32, law: Law) -> Vec<f32> {
+    let at8k = frame::f32_to_i16(&resample(pcm, rate, 8_000).expect("resample to 8 kHz"));
+    let mut coded = Vec::with_capacity(at8k.len());
+    law.encode_into(&at8k, &mut coded);
+    let mut back = Vec::with_capacity(at8k.len());
+    law.decode_into(&coded, &mut back);
+    resample(&frame::i16_to_f32(&back), 8_000, 16_000).expect("resample to 16 kHz")
 }
 
 /// A 300-3400 Hz band-pass at 8 kHz: 4th-order Butterworth high-pass at 300 Hz and
@@ -345,8 +359,9 @@ pub fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
 /// "that's" -> "that is", "I'd" -> "I would", "Mr" -> "mister"); any other apostrophe
 /// removed; other punctuation and hyphens a word break; and, where Whisper turns number
 /// words into digits, the other way round: digits spelled out ("42" -> "forty two",
-/// "3.5" -> "three point five", "10:30" -> "ten thirty"). (Whisper's British-to-American
-/// spelling table is not applied.)
+/// "3.5" -> "three point five", "10:30" -> "ten thirty"); and, like Whisper's British to
+/// American spelling table, common British spellings in American form ("cancelled" ->
+/// "canceled", "colour" -> "color"; a short list of our own, see [`american_spelling`]).
 pub fn normalize(text: &str) -> Vec<String> {
     let lower = without_brackets(&text.to_lowercase().replace('\u{2019}', "'"));
     let chars: Vec<char> = lower.chars().collect();
@@ -392,11 +407,54 @@ pub fn normalize(text: &str) -> Vec<String> {
                 expand_word(token, next)
                     .split([' ', '\''])
                     .filter(|w| !w.is_empty())
-                    .map(str::to_string),
+                    .map(|w| american_spelling(w).to_string()),
             );
         }
     }
     words
+}
+
+/// The American spelling of a few British words a phone bot's sentences use (Whisper
+/// writes American spelling; its normaliser maps about 1,700 such pairs).
+pub fn american_spelling(word: &str) -> &str {
+    const PAIRS: &[(&str, &str)] = &[
+        ("cancelled", "canceled"),
+        ("cancelling", "canceling"),
+        ("travelled", "traveled"),
+        ("travelling", "traveling"),
+        ("labelled", "labeled"),
+        ("colour", "color"),
+        ("colours", "colors"),
+        ("favour", "favor"),
+        ("favourite", "favorite"),
+        ("honour", "honor"),
+        ("neighbour", "neighbor"),
+        ("behaviour", "behavior"),
+        ("centre", "center"),
+        ("centres", "centers"),
+        ("metre", "meter"),
+        ("metres", "meters"),
+        ("theatre", "theater"),
+        ("programme", "program"),
+        ("catalogue", "catalog"),
+        ("cheque", "check"),
+        ("organise", "organize"),
+        ("organised", "organized"),
+        ("realise", "realize"),
+        ("recognise", "recognize"),
+        ("apologise", "apologize"),
+        ("authorise", "authorize"),
+        ("authorised", "authorized"),
+        ("licence", "license"),
+        ("defence", "defense"),
+        ("grey", "gray"),
+        ("tyre", "tire"),
+        ("tyres", "tires"),
+    ];
+    PAIRS
+        .iter()
+        .find(|(british, _)| *british == word)
+        .map_or(word, |(_, american)| american)
 }
 
 /// Words Whisper's normaliser drops.
@@ -602,6 +660,10 @@ mod tests {
         );
         assert_eq!(wer("I will not, Doctor Smith", "I won't, Dr. Smith"), (0, 5));
         assert_eq!(wer("Yes please", "Um, yes [BLANK_AUDIO] please (laughs)"), (0, 2));
+        assert_eq!(
+            wer("It was cancelled, colour grey", "It was canceled, color gray"),
+            (0, 5)
+        );
         assert_eq!(
             normalize("Rock 'n' roll, the 'quotes'"),
             ["rock", "n", "roll", "the", "quotes"]
