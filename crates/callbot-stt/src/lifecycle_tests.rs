@@ -157,7 +157,16 @@ fn valgrind_load_transcribe_shutdown_loses_no_memory() {
             .any(|k| l.contains(k))
         })
         .collect();
-    eprintln!("{}", summary.join("\n"));
+    // The memory errors valgrind found, if any (everything it reported before its heap summary).
+    let errors: String = report
+        .lines()
+        .take_while(|l| !l.contains("HEAP SUMMARY"))
+        .skip_while(|l| !l.contains("Parent PID"))
+        .skip(2)
+        .take(600)
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("{errors}\n{}", summary.join("\n"));
     assert!(
         status.success(),
         "test under valgrind failed: {status:?}\n{output}"
