@@ -26,6 +26,8 @@ pub const GOODBYE_SHARE: f64 = 0.5;
 pub const SYNTHESIS_SHARE: f64 = 0.2;
 /// The goodbye is spoken at most this many times faster than the configured rate.
 pub const MAX_SPEEDUP: f64 = 2.5;
+/// Syntheses at a faster rate tried before the goodbye is cut to fit.
+const FIT_ATTEMPTS: usize = 2;
 /// A sample at or below this magnitude counts as silence when trimming (1 % of full
 /// scale, about -40 dBFS).
 const SILENCE_LEVEL: u16 = 328;
@@ -84,8 +86,17 @@ pub fn prepare_goodbye(
         }
     };
     let budget = |now: Instant| deadline.saturating_duration_since(now).mul_f64(GOODBYE_SHARE);
-    let fitted = faster_rate(voice.rate_wpm, audio.duration(), budget(Instant::now()));
-    if let Some(faster) = fitted {
+    // Faster until it fits (the duration is not exactly inverse to the rate: a second
+    // attempt corrects the first), within the synthesis share of the time.
+    for _ in 0..FIT_ATTEMPTS {
+        let Some(faster) = faster_rate(
+            voice.rate_wpm,
+            report.rate_wpm,
+            audio.duration(),
+            budget(Instant::now()),
+        ) else {
+            break;
+        };
         let voice = VoiceOptions {
             rate_wpm: faster,
             ..voice.clone()
@@ -95,7 +106,10 @@ pub fn prepare_goodbye(
                 audio = a;
                 report.rate_wpm = faster;
             }
-            Err(e) => tracing::debug!(error = %e, "shutdown goodbye: faster synthesis failed, cutting"),
+            Err(e) => {
+                tracing::debug!(error = %e, "shutdown goodbye: faster synthesis failed, cutting");
+                break;
+            }
         }
     }
     report.synthesis = started.elapsed();
@@ -113,13 +127,14 @@ pub fn prepare_goodbye(
     (Some(audio), report)
 }
 
-/// The faster rate at which `full` shrinks into `budget`, if the configured `rate`
-/// is too slow and a faster one is allowed.
-fn faster_rate(rate: u16, full: Duration, budget: Duration) -> Option<u16> {
+/// The faster rate at which `full` (spoken at `rate`) shrinks into `budget`, if it does
+/// not fit and a faster one is allowed (at most [`MAX_SPEEDUP`] times the configured
+/// `base` rate and the engine's maximum).
+fn faster_rate(base: u16, rate: u16, full: Duration, budget: Duration) -> Option<u16> {
     if full <= budget || budget.is_zero() {
         return None;
     }
-    let max = (f64::from(rate) * MAX_SPEEDUP).min(f64::from(VoiceOptions::MAX_RATE_WPM));
+    let max = (f64::from(base) * MAX_SPEEDUP).min(f64::from(VoiceOptions::MAX_RATE_WPM));
     // espeak-ng's pauses do not shrink in proportion: aim 10 % faster than the ratio.
     let wanted = f64::from(rate) * full.as_secs_f64() / budget.as_secs_f64() * 1.1;
     let r = wanted.min(max).ceil();
@@ -250,13 +265,16 @@ mod tests {
     #[test]
     fn faster_rate_only_when_needed_and_within_limits() {
         let ms = Duration::from_millis;
-        assert_eq!(faster_rate(175, ms(200), ms(250)), None);
-        let r = faster_rate(175, ms(500), ms(250)).unwrap();
+        assert_eq!(faster_rate(175, 175, ms(200), ms(250)), None);
+        let r = faster_rate(175, 175, ms(500), ms(250)).unwrap();
         assert!((380..=390).contains(&r), "{r}");
-        assert_eq!(faster_rate(175, ms(5000), ms(250)), Some(438));
-        assert_eq!(faster_rate(300, ms(5000), ms(250)), Some(450));
-        assert_eq!(faster_rate(450, ms(5000), ms(250)), None);
-        assert_eq!(faster_rate(175, ms(500), Duration::ZERO), None);
+        assert_eq!(faster_rate(175, 175, ms(5000), ms(250)), Some(438));
+        assert_eq!(faster_rate(300, 300, ms(5000), ms(250)), Some(450));
+        assert_eq!(faster_rate(450, 450, ms(5000), ms(250)), None);
+        assert_eq!(faster_rate(175, 175, ms(500), Duration::ZERO), None);
+        // a second attempt from the first one's rate, still capped by the base rate
+        assert_eq!(faster_rate(175, 300, ms(392), ms(242)), Some(438));
+        assert_eq!(faster_rate(175, 438, ms(300), ms(242)), None);
     }
 
     /// The real espeak-ng engine: "Goodbye." spoken faster to fit 250 ms, a long phrase
@@ -268,7 +286,11 @@ mod tests {
             return;
         };
         let client = engine.client();
-        let voice = VoiceOptions::default();
+        // The bot's default rate (`tts.rate`).
+        let voice = VoiceOptions {
+            rate_wpm: 175,
+            ..VoiceOptions::default()
+        };
         let deadline = Instant::now() + Duration::from_millis(500);
         let (audio, r) = prepare_goodbye(&client, "Goodbye.", &voice, 8000, deadline);
         println!("{r:?}");
