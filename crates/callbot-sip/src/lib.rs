@@ -60,7 +60,7 @@
 //! rsip 0.4 ignores Content-Length, does not know compact header names and fails on
 //! folded lines and LF-only endings. A datagram already in canonical form (CRLF, no
 //! folding, full header names, `Name: value`, one sane Content-Length: what SIP stacks
-//! send) is proven so in one scan and rsip parses its bytes as they are; any other is
+//! send) is proven so in one scan and rsip parses its head as it is; any other is
 //! normalised first: lines unfolded, CRLF endings, compact names expanded, Content-Length
 //! checked (a negative, non-numeric, conflicting or too large value is a 400) and the
 //! body cut to it (both paths give the same answers; a property test holds them equal).

@@ -4,8 +4,9 @@
 //! rsip 0.4 ignores `Content-Length`, does not know compact header names and fails on
 //! folded lines and LF-only endings. Most datagrams are already canonical (CRLF, no
 //! folding, full names, `Name: value`, one sane Content-Length): one scan proves it and
-//! rsip parses the bytes as they are (zero-copy; the header block is copied once into
-//! [`Headers`], indexed, no allocation per header). Any other datagram is normalised
+//! rsip parses the head as it is (zero-copy; the header block is copied once into
+//! [`Headers`], indexed, no allocation per header; the body is cut by this layer's
+//! Content-Length, rsip never sees it). Any other datagram is normalised
 //! first: lines are unfolded, endings become CRLF, compact names are expanded, and the
 //! body is cut to the `Content-Length` this layer checked (a length that is negative,
 //! not a number, duplicated with another value or larger than the datagram is
@@ -802,14 +803,15 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
         return Parsed::Drop("no Via");
     }
 
+    // rsip parses the head only: the body is the one cut above (rsip takes whatever
+    // follows the blank line, so the body never changes its verdict), and rsip formats
+    // the input it has left into an error string at each alternative it tries, so a
+    // body handed to it costs its length several times over.
     let rebuilt;
     let rsip_input = match original {
-        Some(o) => {
-            let len = o.len().saturating_sub(rest.len()) + body.len();
-            o.get(..len).unwrap_or(o)
-        }
+        Some(o) => o.get(..o.len().saturating_sub(rest.len())).unwrap_or(o),
         None => {
-            rebuilt = rebuild(start_line, &headers, body);
+            rebuilt = rebuild(start_line, &headers, body.len());
             rebuilt.as_slice()
         }
     };
@@ -872,9 +874,9 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
     }))
 }
 
-/// The canonical message rsip parses on the normalising path: the start line, every
+/// The canonical head rsip parses on the normalising path: the start line, every
 /// header but Content-Length, then the Content-Length of the (cut) body.
-fn rebuild(start_line: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
+fn rebuild(start_line: &str, headers: &Headers, body_len: usize) -> Vec<u8> {
     let mut canon = String::with_capacity(start_line.len() + headers.text.len() + 32);
     canon.push_str(&rsip_safe_start_line(start_line));
     canon.push_str("\r\n");
@@ -884,10 +886,8 @@ fn rebuild(start_line: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
         }
         let _ = write!(canon, "{n}: {v}\r\n");
     }
-    let _ = write!(canon, "Content-Length: {}\r\n\r\n", body.len());
-    let mut canon = canon.into_bytes();
-    canon.extend_from_slice(body);
-    canon
+    let _ = write!(canon, "Content-Length: {body_len}\r\n\r\n");
+    canon.into_bytes()
 }
 
 /// rsip 0.4 cannot parse IPv6 references (`[::1]`) in a Request-URI: hand it the
