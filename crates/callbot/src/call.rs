@@ -301,7 +301,7 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 self.endpointer.set_bot_speaking(speaking);
             }
             match self.wait() {
-                Ready::Timeout => self.dialogue.handle_timeout(Instant::now()),
+                Ready::Timeout => self.on_timeout(),
                 Ready::Control => self.on_control(),
                 Ready::Frames => self.on_frames(),
                 Ready::Events => self.on_events(),
@@ -343,7 +343,13 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
                 map.push(Ready::Synth(i));
             }
         }
-        let ready = match self.dialogue.poll_timeout() {
+        // A transcription the engine does not end by its deadline is given up on.
+        let stt_limit = self.stt.as_ref().map(|(_, job)| job.deadline() + STT_STALL_SLACK);
+        let ready = match [self.dialogue.poll_timeout(), stt_limit]
+            .into_iter()
+            .flatten()
+            .min()
+        {
             Some(t) => sel.ready_deadline(t).ok(),
             None => Some(sel.ready()),
         };
@@ -355,6 +361,26 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
 
     fn input(&mut self, input: Input<Vec<f32>>) {
         self.dialogue.handle(Instant::now(), input);
+    }
+
+    /// The dialogue's timers, and a transcription still running [`STT_STALL_SLACK`] past
+    /// its deadline: cancelled and reported as failed, so the turn is recorded and the
+    /// caller re-prompted even when the engine does not keep its deadline.
+    fn on_timeout(&mut self) {
+        let now = Instant::now();
+        if let Some((turn, job)) = self
+            .stt
+            .take_if(|(_, job)| now >= job.deadline() + STT_STALL_SLACK)
+        {
+            job.cancel();
+            let error = format!(
+                "transcription timed out after {:?} (the engine did not end it)",
+                self.setup.stt_timeout
+            );
+            self.outcome.errors.push(error.clone());
+            self.input(Input::TranscriptFailed { turn, error });
+        }
+        self.dialogue.handle_timeout(now);
     }
 
     fn on_control(&mut self) {
@@ -798,6 +824,10 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
 
 /// Cancelled transcriptions tracked until they stop (each ends by its deadline anyway).
 const MAX_STOPPING: usize = 8;
+
+/// How long past its deadline ([`CallSetup::stt_timeout`]) a transcription may run
+/// before the call gives up on it (an engine normally ends it at the deadline).
+pub const STT_STALL_SLACK: Duration = Duration::from_secs(1);
 
 fn samples(rate: u32, d: Duration) -> usize {
     callbot_audio::frame::samples_for(rate, d)

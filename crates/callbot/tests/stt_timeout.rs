@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use callbot::call::{CallControl, CallSetup, run_call};
 use callbot::dialogue::DialogueConfig;
 use callbot::testing::{EnergyEndpointer, FakeMedia, InstantChat, InstantSynth};
-use callbot_stt::{WhisperConfig, WhisperTranscriber};
+use callbot_stt::{
+    JobCompletion, SttError, SttShutdownReport, Transcriber, TranscriptionJob, TranscriptionRequest,
+    WhisperConfig, WhisperTranscriber, job_channel,
+};
 
 #[test]
 fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
@@ -101,4 +104,83 @@ fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
     let summary = lines.last().unwrap();
     assert_eq!(summary["type"], "summary");
     assert_eq!(summary["replies"], 0);
+}
+
+/// An engine that takes the request's deadline but never ends the job (a stuck worker).
+#[derive(Debug, Default)]
+struct StuckTranscriber {
+    jobs: std::sync::Mutex<Vec<JobCompletion>>,
+}
+
+impl Transcriber for StuckTranscriber {
+    fn submit(&self, request: TranscriptionRequest) -> Result<TranscriptionJob, SttError> {
+        let deadline = request.deadline.expect("the call sets a deadline");
+        let (job, completion) = job_channel(deadline);
+        self.jobs.lock().unwrap().push(completion);
+        Ok(job)
+    }
+    fn shutdown(&mut self, _deadline: Instant) -> SttShutdownReport {
+        SttShutdownReport::default()
+    }
+}
+
+/// An engine that does not end a job at its deadline: the call gives up on it
+/// `STT_STALL_SLACK` later, cancels it, records the failure and re-prompts.
+#[test]
+fn a_transcription_the_engine_never_ends_is_given_up_at_its_deadline() {
+    let stt = Arc::new(StuckTranscriber::default());
+    let chat = Arc::new(InstantChat::new("You should not hear this."));
+    let (media, remote) = FakeMedia::new(true);
+    let (control, control_rx) = crossbeam_channel::bounded(4);
+    let (turn_tx, turns) = crossbeam_channel::bounded(16);
+    let setup = CallSetup {
+        call_id: "stt-stall".into(),
+        dialogue: DialogueConfig {
+            greeting: String::new(),
+            speculative_stt: false,
+            ..DialogueConfig::default()
+        },
+        stt: stt.clone(),
+        stt_options: Default::default(),
+        stt_timeout: Duration::from_millis(100),
+        llm: chat.clone(),
+        chunker: Default::default(),
+        tts: Arc::new(InstantSynth::default()),
+        voice: Default::default(),
+        transcript_dir: None,
+        preroll: Duration::from_millis(200),
+        max_utterance: Duration::from_secs(30),
+        turn_observer: Some(turn_tx),
+    };
+    let thread = std::thread::Builder::new()
+        .name("stt-stall-call".into())
+        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
+        .unwrap();
+    remote.frames(5000, 20);
+    remote.frames(0, 10);
+    let t0 = Instant::now();
+    let failed = turns.recv_timeout(Duration::from_secs(5)).expect("a turn");
+    let waited = t0.elapsed();
+    println!("gave up after {waited:?}: {failed:?}");
+    assert_eq!(failed.kind, callbot::dialogue::TurnKind::TranscriptionFailed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("transcription timed out after 100ms (the engine did not end it)")
+    );
+    let slack = callbot::call::STT_STALL_SLACK;
+    assert!(waited >= slack, "{waited:?}");
+    assert!(waited < slack + Duration::from_secs(2), "{waited:?}");
+    let jobs = stt.jobs.lock().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(
+        matches!(jobs[0].stop_reason(), Some(SttError::Cancelled)),
+        "the stalled job was cancelled"
+    );
+    drop(jobs);
+    let asked = turns.recv_timeout(Duration::from_secs(5)).expect("the re-prompt");
+    assert_eq!(asked.kind, callbot::dialogue::TurnKind::Reprompt);
+    control.send(CallControl::CallerHungUp).unwrap();
+    let outcome = thread.join().unwrap();
+    assert!(outcome.errors.iter().any(|e| e.contains("did not end it")));
+    assert_eq!(chat.started.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
