@@ -815,22 +815,27 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
             rebuilt.as_slice()
         }
     };
-    let msg = match rsip::SipMessage::try_from(rsip_input) {
-        Ok(m) => m,
-        Err(_) => return reject(400, "unparseable message"),
-    };
-    let start = match msg {
-        rsip::SipMessage::Request(r) => StartLine::Request {
-            method: Method::from_rsip(r.method),
-        },
-        rsip::SipMessage::Response(r) => {
-            let code = r.status_code.code();
-            if !(100..700).contains(&code) {
-                return Parsed::Drop("bad status code");
-            }
-            let reason = start_line.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
-            StartLine::Response { code, reason }
+    // rsip's request or response parser, as the start line says: what
+    // `SipMessage::try_from` would pick (a response needs `SIP/` first, a request method
+    // must not start with it), without its failed attempt at the other kind (which
+    // formats the whole input into an error).
+    let start = if is_request {
+        match rsip::Request::try_from(rsip_input) {
+            Ok(r) => StartLine::Request {
+                method: Method::from_rsip(r.method),
+            },
+            Err(_) => return reject(400, "unparseable message"),
         }
+    } else {
+        let Ok(r) = rsip::Response::try_from(rsip_input) else {
+            return Parsed::Drop("unparseable message");
+        };
+        let code = r.status_code.code();
+        if !(100..700).contains(&code) {
+            return Parsed::Drop("bad status code");
+        }
+        let reason = start_line.splitn(3, ' ').nth(2).unwrap_or_default().to_string();
+        StartLine::Response { code, reason }
     };
     // Checks that need the echo headers; the rejects move them into the answer.
     let checked = (|| {
@@ -1257,6 +1262,29 @@ mod tests {
         let v6 = OPTIONS.replace("bot@127.0.0.1:5060", "bot@[::1]:5060");
         assert!(scan_canonical(v6.as_bytes()).is_none());
         assert_eq!(msg(&v6).call_id, "c1");
+    }
+
+    #[test]
+    fn rsip_parser_picked_by_the_start_line_agrees_with_sip_message() {
+        for m in [
+            OPTIONS,
+            INVITE,
+            OK,
+            "SIP/2.0 200 OK\r\n\r\n",
+            "SIP/2.0 20 OK\r\nX: y\r\n\r\n",
+            "sip/2.0 200 OK\r\n\r\n",
+            "INVITE sip:a SIP/2.0\r\n\r\n",
+            "SIP/ sip:a SIP/2.0\r\n\r\n",
+        ] {
+            let b = m.as_bytes();
+            let whole = rsip::SipMessage::try_from(b);
+            let picked = if m.starts_with("SIP/") {
+                rsip::Response::try_from(b).map(rsip::SipMessage::Response)
+            } else {
+                rsip::Request::try_from(b).map(rsip::SipMessage::Request)
+            };
+            assert_eq!(whole.ok(), picked.ok(), "{m}");
+        }
     }
 
     mod fast_path_equivalence {
