@@ -162,6 +162,15 @@ fn run_timers(ua: &mut UserAgentCore, until: Instant) {
     }
 }
 
+fn assert_tables_empty(ua: &UserAgentCore) {
+    let s = ua.stats();
+    assert_eq!(
+        (s.calls, s.dialogs, s.server_transactions, s.client_transactions),
+        (0, 0, 0, 0),
+        "{s:?}"
+    );
+}
+
 /// Runs `n` calls at 1,000 calls/s from `*now`, then returns what is live right after.
 fn burst(ua: &mut UserAgentCore, now: &mut Instant, first: u32, n: u32) -> (i64, i64) {
     for i in first..first + n {
@@ -188,11 +197,7 @@ fn memory_per_lingering_transaction_and_after_expiry() {
     burst(&mut ua, &mut now, 0, 100);
     now += Duration::from_secs(40);
     run_timers(&mut ua, now);
-    let s = ua.stats();
-    assert_eq!(
-        (s.calls, s.dialogs, s.server_transactions, s.client_transactions),
-        (0, 0, 0, 0)
-    );
+    assert_tables_empty(&ua);
     assert!(!ua.take_drained(), "200 transactions are no load peak");
     let (b100, k100) = live();
 
@@ -207,11 +212,7 @@ fn memory_per_lingering_transaction_and_after_expiry() {
 
     now += Duration::from_secs(40);
     run_timers(&mut ua, now);
-    let s = ua.stats();
-    assert_eq!(
-        (s.calls, s.dialogs, s.server_transactions, s.client_transactions),
-        (0, 0, 0, 0)
-    );
+    assert_tables_empty(&ua);
     assert!(ua.take_drained(), "the end of the load peak is reported");
     assert!(!ua.take_drained(), "once");
     let (bafter, kafter) = live();
