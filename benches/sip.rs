@@ -161,7 +161,8 @@ fn time_register_200(tl: &mut Registrar, full: &mut Registrar) -> [Duration; 3] 
     let (a, ok_parsed) = timed(|| rsip::SipMessage::try_from(black_box(ok.as_slice())).is_ok());
     assert!(ok_parsed);
     let (b, received) = timed(|| tl.core.receive_datagram(tl.t, peer(), black_box(&ok)));
-    tl.core.deliver_received(tl.t, received.expect("the 200 must reach the TU"));
+    tl.core
+        .deliver_received(tl.t, received.expect("the 200 must reach the TU"));
     let ok = full.next_ok();
     let (c, ()) = timed(|| full.core.handle_datagram(full.t, peer(), black_box(&ok)));
     assert!(
@@ -235,11 +236,7 @@ fn ratios(invites: &[Vec<u8>]) {
 }
 
 /// Criterion `iter_custom` over the 1,000 INVITEs in chunks, a fresh core per chunk.
-fn chunked(
-    iters: u64,
-    invites: &[Vec<u8>],
-    run: fn(&mut UserAgentCore, &[Vec<u8>]) -> Duration,
-) -> Duration {
+fn chunked(iters: u64, invites: &[Vec<u8>], run: fn(&mut UserAgentCore, &[Vec<u8>]) -> Duration) -> Duration {
     let mut total = Duration::ZERO;
     let mut done = 0u64;
     while done < iters {
