@@ -111,10 +111,12 @@ struct Direct {
 
 impl Direct {
     /// The same settings the handle uses: greedy best_of 1, English, no context,
-    /// printing off, `audio_ctx` as the handle's auto window, 2 threads.
-    /// One state reused across calls, as the handle's worker does.
+    /// printing off, `audio_ctx` as the handle's auto window, 2 threads, and the 0.5 s of
+    /// trailing silence the handle appends. One state reused across calls.
     fn run(&self, audio: &[f32], audio_ctx: u16) -> String {
         let mut state = self.state.borrow_mut();
+        let mut audio = audio.to_vec();
+        audio.resize(audio.len() + 8_000, 0.0);
         let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         p.set_n_threads(THREADS as i32);
         p.set_audio_ctx(i32::from(audio_ctx));
@@ -123,7 +125,7 @@ impl Direct {
         p.set_print_realtime(false);
         p.set_print_timestamps(false);
         p.set_print_special(false);
-        state.full(p, audio).unwrap();
+        state.full(p, &audio).unwrap();
         let mut text = String::new();
         for seg in state.as_iter() {
             text.push_str(seg.to_str_lossy().unwrap().trim());

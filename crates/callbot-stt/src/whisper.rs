@@ -27,6 +27,12 @@ const AUTO_MARGIN_FRAMES: usize = 128;
 const AUTO_MIN_FRAMES: usize = 768;
 /// The auto window is a multiple of this many frames.
 const AUTO_ROUND_FRAMES: usize = 64;
+/// Silence appended to every utterance before whisper sees it (0.5 s). Without it
+/// whisper.cpp often drops a last word that ends right at the end of the audio ("my account
+/// number is four five six seven eight" came back without "eight"): it only keeps text
+/// whose timestamps fall inside the audio it was given. Costs nothing measurable: the
+/// window is sized from the padded length and 3-4 s turns keep the 768-frame minimum.
+const TRAILING_SILENCE: usize = SAMPLE_RATE as usize / 2;
 /// Longest initial prompt accepted, in bytes.
 const MAX_PROMPT_BYTES: usize = 1000;
 /// Deadline used by `Drop`.
@@ -298,13 +304,25 @@ impl WhisperTranscriber {
     /// 768 (15.36 s) and at most the model's window (1500 = 30 s). Phone turns up to 12 s
     /// get 768: about half the encoder work of the full window.
     ///
-    /// Why 768: on the espeak-ng test sentences (3-4 s, five voices) tiny.en scored
-    /// 16.2 % WER with the full window, 15.3 % at 768, 18.0 % at 640, 20.7 % at 512 and
-    /// 24.3 % at 384 and 448: smaller windows are faster but lose more than 2 points.
+    /// Why 768: on the espeak-ng test sentences (3-4 s) tiny.en scored 16.2 % WER with the
+    /// full window, 15.3 % at 768, 18.0 % at 640, 20.7 % at 512 and 24.3 % at 384 and 448
+    /// (an earlier test set): smaller windows are faster but lose more than 2 points. On the
+    /// five-voice set of `tests/accuracy.rs`: 17.1 % at 768, 25.2 % with the full window.
+    ///
+    /// `samples` is the utterance as submitted: the 0.5 s of silence every job gets
+    /// appended (so whisper keeps a last word that ends at the very end) is counted here.
     pub fn audio_ctx_for(&self, samples: usize) -> u16 {
         let full = self.shared.as_ref().map_or(1500, |s| s.n_audio_ctx);
-        auto_audio_ctx(samples, full)
+        auto_audio_ctx(samples.saturating_add(TRAILING_SILENCE), full)
     }
+}
+
+/// `audio` followed by [`TRAILING_SILENCE`], never beyond one 30 s window.
+fn with_trailing_silence(mut audio: Vec<f32>, full_frames: usize) -> Vec<f32> {
+    let window = full_frames * (SAMPLE_RATE as usize / FRAMES_PER_SECOND);
+    let padded = (audio.len() + TRAILING_SILENCE).min(window.max(audio.len()));
+    audio.resize(padded, 0.0);
+    audio
 }
 
 fn auto_audio_ctx(samples: usize, full: usize) -> u16 {
@@ -690,6 +708,8 @@ fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
         completion.complete(Err(SttError::StateAllocation));
         return;
     };
+    let length = samples_to_duration(audio.len());
+    let audio = with_trailing_silence(audio, shared.n_audio_ctx);
     let audio_ctx = match options.window {
         AudioWindow::Auto => auto_audio_ctx(audio.len(), shared.n_audio_ctx),
         AudioWindow::Full => 0,
@@ -756,7 +776,7 @@ fn run_job(shared: &Shared, state: Option<WhisperState>, job: Job) {
         completion.complete(Err(err));
         return;
     }
-    let mut transcript = collect(&st, shared.token_eot, samples_to_duration(audio.len()));
+    let mut transcript = collect(&st, shared.token_eot, length);
     transcript.audio_ctx = if audio_ctx == 0 {
         u16::try_from(shared.n_audio_ctx).unwrap_or(u16::MAX)
     } else {
@@ -849,6 +869,22 @@ mod tests {
         assert_eq!(auto_audio_ctx(16_000 * 20, 1500), 1152);
         assert_eq!(auto_audio_ctx(16_000 * 30, 1500), 1500);
         assert_eq!(auto_audio_ctx(16_000, 448), 448, "never above the model's window");
+    }
+
+    #[test]
+    fn trailing_silence_is_appended_up_to_one_window() {
+        let padded = with_trailing_silence(vec![0.5; 16_000], 1500);
+        assert_eq!(padded.len(), 16_000 + TRAILING_SILENCE);
+        assert!(padded[..16_000].iter().all(|&s| s == 0.5));
+        assert!(padded[16_000..].iter().all(|&s| s == 0.0));
+        assert_eq!(
+            with_trailing_silence(vec![0.5; 16_000 * 30 - 100], 1500).len(),
+            16_000 * 30
+        );
+        assert_eq!(
+            with_trailing_silence(vec![0.5; 16_000 * 30], 1500).len(),
+            16_000 * 30
+        );
     }
 
     #[test]
