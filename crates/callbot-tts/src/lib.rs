@@ -34,7 +34,9 @@
 //!
 //! Voice names are espeak-ng's (`en-us`, `en`, `en-gb-x-rp`, `de`, ... as listed by
 //! `espeak-ng --voices`; an unknown one is [`TtsError::VoiceNotFound`]). The default
-//! [`VoiceOptions`] are `en-us`, 175 wpm, pitch 50, volume 100.
+//! [`VoiceOptions`] are the voice a phone bot should speak with: `en-us+f2` at 140 wpm, pitch
+//! 50, volume 100 (clearer through an 8 kHz G.711 call than espeak-ng's own `en-us`: 10.9 %
+//! vs 20.8-24.8 % word errors when Whisper tiny.en listens; see [`VoiceOptions::default`]).
 //!
 //! A cancelled job stops within one chunk (the synth callback returns 1 to abort
 //! espeak) and its receiver returns [`TtsError::Cancelled`] at once, dropping audio still
