@@ -112,7 +112,9 @@ fn valgrind_cycles() {
 /// `cargo test -p callbot-stt --lib -- --ignored valgrind_load --nocapture` (several
 /// minutes; not in CI): runs [`valgrind_cycles`] under `valgrind --leak-check=full` and
 /// requires "definitely lost: 0 bytes" and no memory errors (an invalid free or a read of
-/// freed memory, e.g. a state freed after its model, would be one).
+/// freed memory, e.g. a state freed after its model, would be one). Measured 2026-11-25
+/// (10.5 min at load average 5-7): definitely lost 0, indirectly lost 0, possibly lost
+/// 1,606 bytes in 3 blocks, still reachable 552 bytes, no memory errors.
 #[test]
 #[ignore = "minutes under valgrind; run by hand"]
 fn valgrind_load_transcribe_shutdown_loses_no_memory() {
@@ -177,11 +179,24 @@ fn valgrind_load_transcribe_shutdown_loses_no_memory() {
             .lines()
             .any(|l| l.contains("definitely lost: 0 bytes in 0 blocks"));
     assert!(no_definite_leak, "{}", summary.join("\n"));
-    assert!(
-        report.lines().any(|l| l.contains("ERROR SUMMARY: 0 errors")),
-        "{}",
-        summary.join("\n")
-    );
+    // valgrind's ERROR SUMMARY also counts the "possibly lost" records (thread-local and
+    // test-harness blocks); the memory errors themselves come before the heap summary.
+    let memory_errors = errors
+        .lines()
+        .filter(|l| {
+            [
+                "Invalid ",
+                "uninitialised",
+                "Mismatched",
+                "overlap",
+                "Syscall param",
+                "Jump to",
+            ]
+            .iter()
+            .any(|k| l.contains(k))
+        })
+        .count();
+    assert_eq!(memory_errors, 0, "{errors}");
 }
 
 /// A job that panics fails alone: its caller sees `WorkerLost`, the worker frees the state,
