@@ -5,7 +5,7 @@
 //! ```
 //!
 //! Without `CALLBOT_WHISPER_MODEL` it prints SKIP and exits (CI only builds benches).
-//! It prints three tables, then runs criterion:
+//! It prints four tables, then runs criterion:
 //! 1. Encoder windows: WER on the test sentences (espeak-ng, several voices, clean 16 kHz
 //!    and telephone band) and utterance-end-to-text latency (submission at the end of the
 //!    utterance until the text is back) per window policy. `CALLBOT_STT_WINDOWS` picks
@@ -13,7 +13,11 @@
 //! 2. Overhead of the handle: the same utterances with the same settings through
 //!    `WhisperTranscriber` and through a direct whisper-rs call, interleaved in one run;
 //!    the ratio of the totals (goal <= 1.05).
-//! 3. criterion: `stt/handle` vs `stt/direct` on one 3-4 s utterance.
+//! 3. The cost of the 0.5 s of trailing silence the handle appends (direct calls with and
+//!    without it, interleaved).
+//! 4. criterion: `stt/handle` vs `stt/direct` on one 3-4 s utterance.
+//!
+//! `CALLBOT_STT_BENCH=windows|overhead|padding|criterion` runs one part only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::PathBuf;
@@ -114,9 +118,14 @@ impl Direct {
     /// printing off, `audio_ctx` as the handle's auto window, 2 threads, and the 0.5 s of
     /// trailing silence the handle appends. One state reused across calls.
     fn run(&self, audio: &[f32], audio_ctx: u16) -> String {
+        self.run_padded(audio, audio_ctx, 8_000)
+    }
+
+    /// [`Direct::run`] with `pad` samples of trailing silence instead of 0.5 s.
+    fn run_padded(&self, audio: &[f32], audio_ctx: u16, pad: usize) -> String {
         let mut state = self.state.borrow_mut();
         let mut audio = audio.to_vec();
-        audio.resize(audio.len() + 8_000, 0.0);
+        audio.resize(audio.len() + pad, 0.0);
         let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         p.set_n_threads(THREADS as i32);
         p.set_audio_ctx(i32::from(audio_ctx));
@@ -176,6 +185,33 @@ fn overhead_table(stt: &WhisperTranscriber, direct: &Direct, clips: &[Vec<f32>])
     );
 }
 
+/// What the handle's 0.5 s of trailing silence costs: direct whisper-rs calls on the same
+/// 3-4 s clips with and without it, interleaved, same window.
+fn padding_table(stt: &WhisperTranscriber, direct: &Direct, clips: &[Vec<f32>]) {
+    let rounds: usize = std::env::var("CALLBOT_STT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for audio in clips {
+            let ctx = stt.audio_ctx_for(audio.len());
+            for padded in [round % 2 == 0, round % 2 != 0] {
+                let t0 = Instant::now();
+                direct.run_padded(audio, ctx, if padded { 8_000 } else { 0 });
+                let s = t0.elapsed().as_secs_f64();
+                if padded { with.push(s) } else { without.push(s) }
+            }
+        }
+    }
+    let (w, wo) = (median(with), median(without));
+    println!(
+        "\n== 0.5 s trailing silence: median {w:.3} s with, {wo:.3} s without (ratio {:.3}; {rounds} rounds x {} clips) ==",
+        w / wo,
+        clips.len()
+    );
+}
+
 fn main() {
     let Some(model) = std::env::var_os("CALLBOT_WHISPER_MODEL").map(PathBuf::from) else {
         println!("SKIP stt bench: set CALLBOT_WHISPER_MODEL to a ggml Whisper model");
@@ -216,6 +252,9 @@ fn main() {
         .collect();
     if only.is_empty() || only == "overhead" {
         overhead_table(&stt, &direct, &short);
+    }
+    if only.is_empty() || only == "padding" {
+        padding_table(&stt, &direct, &short);
     }
     if only.is_empty() || only == "criterion" {
         let audio = short.first().cloned().unwrap_or_else(|| clean[0].1.clone());
