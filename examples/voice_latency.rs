@@ -84,7 +84,8 @@ fn stats(name: &str, mut v: Vec<f64>) {
     );
 }
 
-fn turn_lines(dir: &Path) -> Vec<serde_json::Value> {
+/// Every JSON line of the transcript files in `dir` (turns, then the call summary).
+fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -97,7 +98,6 @@ fn turn_lines(dir: &Path) -> Vec<serde_json::Value> {
                 .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                 .collect::<Vec<_>>()
         })
-        .filter(|l| l["kind"] == "conversation")
         .collect()
 }
 
@@ -243,7 +243,7 @@ fn run_mode(
     if !report.components.all_clean() {
         println!("  (components not all clean: {report:?})");
     }
-    let lines = turn_lines(&transcripts);
+    let lines = transcript_lines(&transcripts);
     llm.shutdown(Instant::now() + Duration::from_secs(1));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
@@ -294,7 +294,11 @@ fn run() -> Result<(), String> {
             load_average()
         );
         let variant = Variant { speculative, ..base };
-        let (caller_side, lines) = run_mode(variant, turns, &model, &utterances)?;
+        let (caller_side, all_lines) = run_mode(variant, turns, &model, &utterances)?;
+        let (summaries, lines): (Vec<_>, Vec<_>) = all_lines
+            .into_iter()
+            .filter(|l| l["kind"] == "conversation" || l["type"] == "summary")
+            .partition(|l| l["type"] == "summary");
         let field =
             |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l["timings"][key].as_f64()).collect() };
         stats("caller: end of speech -> first reply packet", caller_side);
@@ -324,6 +328,12 @@ fn run() -> Result<(), String> {
             "  turns ended early (finished sentence before the hangover): {early} of {}",
             lines.len()
         );
+        for s in &summaries {
+            println!(
+                "  call summary: speculations {} (dropped as the caller went on: {}), early ends {}",
+                s["speculations"], s["speculations_dropped"], s["early_ends"]
+            );
+        }
         println!("  load average after: {}", load_average());
         for l in lines.iter().take(3) {
             println!("  heard: {}", l["user"]);
