@@ -113,7 +113,7 @@ fn valgrind_cycles() {
 /// minutes; not in CI): runs [`valgrind_cycles`] under `valgrind --leak-check=full` and
 /// requires "definitely lost: 0 bytes" and no memory errors (an invalid free or a read of
 /// freed memory, e.g. a state freed after its model, would be one). Measured 2026-11-25
-/// (10.5 min at load average 5-7): definitely lost 0, indirectly lost 0, possibly lost
+/// (5.6 min at load average 4.5; 10.5 min at 6): definitely lost 0, indirectly lost 0, possibly lost
 /// 1,606 bytes in 3 blocks, still reachable 552 bytes, no memory errors.
 #[test]
 #[ignore = "minutes under valgrind; run by hand"]
