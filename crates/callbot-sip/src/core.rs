@@ -684,7 +684,8 @@ impl UserAgentCore {
                 ref m => m.as_str(),
             },
             branch,
-            &msg.top_via.sent_by(),
+            &msg.top_via.host,
+            msg.top_via.port,
         );
         if method == Method::Ack {
             return Some(Incoming::Ack { key, msg });
@@ -1061,17 +1062,17 @@ impl UserAgentCore {
     // ------------------------------------------------------------ responses
 
     fn response_transaction(&mut self, now: Instant, code: u16, msg: Box<SipMsg>) -> Option<Incoming> {
-        let Some(branch) = msg.top_via.branch.clone() else {
+        let Some(branch) = msg.top_via.branch.as_deref() else {
             self.stats.dropped += 1;
             return None;
         };
         let timers = self.cfg.timers;
-        let branch = if msg.cseq_method == "CANCEL" {
-            format!("{branch}#cancel")
+        let branch: std::borrow::Cow<'_, str> = if msg.cseq_method == "CANCEL" {
+            format!("{branch}#cancel").into()
         } else {
-            branch
+            branch.into()
         };
-        let Some(tx) = self.client_tx.get_mut(branch.as_str()) else {
+        let Some(tx) = self.client_tx.get_mut(&*branch) else {
             // A 2xx retransmission after the INVITE transaction ended: re-ACK.
             self.reack(&msg);
             return None;
@@ -1088,7 +1089,10 @@ impl UserAgentCore {
         let owner = tx.owner;
         let invite_tx = tx.invite;
         let dest = tx.dest;
-        let ack = tx.ack().map(<[u8]>::to_vec);
+        // (Only a retransmitted non-2xx final re-sends the ACK: no copy otherwise.)
+        let ack = (!fresh && was_completed && invite_tx && code >= 300)
+            .then(|| tx.ack().map(<[u8]>::to_vec))
+            .flatten();
         self.schedule_client(&branch);
         if !fresh {
             // Retransmitted final: INVITE non-2xx gets its ACK again, 2xx re-ACKed by the TU.
@@ -1107,7 +1111,7 @@ impl UserAgentCore {
             // ACK for non-2xx: same branch, To from the response. Built from the request,
             // which the completed transaction then lets go.
             let ack = (invite_tx && code >= 300).then(|| self.build_non2xx_ack(&branch, &msg));
-            if let Some(tx) = self.client_tx.get_mut(branch.as_str()) {
+            if let Some(tx) = self.client_tx.get_mut(&*branch) {
                 tx.completed(ack.as_deref().map(Box::from));
             }
             if let Some(ack) = ack {

@@ -102,47 +102,34 @@ pub(crate) struct Via {
 }
 
 impl Via {
-    /// Parses one Via value (`SIP/2.0/UDP host:port;branch=..;rport`).
+    /// Parses one Via value (`SIP/2.0/UDP host:port;branch=..;rport`): a byte scan
+    /// (SP and HT are the only white space SIP knows), no allocation but the parts kept.
     pub(crate) fn parse(value: &str) -> Option<Via> {
-        let mut parts = value.split(';');
-        let first = parts.next()?.trim();
-        let mut it = first.split_whitespace();
-        let proto = it.next()?;
+        let (first, mut params) = cut(value, b';');
+        let (proto, rest) = cut_lws(trim_lws(first));
         if !proto.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("SIP/2.0/")) {
             return None;
         }
-        let sent_by = it.next()?;
+        let (sent_by, _) = cut_lws(trim_lws(rest?));
         let (host, port) = split_host_port(sent_by)?;
         let mut via = Via {
             host,
             port,
             ..Via::default()
         };
-        for p in parts {
-            let p = p.trim();
-            let (k, v) = match p.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim())),
-                None => (p, None),
-            };
-            if k.eq_ignore_ascii_case("branch") {
-                via.branch = v.map(str::to_string);
-            } else if k.eq_ignore_ascii_case("rport") {
-                via.rport = true;
-            } else if k.eq_ignore_ascii_case("received") {
-                via.received = v.map(str::to_string);
+        while let Some(p) = params {
+            let (p, next) = cut(p, b';');
+            params = next;
+            let (k, v) = cut(p, b'=');
+            let (k, v) = (trim_lws(k), v.map(trim_lws));
+            match k.len() {
+                6 if k.eq_ignore_ascii_case("branch") => via.branch = v.map(str::to_string),
+                5 if k.eq_ignore_ascii_case("rport") => via.rport = true,
+                8 if k.eq_ignore_ascii_case("received") => via.received = v.map(str::to_string),
+                _ => {}
             }
         }
         Some(via)
-    }
-
-    /// `host:port` of the sent-by part, as used in transaction matching.
-    pub(crate) fn sent_by(&self) -> String {
-        let mut out = String::with_capacity(self.host.len() + 6);
-        out.push_str(&self.host);
-        if let Some(p) = self.port {
-            let _ = write!(out, ":{p}");
-        }
-        out
     }
 }
 
@@ -152,17 +139,63 @@ impl Via {
 pub(crate) fn stamp_top_via(top: &mut String, via: &Via, from: SocketAddr) {
     if via.rport {
         let mut out = String::with_capacity(top.len() + 48);
-        let is_rport = |p: &str| p.trim().get(..5).is_some_and(|k| k.eq_ignore_ascii_case("rport"));
-        for (i, p) in top.split(';').filter(|p| !is_rport(p)).enumerate() {
-            if i > 0 {
-                out.push(';');
+        let is_rport = |p: &str| {
+            trim_lws(p)
+                .get(..5)
+                .is_some_and(|k| k.eq_ignore_ascii_case("rport"))
+        };
+        let (mut rest, mut first) = (Some(top.as_str()), true);
+        while let Some(r) = rest {
+            let (p, next) = cut(r, b';');
+            rest = next;
+            if !is_rport(p) {
+                if !std::mem::take(&mut first) {
+                    out.push(';');
+                }
+                out.push_str(p);
             }
-            out.push_str(p);
         }
-        let _ = write!(out, ";received={};rport={}", from.ip(), from.port());
+        out.push_str(";received=");
+        push_ip(&mut out, from.ip());
+        out.push_str(";rport=");
+        push_decimal(&mut out, from.port().into());
         *top = out;
     } else if via.received.is_none() {
-        let _ = write!(top, ";received={}", from.ip());
+        top.push_str(";received=");
+        push_ip(top, from.ip());
+    }
+}
+
+/// Appends `n` in decimal: what `write!(out, "{n}")` gives, without the formatting
+/// machinery (this runs for every message).
+pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(digits.get(start..).unwrap_or_default()).unwrap_or_default());
+}
+
+/// Appends an IP address as `Display` writes it (IPv4 without the formatting machinery).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_decimal(out, octet.into());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -177,8 +210,13 @@ pub(crate) fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
         };
         return Some((format!("[{h}]"), port));
     }
-    match s.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), Some(p.parse().ok()?))),
+    match s
+        .bytes()
+        .rposition(|b| b == b':')
+        .map(|i| (s.get(..i), s.get(i + 1..)))
+    {
+        Some((Some(h), Some(p))) => Some((h.to_string(), Some(p.parse().ok()?))),
+        Some(_) => None,
         None if !s.is_empty() => Some((s.to_string(), None)),
         None => None,
     }
@@ -214,6 +252,9 @@ enum Kind {
     Other,
 }
 
+/// How many [`Kind`]s are looked up by index (all but [`Kind::Other`]).
+const INDEXED: usize = 6;
+
 impl Kind {
     fn of(name: &[u8]) -> Kind {
         let is = |canonical: &str| name.eq_ignore_ascii_case(canonical.as_bytes());
@@ -227,6 +268,11 @@ impl Kind {
             _ => Kind::Other,
         }
     }
+
+    /// The slot of an indexed kind in [`Headers::first`].
+    fn slot(self) -> Option<usize> {
+        (self != Kind::Other).then_some(self as usize)
+    }
 }
 
 /// The header lines of a message, in order, in one string of `Name: value` lines
@@ -237,6 +283,10 @@ impl Kind {
 pub(crate) struct Headers {
     text: String,
     fields: Vec<Field>,
+    /// Per indexed [`Kind`]: the index in `fields` of its first header.
+    first: [Option<usize>; INDEXED],
+    /// Per indexed [`Kind`] (bit `kind as usize`): it occurs more than once.
+    repeated: u8,
 }
 
 impl Headers {
@@ -244,7 +294,26 @@ impl Headers {
         Headers {
             text: String::with_capacity(text),
             fields: Vec::with_capacity(fields),
+            ..Headers::default()
         }
+    }
+
+    /// Appends a field, keeping the index of the first header per kind.
+    fn add(&mut self, field: Field) {
+        if let Some(slot) = field.kind.slot()
+            && let Some(first) = self.first.get_mut(slot)
+        {
+            match first {
+                Some(_) => self.repeated |= 1 << slot,
+                None => *first = Some(self.fields.len()),
+            }
+        }
+        self.fields.push(field);
+    }
+
+    /// Whether a header of this kind occurs more than once.
+    fn is_repeated(&self, kind: Kind) -> bool {
+        kind.slot().is_some_and(|slot| self.repeated & (1 << slot) != 0)
     }
 
     /// Appends a `name: value` line.
@@ -257,7 +326,7 @@ impl Headers {
         self.text.push_str(value);
         let v1 = self.text.len();
         self.text.push_str("\r\n");
-        self.fields.push(Field {
+        self.add(Field {
             name: (n0, n1),
             value: (v0, v1),
             kind: Kind::of(name.as_bytes()),
@@ -290,6 +359,10 @@ impl Headers {
     /// The first value of a header (case-insensitive name).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         let kind = Kind::of(name.as_bytes());
+        if let Some(slot) = kind.slot() {
+            let field = self.fields.get(self.first.get(slot).copied().flatten()?)?;
+            return Some(self.pair(field).1);
+        }
         self.fields
             .iter()
             .filter(|f| f.kind == kind)
@@ -421,26 +494,57 @@ pub(crate) fn name_addr_uri(value: &str) -> Option<String> {
 
 /// The `tag` parameter of a From/To value.
 pub(crate) fn tag_param(value: &str) -> Option<String> {
-    let params = match value.rfind('>') {
-        Some(i) => value.get(i + 1..)?,
-        None => value,
-    };
-    params.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("tag").then(|| v.trim().to_string())
-    })
+    header_param(value, "tag")
 }
 
 /// A generic `;name=value` parameter of a header value (outside `<>`).
 pub(crate) fn header_param(value: &str, name: &str) -> Option<String> {
-    let params = match value.rfind('>') {
+    let params = match value.bytes().rposition(|b| b == b'>') {
         Some(i) => value.get(i + 1..)?,
         None => value,
     };
-    params.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-    })
+    let mut params = cut(params, b';').1;
+    while let Some(p) = params {
+        let (p, next) = cut(p, b';');
+        params = next;
+        if let (k, Some(v)) = cut(p, b'=') {
+            let k = trim_lws(k);
+            if k.len() == name.len() && k.eq_ignore_ascii_case(name) {
+                return Some(trim_lws(v).to_string());
+            }
+        }
+    }
+    None
+}
+
+/// SIP white space (SP, HT).
+fn is_lws(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// `s` without leading and trailing SIP white space (SP, HT).
+fn trim_lws(s: &str) -> &str {
+    let b = s.as_bytes();
+    let start = b.iter().position(|&c| !is_lws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| !is_lws(c)).map_or(start, |e| e + 1);
+    s.get(start..end).unwrap_or_default()
+}
+
+/// Splits `s` at its first `sep` (an ASCII byte): what precedes it and, if it occurs,
+/// what follows it.
+fn cut(s: &str, sep: u8) -> (&str, Option<&str>) {
+    match s.bytes().position(|b| b == sep) {
+        Some(i) => (s.get(..i).unwrap_or_default(), s.get(i + 1..)),
+        None => (s, None),
+    }
+}
+
+/// Splits `s` at its first SIP white space byte, like [`cut`].
+fn cut_lws(s: &str) -> (&str, Option<&str>) {
+    match s.bytes().position(is_lws) {
+        Some(i) => (s.get(..i).unwrap_or_default(), s.get(i + 1..)),
+        None => (s, None),
+    }
 }
 
 fn expand_compact(name: &str) -> &str {
@@ -592,7 +696,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
     }
     let block = line_len + 2;
     let mut pos = block;
-    let mut fields = Vec::with_capacity(16);
+    let mut headers = Headers::with_capacity(0, 16);
     let mut content_length: Option<usize> = None;
     loop {
         let line = bytes.get(pos..)?;
@@ -625,7 +729,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
             content_length = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
         }
         let at = pos - block;
-        fields.push(Field {
+        headers.add(Field {
             name: (at, at + name_len),
             value: (at + v0, at + v1),
             kind,
@@ -637,12 +741,10 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
     if content_length.is_some_and(|len| len > rest.len()) {
         return None;
     }
+    headers.text = text.to_string();
     Some(Canonical {
         start_line,
-        headers: Headers {
-            text: text.to_string(),
-            fields,
-        },
+        headers,
         rest,
     })
 }
@@ -761,13 +863,16 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
         None => rest,
     };
     // Single-valued headers must be single.
-    for name in ["Call-ID", "From", "To", "CSeq"] {
-        let mut vals = headers.get_all(name);
-        let first = vals.next();
-        if first.is_none() {
+    for (name, kind) in [
+        ("Call-ID", Kind::CallId),
+        ("From", Kind::From),
+        ("To", Kind::To),
+        ("CSeq", Kind::CSeq),
+    ] {
+        let Some(first) = headers.get(name) else {
             return reject(400, "missing mandatory header");
-        }
-        if vals.any(|v| Some(v) != first) {
+        };
+        if headers.is_repeated(kind) && headers.get_all(name).any(|v| v != first) {
             return reject(400, "duplicate header with different values");
         }
     }
@@ -1023,7 +1128,11 @@ pub(crate) fn build_response<'a>(
         + extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
         + body.len();
     let mut out = String::with_capacity(len);
-    let _ = write!(out, "SIP/2.0 {code} {reason}\r\n");
+    out.push_str("SIP/2.0 ");
+    push_decimal(&mut out, code.into());
+    out.push(' ');
+    out.push_str(reason);
+    out.push_str("\r\n");
     for v in e.vias {
         out.push_str("Via: ");
         out.push_str(v);
@@ -1043,7 +1152,9 @@ pub(crate) fn build_response<'a>(
     match e.cseq {
         CSeqRef::Text(t) => out.push_str(t),
         CSeqRef::Parts(n, m) => {
-            let _ = write!(out, "{n} {m}");
+            push_decimal(&mut out, n.into());
+            out.push(' ');
+            out.push_str(m);
         }
     }
     out.push_str("\r\n");
@@ -1053,7 +1164,9 @@ pub(crate) fn build_response<'a>(
         out.push_str(v);
         out.push_str("\r\n");
     }
-    let _ = write!(out, "Content-Length: {}\r\n\r\n", body.len());
+    out.push_str("Content-Length: ");
+    push_decimal(&mut out, body.len() as u64);
+    out.push_str("\r\n\r\n");
     let mut out = out.into_bytes();
     out.extend_from_slice(body);
     out
@@ -1349,6 +1462,24 @@ mod tests {
             Some("sip:a@h;lr")
         );
         assert_eq!(tag_param("<sip:a@h;tag=no>;tag=yes").as_deref(), Some("yes"));
+        for n in [0u64, 7, 10, 99, 100, 65_535, 4_294_967_295, u64::MAX] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.20.3.40",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
         assert_eq!(
             split_commas("a, \"b,c\" <x,y>, d"),
             vec!["a", "\"b,c\" <x,y>", "d"]

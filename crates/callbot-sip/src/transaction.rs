@@ -48,13 +48,17 @@ pub(crate) struct ServerKey(Arc<str>);
 const KEY_SEP: char = '\n';
 
 impl ServerKey {
-    pub(crate) fn new(method: &str, branch: &str, sent_by: &str) -> ServerKey {
-        let mut key = String::with_capacity(method.len() + branch.len() + sent_by.len() + 2);
-        for (i, part) in [method, branch, sent_by].into_iter().enumerate() {
-            if i > 0 {
-                key.push(KEY_SEP);
-            }
-            key.push_str(part);
+    /// The key of `method` (ACK passes INVITE), `branch` and the sent-by `host[:port]`.
+    pub(crate) fn new(method: &str, branch: &str, host: &str, port: Option<u16>) -> ServerKey {
+        let mut key = String::with_capacity(method.len() + branch.len() + host.len() + 8);
+        key.push_str(method);
+        key.push(KEY_SEP);
+        key.push_str(branch);
+        key.push(KEY_SEP);
+        key.push_str(host);
+        if let Some(port) = port {
+            key.push(':');
+            crate::message::push_decimal(&mut key, port.into());
         }
         ServerKey(key.into())
     }
