@@ -1093,6 +1093,12 @@ impl UserAgentCore {
         let ack = (!fresh && was_completed && invite_tx && code >= 300)
             .then(|| tx.ack().map(<[u8]>::to_vec))
             .flatten();
+        // A fresh final completes the transaction; one that needs no ACK built from the
+        // request (all but an INVITE's non-2xx) completes here, in the same lookup.
+        let needs_ack = invite_tx && code >= 300;
+        if fresh && code >= 200 && !needs_ack {
+            tx.completed(None);
+        }
         self.schedule_client(&branch);
         if !fresh {
             // Retransmitted final: INVITE non-2xx gets its ACK again, 2xx re-ACKed by the TU.
@@ -1107,16 +1113,14 @@ impl UserAgentCore {
             }
             return None;
         }
-        if code >= 200 {
+        if code >= 200 && needs_ack {
             // ACK for non-2xx: same branch, To from the response. Built from the request,
             // which the completed transaction then lets go.
-            let ack = (invite_tx && code >= 300).then(|| self.build_non2xx_ack(&branch, &msg));
+            let ack = self.build_non2xx_ack(&branch, &msg);
             if let Some(tx) = self.client_tx.get_mut(&*branch) {
-                tx.completed(ack.as_deref().map(Box::from));
+                tx.completed(Some(Box::from(ack.as_slice())));
             }
-            if let Some(ack) = ack {
-                self.send(dest, ack);
-            }
+            self.send(dest, ack);
         }
         Some(Incoming::Response { owner, code, msg })
     }

@@ -311,6 +311,12 @@ impl Headers {
         self.fields.push(field);
     }
 
+    /// The first value of an indexed kind (None for [`Kind::Other`]).
+    fn first(&self, kind: Kind) -> Option<&str> {
+        let index = self.first.get(kind.slot()?).copied().flatten()?;
+        Some(self.pair(self.fields.get(index)?).1)
+    }
+
     /// Whether a header of this kind occurs more than once.
     fn is_repeated(&self, kind: Kind) -> bool {
         kind.slot().is_some_and(|slot| self.repeated & (1 << slot) != 0)
@@ -359,9 +365,8 @@ impl Headers {
     /// The first value of a header (case-insensitive name).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         let kind = Kind::of(name.as_bytes());
-        if let Some(slot) = kind.slot() {
-            let field = self.fields.get(self.first.get(slot).copied().flatten()?)?;
-            return Some(self.pair(field).1);
+        if kind != Kind::Other {
+            return self.first(kind);
         }
         self.fields
             .iter()
@@ -869,7 +874,7 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
         ("To", Kind::To),
         ("CSeq", Kind::CSeq),
     ] {
-        let Some(first) = headers.get(name) else {
+        let Some(first) = headers.first(kind) else {
             return reject(400, "missing mandatory header");
         };
         if headers.is_repeated(kind) && headers.get_all(name).any(|v| v != first) {
@@ -904,7 +909,7 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
             return reject(416, "unsupported URI scheme");
         }
     }
-    if headers.get("Via").is_none() {
+    if headers.first(Kind::Via).is_none() {
         return Parsed::Drop("no Via");
     }
 
@@ -945,10 +950,9 @@ fn finish(start_line: &str, headers: Headers, rest: &[u8], original: Option<&[u8
     // Checks that need the echo headers; the rejects move them into the answer.
     let checked = (|| {
         let (e, _) = echo.as_ref()?;
-        let mut cseq_parts = e.cseq.split_whitespace();
-        let cseq = cseq_parts.next().and_then(|n| n.parse::<u32>().ok());
-        let cseq_method = cseq_parts.next().map(str::to_ascii_uppercase);
-        let (Some(cseq), Some(cseq_method), None) = (cseq, cseq_method, cseq_parts.next()) else {
+        let Some((cseq, cseq_method)) =
+            split_cseq(&e.cseq).and_then(|(n, m)| Some((n.parse::<u32>().ok()?, m.to_ascii_uppercase())))
+        else {
             return Some(Err((400, "malformed CSeq")));
         };
         if let StartLine::Request { method, .. } = &start
@@ -1033,17 +1037,23 @@ fn echo_from(headers: &Headers) -> Option<(EchoHeaders, Via)> {
     let top = Via::parse(vias.first()?)?;
     let e = EchoHeaders {
         vias,
-        from: headers.get("From")?.to_string(),
-        to: headers.get("To")?.to_string(),
-        call_id: headers.get("Call-ID")?.to_string(),
-        cseq: headers.get("CSeq")?.to_string(),
+        from: headers.first(Kind::From)?.to_string(),
+        to: headers.first(Kind::To)?.to_string(),
+        call_id: headers.first(Kind::CallId)?.to_string(),
+        cseq: headers.first(Kind::CSeq)?.to_string(),
     };
     let all_present = [&e.from, &e.to, &e.call_id].iter().all(|v| !v.is_empty());
-    let mut cseq = e.cseq.split_whitespace();
-    let cseq_ok = cseq.next().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        && cseq.next().is_some_and(|m| m.bytes().all(is_token_char))
-        && cseq.next().is_none();
+    let cseq_ok = split_cseq(&e.cseq)
+        .is_some_and(|(n, m)| n.bytes().all(|b| b.is_ascii_digit()) && m.bytes().all(is_token_char));
     (all_present && cseq_ok).then_some((e, top))
+}
+
+/// The two words of a CSeq value (`number method`, separated by SIP white space);
+/// None unless there are exactly two.
+fn split_cseq(value: &str) -> Option<(&str, &str)> {
+    let (number, rest) = cut_lws(trim_lws(value));
+    let (method, rest) = cut_lws(trim_lws(rest?));
+    (!method.is_empty() && rest.is_none_or(|r| trim_lws(r).is_empty())).then_some((number, method))
 }
 
 /// A head with bytes that are not UTF-8: answer 400 if the echo headers are clean.
@@ -1462,6 +1472,10 @@ mod tests {
             Some("sip:a@h;lr")
         );
         assert_eq!(tag_param("<sip:a@h;tag=no>;tag=yes").as_deref(), Some("yes"));
+        assert_eq!(split_cseq(" 1 \tINVITE "), Some(("1", "INVITE")));
+        for bad in ["", "1", "1 INVITE x", "  "] {
+            assert_eq!(split_cseq(bad), None, "{bad:?}");
+        }
         for n in [0u64, 7, 10, 99, 100, 65_535, 4_294_967_295, u64::MAX] {
             let mut s = String::from("x");
             push_decimal(&mut s, n);
