@@ -761,8 +761,12 @@ impl UserAgentCore {
             }
             None => None,
         };
-        let mut extra = extra.to_vec();
-        extra.push(("Server", self.cfg.user_agent.clone()));
+        // Borrowed: no header value is copied for the answer (the Server header included).
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .chain([("Server", self.cfg.user_agent.as_str())])
+            .collect();
         let bytes = message::build_response(code, msg, tag, &extra, body);
         self.respond_bytes(now, key, code, bytes);
     }
@@ -1005,7 +1009,7 @@ impl UserAgentCore {
         }
         if let Some(id) = call {
             if let Some(echo) = self.calls.get(&id).and_then(|c| c.invite_echo.clone()) {
-                let bytes = message::build_response(487, &echo, call_tag.as_deref(), &[], b"");
+                let bytes = message::build_response(487, &echo, call_tag.as_deref(), message::NO_EXTRA, b"");
                 self.respond_bytes(now, &invite_key, 487, bytes);
             }
             self.end_call(id, EndReason::CallerCancelled);
@@ -1028,7 +1032,7 @@ impl UserAgentCore {
             && let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone())
         {
             let tag = call.local_tag.clone();
-            let bytes = message::build_response(487, &echo, Some(&tag), &[], b"");
+            let bytes = message::build_response(487, &echo, Some(&tag), message::NO_EXTRA, b"");
             self.respond_bytes(now, &k, 487, bytes);
         }
         self.end_call(id, EndReason::RemoteHangup);
@@ -1249,7 +1253,7 @@ impl UserAgentCore {
         }
         if let (Some(k), Some(echo)) = (call.invite_tx.clone(), call.invite_echo.clone()) {
             let tag = call.local_tag.clone();
-            let bytes = message::build_response(code, &echo, Some(&tag), &[], b"");
+            let bytes = message::build_response(code, &echo, Some(&tag), message::NO_EXTRA, b"");
             self.respond_bytes(now, &k, code, bytes);
         }
         self.end_call(id, EndReason::Rejected { code });

@@ -1115,14 +1115,17 @@ pub(crate) fn reason_phrase(code: u16) -> &'static str {
     }
 }
 
+/// No extra headers for [`build_response`].
+pub(crate) const NO_EXTRA: &[(&str, &str)] = &[];
+
 /// Builds a response: the echo headers (the To gets `to_tag` unless it has a tag
 /// already), the extra headers, Content-Length and the body. The bytes are those rsip
 /// serialises for the same response, written straight into one buffer.
-pub(crate) fn build_response<'a>(
+pub(crate) fn build_response<'a, V: AsRef<str>>(
     code: u16,
     echo: impl Into<EchoRef<'a>>,
     to_tag: Option<&str>,
-    extra: &[(&str, String)],
+    extra: &[(&str, V)],
     body: &[u8],
 ) -> Vec<u8> {
     let e = echo.into();
@@ -1135,7 +1138,10 @@ pub(crate) fn build_response<'a>(
         + e.to.len()
         + tag.map_or(0, |t| t.len() + 5)
         + e.call_id.len()
-        + extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>()
+        + extra
+            .iter()
+            .map(|(n, v)| n.len() + v.as_ref().len() + 4)
+            .sum::<usize>()
         + body.len();
     let mut out = String::with_capacity(len);
     out.push_str("SIP/2.0 ");
@@ -1171,7 +1177,7 @@ pub(crate) fn build_response<'a>(
     for (n, v) in extra {
         out.push_str(n);
         out.push_str(": ");
-        out.push_str(v);
+        out.push_str(v.as_ref());
         out.push_str("\r\n");
     }
     out.push_str("Content-Length: ");
@@ -1313,7 +1319,7 @@ mod tests {
     #[test]
     fn response_round_trip_echoes_everything() {
         let m = msg(OPTIONS);
-        let out = build_response(200, &m.echo(), Some("abc"), &[("Allow", "INVITE".into())], b"");
+        let out = build_response(200, &m.echo(), Some("abc"), &[("Allow", "INVITE")], b"");
         let r = msg(std::str::from_utf8(&out).unwrap());
         assert_eq!(r.status(), Some(200));
         assert_eq!(r.to_tag.as_deref(), Some("abc"));
@@ -1338,7 +1344,7 @@ mod tests {
             body: b"abc".to_vec(),
         }
         .to_string();
-        let ours = build_response(200, &m, Some("abc"), &[("Allow", "INVITE".into())], b"abc");
+        let ours = build_response(200, &m, Some("abc"), &[("Allow", "INVITE")], b"abc");
         assert_eq!(String::from_utf8(ours).unwrap(), expected);
     }
 
