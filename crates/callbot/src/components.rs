@@ -807,7 +807,10 @@ mod tests {
         let after = c.for_call().unwrap();
         assert!(Arc::ptr_eq(&before.stt, &after.stt));
         assert!(Arc::ptr_eq(&before.llm, &after.llm));
-        assert_eq!(after.tts.label, "tts:en-us");
+        assert_eq!(
+            after.tts.label,
+            format!("tts:{}", crate::settings::TtsSettings::default().voice)
+        );
         // a valid change afterwards still works
         s.tts.voice = "en-gb".into();
         let r = c.reconfigure(&s).unwrap();
