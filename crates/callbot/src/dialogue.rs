@@ -1784,16 +1784,28 @@ mod tests {
     /// The caller speaks from `at` for 1 s; the endpoint fires 300 ms later.
     /// Returns the transcription's turn.
     fn utterance(d: &mut D, at: Instant, audio: &'static str) -> TurnId {
+        speak_then(
+            d,
+            at,
+            ms(300),
+            |voice_ended| Input::SpeechEnded { audio, voice_ended },
+            audio,
+        )
+    }
+
+    /// The caller speaks from `at` for 1 s; `after` the voice stopped, the VAD reports
+    /// `input(voice_ended)`, which must ask for a transcription of `audio`: returns its turn.
+    fn speak_then(
+        d: &mut D,
+        at: Instant,
+        after: Duration,
+        input: impl FnOnce(Instant) -> Input<&'static str>,
+        audio: &'static str,
+    ) -> TurnId {
         d.handle(at, Input::SpeechStarted);
         assert!(drain(d).is_empty());
         let end = at + ms(1000);
-        d.handle(
-            end + ms(300),
-            Input::SpeechEnded {
-                audio,
-                voice_ended: end,
-            },
-        );
+        d.handle(end + after, input(end));
         match drain(d).as_slice() {
             [Action::Transcribe { turn, audio: a }] => {
                 assert_eq!(*a, audio);
@@ -1892,23 +1904,13 @@ mod tests {
     /// The caller speaks from `at` for 1 s; the voice stops at `at + 1 s` and the VAD
     /// reports the pause 50 ms later: returns the speculative transcription's turn.
     fn paused(d: &mut D, at: Instant, audio: &'static str) -> TurnId {
-        d.handle(at, Input::SpeechStarted);
-        assert!(drain(d).is_empty());
-        let end = at + ms(1000);
-        d.handle(
-            end + ms(50),
-            Input::SpeechPaused {
-                audio,
-                voice_ended: end,
-            },
-        );
-        match drain(d).as_slice() {
-            [Action::Transcribe { turn, audio: a }] => {
-                assert_eq!(*a, audio);
-                *turn
-            }
-            other => panic!("expected a speculative Transcribe, got {other:?}"),
-        }
+        speak_then(
+            d,
+            at,
+            ms(50),
+            |voice_ended| Input::SpeechPaused { audio, voice_ended },
+            audio,
+        )
     }
 
     fn ended(d: &mut D, at: Instant, audio: &'static str, voice_ended: Instant) -> Vec<Act> {
