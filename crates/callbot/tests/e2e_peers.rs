@@ -37,6 +37,18 @@ fn silence_8k(secs: f64) -> Vec<i16> {
     vec![0; (secs * 8000.0) as usize]
 }
 
+/// What a baresip test speaking one sentence needs: the model, a temp dir, and test
+/// sentence 3 as 8 kHz telephone speech; `None` (the test returns) when the model,
+/// baresip or espeak-ng is missing.
+fn sentence_for_baresip() -> Option<(PathBuf, callbot_testkit::TempDir, Vec<i16>)> {
+    let model = callbot_testkit::whisper_model()?;
+    callbot_testkit::tools::require("baresip")?;
+    let dir = callbot_testkit::temp_dir("callbot-e2e");
+    let sentence = speech::SENTENCES[3];
+    let pcm = speech::espeak(sentence.text, sentence.voice)?;
+    Some((model, dir, speech::telephone_8k(&pcm, None)))
+}
+
 /// Splits 8 kHz audio into utterances at pauses of at least 400 ms (20 ms frames whose
 /// peak is below 300), each padded with 100 ms either side.
 fn utterances(samples: &[i16]) -> Vec<&[i16]> {
@@ -374,18 +386,9 @@ fn heavy_e2e_silence_timeout_prompts_then_says_goodbye_and_hangs_up() {
 /// reply turn cut short. The threads are back to the idle count after the three calls.
 #[test]
 fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some((model, dir, spoken)) = sentence_for_baresip() else {
         return;
     };
-    if callbot_testkit::tools::require("baresip").is_none() {
-        return;
-    }
-    let dir = callbot_testkit::temp_dir("callbot-e2e");
-    let sentence = speech::SENTENCES[3];
-    let Some(pcm) = speech::espeak(sentence.text, sentence.voice) else {
-        return;
-    };
-    let spoken = speech::telephone_8k(&pcm, None);
     let speech_end = 0.5 + spoken.len() as f64 / 8000.0;
     let mut talk = silence_8k(0.5);
     talk.extend(spoken);
@@ -525,18 +528,9 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
 /// after the caller's speech onset, until the reply to what the caller said.
 #[test]
 fn heavy_e2e_barge_in_over_the_greeting() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some((model, dir, spoken)) = sentence_for_baresip() else {
         return;
     };
-    if callbot_testkit::tools::require("baresip").is_none() {
-        return;
-    }
-    let dir = callbot_testkit::temp_dir("callbot-e2e");
-    let sentence = speech::SENTENCES[3];
-    let Some(pcm) = speech::espeak(sentence.text, sentence.voice) else {
-        return;
-    };
-    let spoken = speech::telephone_8k(&pcm, None);
     let lead = 2.0;
     let onset = lead + spoken.iter().position(|s| s.unsigned_abs() > 1000).unwrap_or(0) as f64 / 8000.0;
     let speech_end = lead + spoken.len() as f64 / 8000.0;
