@@ -1747,15 +1747,25 @@ impl UserAgentCore {
     /// Stops taking calls: new INVITEs get 503 with Retry-After; every live call is
     /// hung up (BYE, CANCEL or 603) and the registration is removed (Expires: 0).
     /// Drive the core until [`is_shutdown_complete`](Self::is_shutdown_complete).
-    pub fn begin_shutdown(&mut self, now: Instant) {
+    /// Returns the calls it hung up; calls already ending (their BYE sent) are not
+    /// counted, nor is anything on a second call.
+    pub fn begin_shutdown(&mut self, now: Instant) -> usize {
         if self.shutting_down {
-            return;
+            return 0;
         }
         self.shutting_down = true;
+        let mut hung_up = 0;
         for id in self.calls() {
-            let _ = self.hang_up(now, id);
+            let ending = self
+                .calls
+                .get(&id)
+                .is_some_and(|c| matches!(c.state, CallState::Terminating));
+            if !ending && self.hang_up(now, id).is_ok() {
+                hung_up += 1;
+            }
         }
         self.unregister_all(now);
+        hung_up
     }
 
     /// Forgets everything still in flight (after the shutdown deadline): every call gets

@@ -108,7 +108,8 @@ pub enum SipError {
 /// What [`SipHandle::shutdown`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SipShutdownReport {
-    /// Calls that were live when shutdown began (each got BYE, CANCEL or 603).
+    /// Calls the shutdown hung up (BYE, CANCEL or 603); calls whose BYE the application
+    /// had already sent are not counted.
     pub calls_hung_up: usize,
     /// Calls whose hangup was still unanswered at the deadline (forgotten).
     pub calls_abandoned: usize,
@@ -445,8 +446,8 @@ fn run(
                     // The handle is gone (its shutdown sends Shutdown first, so this
                     // only covers a lost handle): stop within a second.
                     if shutdown.is_none() {
-                        shutdown = Some((now + Duration::from_secs(1), core.calls().len()));
-                        core.begin_shutdown(now);
+                        let hung_up = core.begin_shutdown(now);
+                        shutdown = Some((now + Duration::from_secs(1), hung_up));
                     }
                     break;
                 }
@@ -492,9 +493,8 @@ fn run(
                 }
                 Command::Shutdown(deadline) => {
                     if shutdown.is_none() {
-                        let live = core.calls().len();
-                        core.begin_shutdown(now);
-                        shutdown = Some((deadline, live));
+                        let hung_up = core.begin_shutdown(now);
+                        shutdown = Some((deadline, hung_up));
                     }
                 }
             }
