@@ -29,19 +29,7 @@ fn first_sentence(c: &mut Criterion) {
         b.iter_custom(|iters| first_byte_to_first_sentence(&chat, &server, iters));
     });
     group.bench_function("request_to_first_sentence", |b| {
-        b.iter(|| {
-            let mut history = chat.new_history();
-            history.push_user("When are you open?");
-            let mut sentences = chat
-                .start_reply(&history)
-                .unwrap()
-                .sentences(ChunkerConfig::default());
-            let first = sentences.next().unwrap().unwrap();
-            for piece in sentences.by_ref() {
-                piece.unwrap();
-            }
-            first
-        });
+        b.iter(|| ask_first_sentence(&chat, |_| {}));
     });
     // The same with the whole reply in one token line: no server time between tokens,
     // only transfer and our processing.
@@ -107,20 +95,28 @@ criterion_main!(benches);
 fn first_byte_to_first_sentence(chat: &OllamaChat, server: &OllamaServer, iters: u64) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
-        let mut history = chat.new_history();
-        history.push_user("When are you open?");
-        let mut sentences = chat
-            .start_reply(&history)
-            .unwrap()
-            .sentences(ChunkerConfig::default());
-        let first = sentences.next().unwrap().unwrap();
-        let handed_out = Instant::now();
+        let mut handed_out = Instant::now();
+        let first = ask_first_sentence(chat, |_| handed_out = Instant::now());
         assert_eq!(first, "Hello there. ");
-        for piece in sentences.by_ref() {
-            piece.unwrap();
-        }
         let first_byte = server.last_chat().and_then(|c| c.first_token_at).unwrap();
         total += handed_out.saturating_duration_since(first_byte);
     }
     total
+}
+
+/// Asks "When are you open?", calls `on_first` as soon as the chunker hands out the
+/// first sentence, drains the rest of the reply and returns the first sentence.
+fn ask_first_sentence(chat: &OllamaChat, on_first: impl FnOnce(&str)) -> String {
+    let mut history = chat.new_history();
+    history.push_user("When are you open?");
+    let mut sentences = chat
+        .start_reply(&history)
+        .unwrap()
+        .sentences(ChunkerConfig::default());
+    let first = sentences.next().unwrap().unwrap();
+    on_first(&first);
+    for piece in sentences.by_ref() {
+        piece.unwrap();
+    }
+    first
 }
