@@ -24,7 +24,7 @@ use callbot_audio::AudioFrame;
 use callbot_audio::g711::Law;
 use callbot_examples::{Args, init_logging};
 use callbot_rtp::{RtpSession, RtpSessionConfig};
-use callbot_sip::{SipConfig, SipEvent, SipUserAgent};
+use callbot_sip::{SipConfig, SipUserAgent};
 use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
 use callbot_tts::{EspeakConfig, EspeakSynthesizer, Synthesizer};
 
@@ -106,29 +106,17 @@ fn demo(args: &Args, model: &str, work: &std::path::Path) -> Result<(), String> 
     let mut rtp =
         RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).map_err(|e| e.to_string())?;
     let invite = Instant::now();
-    let call = caller
-        .call(
-            &format!("sip:bot@{}", bot.sip_addr()),
-            bot.sip_addr(),
-            rtp.local_addr(),
-        )
-        .map_err(|e| e.to_string())?;
-    let media = loop {
-        match caller.events().recv_timeout(Duration::from_secs(5)) {
-            Ok(SipEvent::CallAnswered { call: c, media }) if c == call => break media,
-            Ok(SipEvent::CallEnded { reason, .. }) => return Err(format!("call ended: {reason:?}")),
-            Ok(_) => {}
-            Err(_) => return Err("no answer within 5 s".into()),
-        }
-    };
-    println!("answered in {:?}", invite.elapsed());
-    rtp.retarget(
-        Some(media.remote_rtp),
-        Law::Ulaw,
-        media.payload_type,
-        media.telephone_event,
+    let uri = format!("sip:bot@{}", bot.sip_addr());
+    let (call, _) = callbot::testing::dial(
+        &caller,
+        &rtp,
+        &uri,
+        bot.sip_addr(),
+        Duration::from_secs(5),
+        |_| {},
     )
     .map_err(|e| e.to_string())?;
+    println!("answered in {:?}", invite.elapsed());
 
     // Record what the bot sends; ask after the greeting; wait for the reply to end.
     let mut heard: Vec<i16> = Vec::new();

@@ -578,3 +578,60 @@ impl Synthesizer for HangingSynth {
         Ok(job)
     }
 }
+
+/// Why [`dial`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    /// The SIP user agent refused to place the call.
+    #[error("SIP: {0}")]
+    Sip(#[from] callbot_sip::SipError),
+    /// The RTP session could not be pointed at the answered media.
+    #[error("RTP: {0}")]
+    Rtp(#[from] callbot_rtp::RtpError),
+    /// The call ended before it was answered.
+    #[error("call ended before the answer: {0:?}")]
+    Ended(callbot_sip::EndReason),
+    /// No answer within the timeout (or the user agent's event channel closed).
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+/// A caller for tests, examples and benches: places a call from `ua` to `uri` (the
+/// INVITE goes to `dest`) offering `rtp`'s local address, waits up to `timeout` for the
+/// answer, and points `rtp` at the media the callee answered with (its address, codec,
+/// payload type and telephone-event type). Returns the call and the negotiated media.
+///
+/// Events of other calls (and provisional ones of this call) that arrive meanwhile are
+/// handed to `other_event`, so a test holding several calls sees them.
+pub fn dial(
+    ua: &callbot_sip::SipHandle,
+    rtp: &callbot_rtp::RtpSession,
+    uri: &str,
+    dest: std::net::SocketAddr,
+    timeout: Duration,
+    mut other_event: impl FnMut(callbot_sip::SipEvent),
+) -> Result<(callbot_sip::CallId, callbot_sip::NegotiatedMedia), DialError> {
+    use callbot_sip::SipEvent;
+    let call = ua.call(uri, dest, rtp.local_addr())?;
+    let deadline = Instant::now() + timeout;
+    let media = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ua.events().recv_timeout(left) {
+            Ok(SipEvent::CallAnswered { call: c, media }) if c == call => break media,
+            Ok(SipEvent::CallEnded { call: c, reason }) if c == call => return Err(DialError::Ended(reason)),
+            Ok(other) => other_event(other),
+            Err(_) => return Err(DialError::NoAnswer(timeout)),
+        }
+    };
+    let law = match media.codec {
+        callbot_sip::AudioCodec::Pcmu => callbot_audio::g711::Law::Ulaw,
+        callbot_sip::AudioCodec::Pcma => callbot_audio::g711::Law::Alaw,
+    };
+    rtp.retarget(
+        Some(media.remote_rtp),
+        law,
+        media.payload_type,
+        media.telephone_event,
+    )?;
+    Ok((call, media))
+}

@@ -84,28 +84,8 @@ fn heavy_bot_answers_a_real_call_in_echo_mode_and_shuts_down_cleanly() {
     let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
     let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
     let invite_at = Instant::now();
-    let call = caller
-        .call(
-            &format!("sip:bot@{}", bot.sip_addr()),
-            bot.sip_addr(),
-            rtp.local_addr(),
-        )
-        .unwrap();
-    let media = loop {
-        match caller.events().recv_timeout(Duration::from_secs(5)).unwrap() {
-            SipEvent::CallAnswered { call: c, media } if c == call => break media,
-            SipEvent::CallEnded { reason, .. } => panic!("call ended: {reason:?}"),
-            _ => {}
-        }
-    };
+    let call = dial_bot(&caller, &rtp, &bot);
     println!("INVITE to answer: {:?}", invite_at.elapsed());
-    rtp.retarget(
-        Some(media.remote_rtp),
-        Law::Ulaw,
-        media.payload_type,
-        media.telephone_event,
-    )
-    .unwrap();
     let t0 = Instant::now();
     while bot.live_calls() != 1 {
         assert!(t0.elapsed() < Duration::from_secs(2), "the bot has no live call");
@@ -295,27 +275,7 @@ fn heavy_bot_barge_in_stops_the_greeting() {
     let mut bot = Bot::start(s).unwrap();
     let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
     let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
-    let call = caller
-        .call(
-            &format!("sip:bot@{}", bot.sip_addr()),
-            bot.sip_addr(),
-            rtp.local_addr(),
-        )
-        .unwrap();
-    let media = loop {
-        if let SipEvent::CallAnswered { media, .. } =
-            caller.events().recv_timeout(Duration::from_secs(5)).unwrap()
-        {
-            break media;
-        }
-    };
-    rtp.retarget(
-        Some(media.remote_rtp),
-        Law::Ulaw,
-        media.payload_type,
-        media.telephone_event,
-    )
-    .unwrap();
+    let call = dial_bot(&caller, &rtp, &bot);
     let loud = |f: &callbot_rtp::ReceivedFrame| f.audio.samples.iter().any(|s| s.unsigned_abs() > 500);
     // wait for 1 s of greeting
     let mut loud_frames = 0;
@@ -448,27 +408,7 @@ fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
     assert!(!bot.echo_mode());
     let mut caller = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
     let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
-    let call = caller
-        .call(
-            &format!("sip:bot@{}", bot.sip_addr()),
-            bot.sip_addr(),
-            rtp.local_addr(),
-        )
-        .unwrap();
-    let media = loop {
-        if let SipEvent::CallAnswered { media, .. } =
-            caller.events().recv_timeout(Duration::from_secs(5)).unwrap()
-        {
-            break media;
-        }
-    };
-    rtp.retarget(
-        Some(media.remote_rtp),
-        Law::Ulaw,
-        media.payload_type,
-        media.telephone_event,
-    )
-    .unwrap();
+    let call = dial_bot(&caller, &rtp, &bot);
     std::thread::sleep(Duration::from_millis(2000));
     let n = 3;
     for i in 1..=n {
@@ -963,4 +903,17 @@ fn heavy_reconfigure_max_calls_live_slow_build_does_not_hold_up_calls_echo_reeva
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
     llm.shutdown(Instant::now() + Duration::from_secs(1));
+}
+
+/// Calls `bot` from `caller`, waits for the answer and points `rtp` at the bot's media;
+/// panics if any call ends meanwhile.
+fn dial_bot(caller: &callbot_sip::SipHandle, rtp: &RtpSession, bot: &Bot) -> callbot_sip::CallId {
+    let uri = format!("sip:bot@{}", bot.sip_addr());
+    callbot::testing::dial(caller, rtp, &uri, bot.sip_addr(), Duration::from_secs(5), |e| {
+        if let SipEvent::CallEnded { reason, .. } = e {
+            panic!("call ended: {reason:?}");
+        }
+    })
+    .unwrap()
+    .0
 }

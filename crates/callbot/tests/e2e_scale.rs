@@ -306,23 +306,11 @@ impl Caller {
     /// [`Caller::call`] to `uri`, sending the INVITE to `dest` (a registrar routes it).
     fn call_via(&mut self, uri: &str, dest: SocketAddr) -> (CallId, usize) {
         let rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
-        let call = self.ua.call(uri, dest, rtp.local_addr()).unwrap();
-        let t0 = Instant::now();
-        let media = loop {
-            let left = Duration::from_secs(5).saturating_sub(t0.elapsed());
-            match self.ua.events().recv_timeout(left) {
-                Ok(SipEvent::CallAnswered { call: c, media }) if c == call => break media,
-                Ok(SipEvent::CallEnded { call: c, reason }) => panic!("call {c:?} ended: {reason:?}"),
-                Ok(_) => {}
-                Err(e) => panic!("no answer: {e}"),
+        let (call, _) = callbot::testing::dial(&self.ua, &rtp, uri, dest, Duration::from_secs(5), |e| {
+            if let SipEvent::CallEnded { call: c, reason } = e {
+                panic!("call {c:?} ended: {reason:?}");
             }
-        };
-        rtp.retarget(
-            Some(media.remote_rtp),
-            Law::Ulaw,
-            media.payload_type,
-            media.telephone_event,
-        )
+        })
         .unwrap();
         self.rtp.push(rtp);
         (call, self.rtp.len() - 1)
