@@ -24,6 +24,13 @@ fn slow_script(tokens: usize, delay_ms: u64) -> Script {
     }
 }
 
+/// A new history holding `text` from the caller, and the reply to it.
+fn ask(chat: &OllamaChat, text: &str) -> callbot_llm::Reply {
+    let mut history = chat.new_history();
+    history.push_user(text);
+    chat.start_reply(&history).unwrap()
+}
+
 /// Receives events until the first delta; returns it.
 fn first_delta(reply: &mut callbot_llm::Reply) -> String {
     match reply.recv_timeout(Duration::from_secs(5)) {
@@ -123,9 +130,7 @@ fn an_error_line_mid_stream_surfaces_as_a_server_error() {
     })
     .unwrap();
     let chat = chat(&server);
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let mut reply = chat.start_reply(&history).unwrap();
+    let mut reply = ask(&chat, "hi");
     let mut deltas = String::new();
     let end = loop {
         match reply.recv().unwrap() {
@@ -150,9 +155,7 @@ fn a_connection_dropped_mid_stream_is_reported() {
     })
     .unwrap();
     let chat = chat(&server);
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    let err = ask(&chat, "hi").collect_text().unwrap_err();
     assert!(matches!(err, LlmError::Disconnected(_)), "{err:?}");
     assert!(err.is_transient());
 }
@@ -163,9 +166,7 @@ fn an_unknown_model_is_model_not_found() {
     let mut cfg = config(&server);
     cfg.model = "llama9:70b".into();
     let chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    let err = ask(&chat, "hi").collect_text().unwrap_err();
     match err {
         LlmError::ModelNotFound(m) => assert!(m.contains("llama9:70b"), "{m}"),
         other => panic!("{other:?}"),
@@ -191,9 +192,7 @@ fn an_unreachable_server_is_a_typed_error() {
         l.local_addr().unwrap().port()
     };
     let chat = OllamaChat::new(OllamaConfig::new(&format!("http://127.0.0.1:{port}"), "m")).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    let err = ask(&chat, "hi").collect_text().unwrap_err();
     assert!(matches!(err, LlmError::Unreachable(_)), "{err:?}");
     assert!(matches!(
         chat.probe(Duration::from_secs(1)),
@@ -211,10 +210,8 @@ fn a_slow_first_token_times_out_and_the_connection_is_dropped() {
     let mut cfg = config(&server);
     cfg.first_token_timeout = Duration::from_millis(200);
     let chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
     let started = Instant::now();
-    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    let err = ask(&chat, "hi").collect_text().unwrap_err();
     assert_eq!(
         err,
         LlmError::Timeout {
@@ -235,9 +232,7 @@ fn a_slow_reply_hits_the_total_timeout() {
     let mut cfg = config(&server);
     cfg.total_timeout = Duration::from_millis(300);
     let chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let mut reply = chat.start_reply(&history).unwrap();
+    let mut reply = ask(&chat, "hi");
     let mut deltas = 0;
     let end = loop {
         match reply.recv().unwrap() {
@@ -286,9 +281,7 @@ fn cancel_drops_the_connection_at_once_and_the_next_reply_works() {
 fn dropping_a_reply_cancels_it() {
     let server = OllamaServer::start(slow_script(200, 50)).unwrap();
     let chat = chat(&server);
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let mut reply = chat.start_reply(&history).unwrap();
+    let mut reply = ask(&chat, "hi");
     first_delta(&mut reply);
     drop(reply);
     assert!(
@@ -345,9 +338,7 @@ fn a_slow_consumer_gets_every_delta_through_a_small_channel() {
     let mut cfg = config(&server);
     cfg.channel_capacity = 2;
     let chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let mut reply = chat.start_reply(&history).unwrap();
+    let mut reply = ask(&chat, "hi");
     std::thread::sleep(Duration::from_millis(100));
     assert!(reply.events().len() <= 2);
     let mut got = String::new();
@@ -469,10 +460,8 @@ fn a_hanging_connect_hits_the_connect_timeout() {
     let mut cfg = OllamaConfig::new(&format!("http://{addr}"), "m");
     cfg.connect_timeout = Duration::from_millis(200);
     let chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
     let started = Instant::now();
-    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    let err = ask(&chat, "hi").collect_text().unwrap_err();
     assert_eq!(
         err,
         LlmError::Timeout {
@@ -626,9 +615,7 @@ fn a_consumer_that_never_reads_gets_the_timeout_not_a_shutdown() {
     cfg.channel_capacity = 4;
     cfg.total_timeout = Duration::from_millis(200);
     let chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let mut reply = chat.start_reply(&history).unwrap();
+    let mut reply = ask(&chat, "hi");
     // Do not read until the task gave up (the total timeout, then 1 s of grace for the
     // final event).
     let until = Instant::now() + Duration::from_secs(5);
