@@ -1,4 +1,5 @@
-//! The UDP driver: one socket, one named thread running a [`UserAgentCore`].
+//! The UDP driver: one socket, one named thread (`sip-ua`) running a [`UserAgentCore`]
+//! on a worker thread (`sip-ua-io`) that is replaced after each load peak.
 
 use std::collections::VecDeque;
 use std::io::ErrorKind;
@@ -180,7 +181,8 @@ struct ThreadReport {
 pub struct SipUserAgent;
 
 impl SipUserAgent {
-    /// Binds the socket, starts the driver thread (`sip-ua`) and returns its handle.
+    /// Binds the socket, starts the driver thread (`sip-ua`, which runs the loop on a
+    /// `sip-ua-io` worker) and returns its handle.
     pub fn start(config: SipConfig) -> Result<SipHandle, SipError> {
         let bind_err = |source| SipError::Bind {
             addr: config.bind,
@@ -224,8 +226,10 @@ impl SipUserAgent {
         let thread = std::thread::Builder::new()
             .name("sip-ua".into())
             .spawn(move || {
-                let report = run(socket, core_cfg, max, cmd_rx, event_tx);
-                let _ = done_tx.send(report);
+                let driver = Driver::new(socket, core_cfg, max, cmd_rx, event_tx);
+                if let Some(report) = supervise(driver) {
+                    let _ = done_tx.send(report);
+                }
             })
             .map_err(SipError::Thread)?;
         tracing::info!(local = %advertised, "SIP user agent started");
@@ -416,38 +420,144 @@ impl Drop for SipHandle {
     }
 }
 
-/// The driver loop. Returns when shutdown finished or its deadline passed.
-fn run(
+/// Everything the driver loop owns. It moves to a fresh worker thread after each load
+/// peak (see [`supervise`]).
+struct Driver {
     socket: UdpSocket,
-    cfg: CoreConfig,
-    max_message_size: usize,
+    core: UserAgentCore,
+    /// The receive buffer, reused for every datagram.
+    buf: Vec<u8>,
     commands: Receiver<Command>,
     events: Sender<SipEvent>,
-) -> ThreadReport {
-    let mut core = UserAgentCore::new(cfg, Instant::now());
-    let mut buf = vec![0u8; max_message_size.saturating_add(1).max(2048)];
-    let mut pending: VecDeque<SipEvent> = VecDeque::new();
-    let mut shutdown: Option<(Instant, usize)> = None;
-    // Told once the staged registration is accepted or refused.
-    let mut staged_waiter: Option<Sender<StagedRegistration>> = None;
-    let mut report = ThreadReport {
-        calls_hung_up: 0,
-        calls_abandoned: 0,
-        unregistered: None,
-        timed_out: false,
-    };
+    pending: VecDeque<SipEvent>,
+    shutdown: Option<(Instant, usize)>,
+    /// Told once the staged registration is accepted or refused.
+    staged_waiter: Option<Sender<StagedRegistration>>,
+}
+
+/// How a worker's run ended.
+enum Step {
+    /// A load peak is over and the tables are empty: the worker thread ends so glibc
+    /// returns its per-thread cache, and the next worker continues.
+    Drained(Box<Driver>),
+    /// Shutdown finished or its deadline passed.
+    Finished(ThreadReport),
+}
+
+/// The `sip-ua` thread: runs the driver loop on a worker thread (`sip-ua-io`) until a
+/// load peak drained, joins it, returns the freed heap to the system and starts the
+/// next worker; returns the shutdown report (`None` if a worker panicked).
+///
+/// Why a new worker per peak: glibc keeps up to 7 freed blocks per size class in a
+/// per-thread cache (tcache) that `malloc_trim` does not empty; after a burst those
+/// blocks are the last ones the burst freed, scattered over the arena, and each pins
+/// its page. Only the thread's exit gives them back. The worker's arena goes to glibc's
+/// free list and the next worker takes it over, so no arena is added per peak.
+fn supervise(driver: Driver) -> Option<ThreadReport> {
+    let mut driver = Box::new(driver);
+    // Once a worker could not be started the loop stays on this thread.
+    let mut inline = false;
     loop {
-        let now = Instant::now();
+        let step = if inline {
+            driver.run(false)
+        } else {
+            // The driver goes through a channel so a failed spawn gives it back.
+            let (tx, rx) = bounded::<Box<Driver>>(1);
+            let handoff = rx.clone();
+            let _ = tx.send(driver);
+            let spawned = std::thread::Builder::new()
+                .name("sip-ua-io".into())
+                .spawn(move || handoff.recv().ok().map(|d| d.run(true)));
+            match spawned {
+                Ok(worker) => worker.join().ok().flatten()?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start a SIP worker thread: the loop stays on sip-ua");
+                    inline = true;
+                    driver = rx.try_recv().ok()?;
+                    continue;
+                }
+            }
+        };
+        match step {
+            Step::Finished(report) => return Some(report),
+            Step::Drained(d) => {
+                driver = d;
+                let started = Instant::now();
+                let released = crate::heap::release_free_memory();
+                tracing::debug!(released, took = ?started.elapsed(), "load peak over: free heap returned to the system");
+            }
+        }
+    }
+}
+
+impl Driver {
+    fn new(
+        socket: UdpSocket,
+        cfg: CoreConfig,
+        max_message_size: usize,
+        commands: Receiver<Command>,
+        events: Sender<SipEvent>,
+    ) -> Driver {
+        Driver {
+            socket,
+            core: UserAgentCore::new(cfg, Instant::now()),
+            buf: vec![0u8; max_message_size.saturating_add(1).max(2048)],
+            commands,
+            events,
+            pending: VecDeque::new(),
+            shutdown: None,
+            staged_waiter: None,
+        }
+    }
+
+    /// The driver loop. Returns when shutdown finished or its deadline passed, or, when
+    /// `yield_drained`, once a load peak drained.
+    fn run(mut self: Box<Self>, yield_drained: bool) -> Step {
         loop {
-            let cmd = match commands.try_recv() {
+            let now = Instant::now();
+            self.take_commands(now);
+            let mut drained = false;
+            let core = &mut self.core;
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+                drained = core.take_drained();
+                if drained && !yield_drained {
+                    let started = Instant::now();
+                    let released = crate::heap::release_free_memory();
+                    tracing::debug!(released, took = ?started.elapsed(), "load peak over: free heap returned to the system");
+                }
+            }
+            while let Some(t) = core.poll_transmit() {
+                if let Err(e) = self.socket.send_to(&t.payload, t.destination) {
+                    tracing::debug!(dest = %t.destination, error = %e, "SIP send failed");
+                }
+            }
+            if let Some(report) = self.deliver_events(now) {
+                return Step::Finished(report);
+            }
+            if drained && yield_drained {
+                if self.pending.is_empty() {
+                    // Its peak capacity goes with the peak.
+                    self.pending = VecDeque::new();
+                }
+                return Step::Drained(self);
+            }
+            self.receive(now);
+        }
+    }
+
+    fn take_commands(&mut self, now: Instant) {
+        let core = &mut self.core;
+        loop {
+            let cmd = match self.commands.try_recv() {
                 Ok(cmd) => cmd,
                 Err(crossbeam_channel::TryRecvError::Empty) => break,
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     // The handle is gone (its shutdown sends Shutdown first, so this
                     // only covers a lost handle): stop within a second.
-                    if shutdown.is_none() {
+                    if self.shutdown.is_none() {
                         let hung_up = core.begin_shutdown(now);
-                        shutdown = Some((now + Duration::from_secs(1), hung_up));
+                        self.shutdown = Some((now + Duration::from_secs(1), hung_up));
                     }
                     break;
                 }
@@ -475,7 +585,7 @@ fn run(
                     let (cfg, user, credentials) = *args;
                     let result = core.stage_registration(now, cfg, &user, credentials).map(|()| {
                         let (tx, rx) = bounded(1);
-                        staged_waiter = Some(tx);
+                        self.staged_waiter = Some(tx);
                         rx
                     });
                     let _ = r.send(result);
@@ -484,50 +594,44 @@ fn run(
                     let _ = r.send(core.commit_registration(now));
                 }
                 Command::AbortRegistration(r) => {
-                    staged_waiter = None;
+                    self.staged_waiter = None;
                     let _ = r.send(core.abort_registration(now));
                 }
                 Command::RemoveRegistration(r) => {
-                    staged_waiter = None;
+                    self.staged_waiter = None;
                     let _ = r.send(core.remove_registration(now));
                 }
                 Command::Shutdown(deadline) => {
-                    if shutdown.is_none() {
+                    if self.shutdown.is_none() {
                         let hung_up = core.begin_shutdown(now);
-                        shutdown = Some((deadline, hung_up));
+                        self.shutdown = Some((deadline, hung_up));
                     }
                 }
             }
         }
-        if core.poll_timeout().is_some_and(|t| t <= now) {
-            core.handle_timeout(now);
-            if core.take_drained() {
-                let started = Instant::now();
-                let released = crate::heap::release_free_memory();
-                tracing::debug!(released, took = ?started.elapsed(), "load peak over: free heap returned to the system");
-            }
-        }
-        while let Some(t) = core.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.payload, t.destination) {
-                tracing::debug!(dest = %t.destination, error = %e, "SIP send failed");
-            }
-        }
+    }
+
+    /// Hands the core's events to the application; returns the report once shutdown
+    /// finished or its deadline passed.
+    fn deliver_events(&mut self, now: Instant) -> Option<ThreadReport> {
+        let core = &mut self.core;
+        let pending = &mut self.pending;
         while let Some(e) = core.poll_event() {
             pending.push_back(e);
         }
-        if staged_waiter.is_some() {
+        if self.staged_waiter.is_some() {
             match core.staged_registration() {
                 Some(StagedRegistration::Pending) => {}
                 Some(outcome) => {
-                    if let Some(w) = staged_waiter.take() {
+                    if let Some(w) = self.staged_waiter.take() {
                         let _ = w.try_send(outcome);
                     }
                 }
-                None => staged_waiter = None,
+                None => self.staged_waiter = None,
             }
         }
         while let Some(e) = pending.pop_front() {
-            if let Err(err) = events.try_send(e) {
+            if let Err(err) = self.events.try_send(e) {
                 if err.is_disconnected() {
                     pending.clear();
                     break;
@@ -541,39 +645,47 @@ fn run(
             pending.drain(..n);
             tracing::warn!(dropped = n, "SIP event channel full: oldest events dropped");
         }
-        if let Some((deadline, live)) = shutdown
-            && (core.is_shutdown_complete() || now >= deadline)
-        {
-            report.calls_hung_up = live;
-            report.timed_out = !core.is_shutdown_complete();
-            report.unregistered = core.unregistration();
-            report.calls_abandoned = core.abandon();
-            while let Some(e) = core.poll_event() {
-                pending.push_back(e);
-            }
-            for e in pending.drain(..) {
-                let _ = events.try_send(e);
-            }
-            return report;
+        let (deadline, live) = self.shutdown?;
+        if !(core.is_shutdown_complete() || now >= deadline) {
+            return None;
         }
-        let mut wait = core
+        let report = ThreadReport {
+            calls_hung_up: live,
+            timed_out: !core.is_shutdown_complete(),
+            unregistered: core.unregistration(),
+            calls_abandoned: core.abandon(),
+        };
+        while let Some(e) = core.poll_event() {
+            pending.push_back(e);
+        }
+        for e in pending.drain(..) {
+            let _ = self.events.try_send(e);
+        }
+        Some(report)
+    }
+
+    /// Waits for one datagram (at most until the next timer, a shutdown deadline or
+    /// [`MAX_IDLE`]) and hands it to the core.
+    fn receive(&mut self, now: Instant) {
+        let mut wait = self
+            .core
             .poll_timeout()
             .map_or(MAX_IDLE, |t| t.saturating_duration_since(now))
             .min(MAX_IDLE);
-        if !pending.is_empty() {
+        if !self.pending.is_empty() {
             wait = wait.min(Duration::from_millis(10));
         }
-        if let Some((deadline, _)) = shutdown {
+        if let Some((deadline, _)) = self.shutdown {
             wait = wait.min(deadline.saturating_duration_since(now));
         }
         let wait = wait.max(Duration::from_millis(1));
-        if let Err(e) = socket.set_read_timeout(Some(wait)) {
+        if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
             tracing::warn!(error = %e, "cannot set SIP socket timeout");
         }
-        match socket.recv_from(&mut buf) {
+        match self.socket.recv_from(&mut self.buf) {
             Ok((n, from)) => {
-                let data = buf.get(..n).unwrap_or_default();
-                core.handle_datagram(Instant::now(), from, data);
+                let data = self.buf.get(..n).unwrap_or_default();
+                self.core.handle_datagram(Instant::now(), from, data);
             }
             Err(e)
                 if matches!(

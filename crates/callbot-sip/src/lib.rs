@@ -29,15 +29,18 @@
 //!
 //! ## What the handle owns, its thread, and how it stops
 //!
-//! A [`SipHandle`] owns **one UDP socket** and **one thread named `sip-ua`** that runs the
-//! core. Events arrive on a bounded crossbeam channel ([`SipHandle::events`]); commands
-//! are methods on the handle, passed to the thread over a bounded channel and answered
-//! at once (an empty datagram to the socket wakes the thread). When a load peak is over
-//! (its transactions expired) the thread returns the freed heap to the system (glibc
-//! `malloc_trim`, once per peak, ~1.4 ms): after 10,000 calls at 1,000/s the `answer`
-//! example's RSS is 0.76-1.19 MB above its RSS after 100 calls (it was 16 MB), and
-//! further bursts add nothing; most of that step is glibc's per-thread cache of freed
-//! blocks pinning pages of the `sip-ua` arena, which `malloc_trim` cannot release.
+//! A [`SipHandle`] owns **one UDP socket** and **a thread named `sip-ua`**, which runs
+//! the core on **one worker thread named `sip-ua-io`** at a time. Events arrive on a
+//! bounded crossbeam channel ([`SipHandle::events`]); commands are methods on the
+//! handle, passed to the worker over a bounded channel and answered at once (an empty
+//! datagram to the socket wakes it). When a load peak is over (at least 1,000
+//! transactions and calls at once, all expired) the worker ends, `sip-ua` joins it,
+//! returns the freed heap to the system (glibc `malloc_trim`, ~1.4 ms) and starts the
+//! next worker with the same socket and core: a thread's exit is the only way glibc
+//! hands back its per-thread cache of freed blocks, which otherwise pins scattered
+//! pages of the arena. After 10,000 calls at 1,000/s the RSS is -16 to +176 KiB from
+//! the RSS after 100 calls (0.76-1.2 MB with one long-lived thread; 16 MB without the
+//! trim).
 //! [`SipHandle::shutdown`] (deadline-bounded, idempotent) makes new INVITEs get 503 with
 //! Retry-After, hangs up every live call (BYE, CANCEL or 603), unregisters, waits for
 //! the answers until the deadline, joins the thread, closes the socket (the port can be

@@ -242,3 +242,65 @@ fn unspecified_bind_with_advertised_address() {
     let report = ua.shutdown(Instant::now() + Duration::from_secs(1));
     assert!(report.thread_joined && !report.timed_out);
 }
+
+/// Thread ids of this process's threads named `name` (`/proc/self/task/*/comm`).
+fn threads_named(name: &str) -> Vec<u32> {
+    let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (comm.trim() == name).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    tids.sort();
+    tids
+}
+
+/// After a load peak drained (1,200 OPTIONS transactions lingering at once, then
+/// expired) the loop moves to a fresh worker thread (the old one's exit returns glibc's
+/// per-thread cache); the user agent keeps answering and shuts down cleanly.
+#[test]
+fn drained_peak_moves_the_loop_to_a_fresh_worker() {
+    let mut cfg = SipConfig::new("127.0.0.1:0".parse().unwrap());
+    // Transactions linger 64*T1 = 3.2 s: long enough to hold 1,200 at once.
+    cfg.timers.t1 = Duration::from_millis(50);
+    let mut ua = SipUserAgent::start(cfg).unwrap();
+    let addr = ua.local_addr();
+    let peer = Peer::new("127.0.0.1");
+    peer.send(addr, &options(&peer, addr, "warm"));
+    assert!(peer.recv().starts_with("SIP/2.0 200"));
+    let first = threads_named("sip-ua-io");
+    assert_eq!(first.len(), 1, "one worker: {first:?}");
+    assert_eq!(threads_named("sip-ua").len(), 1);
+    let sent = Instant::now();
+    // Batches small enough for the socket's receive buffer.
+    for batch in 0..24 {
+        for i in 0..50 {
+            peer.send(addr, &options(&peer, addr, &format!("peak-{batch}-{i}")));
+        }
+        for _ in 0..50 {
+            assert!(peer.recv().starts_with("SIP/2.0 200"));
+        }
+    }
+    let peak = ua.stats().unwrap().server_transactions;
+    println!("1,200 OPTIONS answered in {:?}; lingering {peak}", sent.elapsed());
+    assert!(peak >= 1000, "the peak must reach 1,000 records: {peak}");
+    let t0 = Instant::now();
+    let mut now = threads_named("sip-ua-io");
+    while now == first && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        now = threads_named("sip-ua-io");
+    }
+    assert_eq!(ua.stats().unwrap().server_transactions, 0);
+    assert_eq!(now.len(), 1, "one worker after the handover: {now:?}");
+    assert_ne!(now, first, "a fresh worker after the drained peak");
+    // The new worker serves the same socket and core.
+    peer.send(addr, &options(&peer, addr, "after"));
+    assert!(peer.recv().starts_with("SIP/2.0 200"));
+    assert_eq!(ua.stats().unwrap().server_transactions, 1);
+    let report = ua.shutdown(Instant::now() + Duration::from_secs(2));
+    assert!(report.thread_joined && !report.timed_out, "{report:?}");
+    assert!(threads_named("sip-ua-io").is_empty() && threads_named("sip-ua").is_empty());
+    UdpSocket::bind(addr).expect("port free after shutdown");
+}

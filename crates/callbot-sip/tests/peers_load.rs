@@ -36,6 +36,35 @@ fn calls(bot: &mut Bot, n: u32, rate: f64) -> SippStats {
     stats
 }
 
+/// Where this process's RSS is, in KiB, from `/proc/self/smaps`: the main heap
+/// (`[heap]`, glibc's main arena), anonymous mappings (the other threads' arenas, thread
+/// stacks, large `mmap`ed blocks) and the rest (binary, libraries, stack).
+fn rss_breakdown() -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let (mut heap, mut anon, mut other) = (0u64, 0u64, 0u64);
+    let mut kind = 2;
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            let path = words.nth(4);
+            kind = match path {
+                Some("[heap]") => 0,
+                None => 1,
+                Some(_) => 2,
+            };
+        } else if first == "Rss:" {
+            let kib: u64 = words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match kind {
+                0 => heap += kib,
+                1 => anon += kib,
+                _ => other += kib,
+            }
+        }
+    }
+    format!("main_heap_kib={heap} anon_kib={anon} other_kib={other}")
+}
+
 #[test]
 #[ignore = "measurement: run explicitly (see the file's docs)"]
 fn heavy_measure_setup_rate_and_rss() {
@@ -50,7 +79,10 @@ fn heavy_measure_setup_rate_and_rss() {
     assert_eq!(warm.failed, 0);
     let st = bot.wait_idle(Duration::from_secs(40));
     let rss_100 = callbot_testkit::resources::rss_kib();
-    println!("RSS after 100 calls, their RFC linger timers expired: {rss_100} KiB ({st:?})");
+    println!(
+        "RSS after 100 calls, their RFC linger timers expired: {rss_100} KiB ({}) ({st:?})",
+        rss_breakdown()
+    );
 
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     let rate = env("CALLBOT_LOAD_RATE").unwrap_or(1000.0);
@@ -86,13 +118,14 @@ fn heavy_measure_setup_rate_and_rss() {
             "LOAD-RESULT run={run} rate_goal={rate} calls={total} successful={} failed={} retransmissions={} calls_per_s={:.0} \
              rss_after_100_calls_kib={rss_100} rss_right_after_kib={rss_right_after} \
              rss_after_expiry_kib={rss} (calls ended, RFC linger timers expired, tables empty) \
-             growth_over_previous_kib={} growth_over_100_kib={} (goal <= 1024); load: {}",
+             growth_over_previous_kib={} growth_over_100_kib={} (goal <= 1024) [{}]; load: {}",
             big.successful,
             big.failed,
             big.retransmissions,
             big.calls_per_second(),
             rss as i64 - rss_prev as i64,
             rss as i64 - rss_100 as i64,
+            rss_breakdown(),
             std::fs::read_to_string("/proc/loadavg")
                 .unwrap_or_default()
                 .trim()
