@@ -6,7 +6,6 @@
 //! arrival at the bot) to the arrival of the last loud bot packet.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callbot_audio::g711::Law;
@@ -15,7 +14,7 @@ use callbot_rtp::{RtpSession, RtpSessionConfig};
 use crate::bot::VadEndpointer;
 use crate::call::{CallSetup, run_call};
 use crate::dialogue::{DialogueConfig, TurnKind};
-use crate::testing::{InstantChat, InstantSynth, InstantTranscriber};
+use crate::testing::instant_call_setup;
 
 /// One call: greeting playing, the caller speaks over it after 1 s. Returns (the
 /// measured onset-to-last-bot-packet delay, the bot's own `barge_in_stop` figure).
@@ -33,24 +32,14 @@ fn barge_in_once(
     let bot_addr: SocketAddr = session.local_addr();
     let (turn_tx, turns) = crossbeam_channel::bounded(16);
     let (control, control_rx) = crossbeam_channel::bounded(4);
+    let dialogue = DialogueConfig {
+        // InstantSynth: 10 ms of audio per character: about 6 s.
+        greeting: "Hello, this is the call bot speaking at length. ".repeat(12),
+        ..DialogueConfig::default()
+    };
     let setup = CallSetup {
-        call_id: "barge-in".into(),
-        dialogue: DialogueConfig {
-            // InstantSynth: 10 ms of audio per character: about 6 s.
-            greeting: "Hello, this is the call bot speaking at length. ".repeat(12),
-            ..DialogueConfig::default()
-        },
-        stt: Arc::new(InstantTranscriber::new(&["hello"])),
-        stt_options: Default::default(),
-        stt_timeout: Duration::from_secs(5),
-        llm: Arc::new(InstantChat::new("Hi.")),
-        chunker: Default::default(),
-        tts: Arc::new(InstantSynth::default()),
-        voice: Default::default(),
-        transcript_dir: None,
-        preroll: Duration::from_millis(200),
-        max_utterance: Duration::from_secs(30),
         turn_observer: Some(turn_tx),
+        ..instant_call_setup("barge-in", dialogue, &["hello"], "Hi.")
     };
     let vad = VadEndpointer::new(8000, crate::Settings::default().vad_config())
         .unwrap()

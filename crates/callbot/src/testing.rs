@@ -372,6 +372,34 @@ impl Synthesizer for InstantSynth {
     }
 }
 
+/// A [`crate::call::CallSetup`] for `dialogue` whose layers are instant fakes: the
+/// caller is heard saying `heard` (in turn), the bot replies `reply`, synthesis is
+/// [`InstantSynth`]; 5 s transcription timeout, 200 ms pre-roll, 30 s maximum
+/// utterance, no transcript file, no turn observer. Tests override what they need
+/// with struct update syntax (`CallSetup { stt, ..instant_call_setup(..) }`).
+pub fn instant_call_setup(
+    call_id: &str,
+    dialogue: crate::dialogue::DialogueConfig,
+    heard: &[&str],
+    reply: &str,
+) -> crate::call::CallSetup {
+    crate::call::CallSetup {
+        call_id: call_id.into(),
+        dialogue,
+        stt: Arc::new(InstantTranscriber::new(heard)),
+        stt_options: Default::default(),
+        stt_timeout: Duration::from_secs(5),
+        llm: Arc::new(InstantChat::new(reply)),
+        chunker: Default::default(),
+        tts: Arc::new(InstantSynth::default()),
+        voice: Default::default(),
+        transcript_dir: None,
+        preroll: Duration::from_millis(200),
+        max_utterance: Duration::from_secs(30),
+        turn_observer: None,
+    }
+}
+
 /// A call with instant fakes on its own thread, to measure the pipeline's overhead
 /// per turn (used by the pipeline test and the `pipeline` criterion bench).
 #[derive(Debug)]
@@ -391,26 +419,16 @@ impl PipelineRig {
         let (control, control_rx) = crossbeam_channel::bounded(4);
         let (turn_tx, turns) = crossbeam_channel::bounded(1024);
         let (done_tx, done) = crossbeam_channel::bounded(1);
+        let dialogue = crate::dialogue::DialogueConfig {
+            greeting: String::new(),
+            silence_prompt_after: Duration::from_secs(3600),
+            silence_hangup_after: Duration::from_secs(7200),
+            max_call_duration: Duration::from_secs(86_400),
+            ..crate::dialogue::DialogueConfig::default()
+        };
         let setup = crate::call::CallSetup {
-            call_id: "pipeline-rig".into(),
-            dialogue: crate::dialogue::DialogueConfig {
-                greeting: String::new(),
-                silence_prompt_after: Duration::from_secs(3600),
-                silence_hangup_after: Duration::from_secs(7200),
-                max_call_duration: Duration::from_secs(86_400),
-                ..crate::dialogue::DialogueConfig::default()
-            },
-            stt: Arc::new(InstantTranscriber::new(&[heard])),
-            stt_options: Default::default(),
-            stt_timeout: Duration::from_secs(5),
-            llm: Arc::new(InstantChat::new(reply)),
-            chunker: Default::default(),
-            tts: Arc::new(InstantSynth::default()),
-            voice: Default::default(),
-            transcript_dir: None,
-            preroll: Duration::from_millis(200),
-            max_utterance: Duration::from_secs(30),
             turn_observer: Some(turn_tx),
+            ..instant_call_setup("pipeline-rig", dialogue, &[heard], reply)
         };
         let thread = std::thread::Builder::new()
             .name("pipeline-rig".into())

@@ -12,6 +12,7 @@ use callbot::dialogue::{DialogueConfig, EndReason, TurnKind, TurnRecord};
 use callbot::settings::{DtmfAction, DtmfThen};
 use callbot::testing::{
     EnergyEndpointer, FakeMedia, FakeMediaRemote, InstantChat, InstantSynth, InstantTranscriber,
+    instant_call_setup,
 };
 use crossbeam_channel::{Receiver, Sender};
 
@@ -37,19 +38,11 @@ fn start(
     let chat = Arc::new(InstantChat::new(reply));
     let synth = Arc::new(InstantSynth::default());
     let setup = CallSetup {
-        call_id: "test-call@127.0.0.1".into(),
-        dialogue,
-        stt: Arc::new(InstantTranscriber::new(texts)),
-        stt_options: Default::default(),
-        stt_timeout: Duration::from_secs(5),
         llm: chat.clone(),
-        chunker: Default::default(),
         tts: synth.clone(),
-        voice: Default::default(),
         transcript_dir: dir,
-        preroll: Duration::from_millis(200),
-        max_utterance: Duration::from_secs(30),
         turn_observer: Some(turn_tx),
+        ..instant_call_setup("test-call@127.0.0.1", dialogue, texts, reply)
     };
     let thread = std::thread::Builder::new()
         .name("test-call".into())
@@ -331,23 +324,16 @@ fn hanging_call(
 ) -> (FakeMediaRemote, Sender<CallControl>, JoinHandle<CallOutcome>) {
     let (media, remote) = FakeMedia::new(true);
     let (control, control_rx) = crossbeam_channel::bounded(4);
+    let dialogue = DialogueConfig {
+        greeting: greeting.into(),
+        ..DialogueConfig::default()
+    };
     let setup = CallSetup {
-        call_id: "hang".into(),
-        dialogue: DialogueConfig {
-            greeting: greeting.into(),
-            ..DialogueConfig::default()
-        },
         stt,
-        stt_options: Default::default(),
         stt_timeout: Duration::from_secs(3600),
         llm,
-        chunker: Default::default(),
         tts,
-        voice: Default::default(),
-        transcript_dir: None,
-        preroll: Duration::from_millis(200),
-        max_utterance: Duration::from_secs(30),
-        turn_observer: None,
+        ..instant_call_setup("hang", dialogue, &[], "")
     };
     let thread = std::thread::Builder::new()
         .name("hang-call".into())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use callbot::call::{CallControl, CallSetup, run_call};
 use callbot::dialogue::DialogueConfig;
-use callbot::testing::{EnergyEndpointer, FakeMedia, InstantChat, InstantSynth};
+use callbot::testing::{EnergyEndpointer, FakeMedia, InstantChat, instant_call_setup};
 use callbot_stt::{
     JobCompletion, SttError, SttShutdownReport, Transcriber, TranscriptionJob, TranscriptionRequest,
     WhisperConfig, WhisperTranscriber, job_channel,
@@ -35,20 +35,12 @@ fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
     };
     let reprompt = dialogue.stt_failed_phrase.clone();
     let setup = CallSetup {
-        call_id: "stt-timeout".into(),
-        dialogue,
         stt: stt.clone(),
-        stt_options: Default::default(),
         // What `stt.timeout_secs` sets; far too short for any transcription.
         stt_timeout: Duration::from_millis(1),
         llm: chat.clone(),
-        chunker: Default::default(),
-        tts: Arc::new(InstantSynth::default()),
-        voice: Default::default(),
         transcript_dir: Some(dir.path().to_path_buf()),
-        preroll: Duration::from_millis(200),
-        max_utterance: Duration::from_secs(30),
-        turn_observer: None,
+        ..instant_call_setup("stt-timeout", dialogue, &[], "")
     };
     let thread = std::thread::Builder::new()
         .name("stt-timeout-call".into())
@@ -133,24 +125,17 @@ fn a_transcription_the_engine_never_ends_is_given_up_at_its_deadline() {
     let (media, remote) = FakeMedia::new(true);
     let (control, control_rx) = crossbeam_channel::bounded(4);
     let (turn_tx, turns) = crossbeam_channel::bounded(16);
+    let dialogue = DialogueConfig {
+        greeting: String::new(),
+        speculative_stt: false,
+        ..DialogueConfig::default()
+    };
     let setup = CallSetup {
-        call_id: "stt-stall".into(),
-        dialogue: DialogueConfig {
-            greeting: String::new(),
-            speculative_stt: false,
-            ..DialogueConfig::default()
-        },
         stt: stt.clone(),
-        stt_options: Default::default(),
         stt_timeout: Duration::from_millis(100),
         llm: chat.clone(),
-        chunker: Default::default(),
-        tts: Arc::new(InstantSynth::default()),
-        voice: Default::default(),
-        transcript_dir: None,
-        preroll: Duration::from_millis(200),
-        max_utterance: Duration::from_secs(30),
         turn_observer: Some(turn_tx),
+        ..instant_call_setup("stt-stall", dialogue, &[], "")
     };
     let thread = std::thread::Builder::new()
         .name("stt-stall-call".into())
