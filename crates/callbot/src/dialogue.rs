@@ -1754,15 +1754,33 @@ mod tests {
             .expect("CallEnded")
     }
 
-    /// Plays a speech fully: audio queued at `at`, finished after `len`.
-    fn play(d: &mut D, at: Instant, id: SpeechId, len: Duration) -> Vec<Act> {
+    /// The LLM hands out `text` for `turn` at `at`: the actions that follow (its
+    /// [`Action::Speak`] among them).
+    fn sentence(d: &mut D, at: Instant, turn: TurnId, text: &str) -> Vec<Act> {
+        d.handle(
+            at,
+            Input::LlmSentence {
+                turn,
+                text: text.into(),
+            },
+        );
+        drain(d)
+    }
+
+    /// The audio of `speech`, `len` long, is queued for playback at `at`.
+    fn queued(d: &mut D, at: Instant, speech: SpeechId, len: Duration) {
         d.handle(
             at,
             Input::SpeechAudio {
-                speech: id,
+                speech,
                 duration: len,
             },
         );
+    }
+
+    /// Plays a speech fully: audio queued at `at`, finished after `len`.
+    fn play(d: &mut D, at: Instant, id: SpeechId, len: Duration) -> Vec<Act> {
+        queued(d, at, id, len);
         d.handle(at + len, Input::PlaybackFinished { speech: id });
         drain(d)
     }
@@ -1853,29 +1871,10 @@ mod tests {
         let a = drain(&mut d);
         assert_eq!(spoken_texts(&a), vec!["It is noon.".to_string()]);
         let s1 = speak_id(&a);
-        d.handle(
-            t + ms(1720),
-            Input::SpeechAudio {
-                speech: s1,
-                duration: ms(800),
-            },
-        );
-        d.handle(
-            t + ms(1800),
-            Input::LlmSentence {
-                turn,
-                text: "Anything else?".into(),
-            },
-        );
-        let s2 = speak_id(&drain(&mut d));
+        queued(&mut d, t + ms(1720), s1, ms(800));
+        let s2 = speak_id(&sentence(&mut d, t + ms(1800), turn, "Anything else?"));
         d.handle(t + ms(1850), Input::LlmDone { turn });
-        d.handle(
-            t + ms(1900),
-            Input::SpeechAudio {
-                speech: s2,
-                duration: ms(700),
-            },
-        );
+        queued(&mut d, t + ms(1900), s2, ms(700));
         d.handle(t + ms(2520), Input::PlaybackFinished { speech: s1 });
         assert!(
             drain(&mut d).is_empty(),
@@ -1935,14 +1934,7 @@ mod tests {
                 user_text: "What time is it?".into()
             }]
         );
-        d.handle(
-            t + ms(1700),
-            Input::LlmSentence {
-                turn,
-                text: "Noon.".into(),
-            },
-        );
-        let s1 = speak_id(&drain(&mut d));
+        let s1 = speak_id(&sentence(&mut d, t + ms(1700), turn, "Noon."));
         d.handle(t + ms(1700), Input::LlmDone { turn });
         let r = records(&play(&mut d, t + ms(1720), s1, ms(500)));
         assert_eq!(r.len(), 1);
@@ -2192,14 +2184,7 @@ mod tests {
         );
         // the endpointer's own end of that utterance changes nothing
         assert!(ended(&mut d, end + ms(600), "u+silence", end).is_empty());
-        d.handle(
-            end + ms(480),
-            Input::LlmSentence {
-                turn,
-                text: "Noon.".into(),
-            },
-        );
-        let s1 = speak_id(&drain(&mut d));
+        let s1 = speak_id(&sentence(&mut d, end + ms(480), turn, "Noon."));
         d.handle(end + ms(480), Input::LlmDone { turn });
         let r = records(&play(&mut d, end + ms(500), s1, ms(500)));
         let tm = r[0].timings;
@@ -2414,36 +2399,15 @@ mod tests {
         let t = t0 + ms(2000);
         let turn = utterance(&mut d, t, "a");
         transcript(&mut d, t + ms(1500), turn, "Tell me a story");
-        d.handle(
-            t + ms(1600),
-            Input::LlmSentence {
-                turn,
-                text: "Once upon a time.".into(),
-            },
-        );
-        let s1 = speak_id(&drain(&mut d));
-        d.handle(
+        let s1 = speak_id(&sentence(&mut d, t + ms(1600), turn, "Once upon a time."));
+        let s2 = speak_id(&sentence(
+            &mut d,
             t + ms(1650),
-            Input::LlmSentence {
-                turn,
-                text: "There was a king who ruled a land.".into(),
-            },
-        );
-        let s2 = speak_id(&drain(&mut d));
-        d.handle(
-            t + ms(1700),
-            Input::SpeechAudio {
-                speech: s1,
-                duration: ms(1000),
-            },
-        );
-        d.handle(
-            t + ms(1750),
-            Input::SpeechAudio {
-                speech: s2,
-                duration: ms(2000),
-            },
-        );
+            turn,
+            "There was a king who ruled a land.",
+        ));
+        queued(&mut d, t + ms(1700), s1, ms(1000));
+        queued(&mut d, t + ms(1750), s2, ms(2000));
         d.handle(t + ms(2700), Input::PlaybackFinished { speech: s1 });
         assert!(drain(&mut d).is_empty());
         // caller speaks half-way through the second sentence
@@ -2500,13 +2464,7 @@ mod tests {
         let t0 = Instant::now();
         let mut d = D::new(config(), t0);
         let g = speak_id(&drain(&mut d));
-        d.handle(
-            t0,
-            Input::SpeechAudio {
-                speech: g,
-                duration: ms(1000),
-            },
-        );
+        queued(&mut d, t0, g, ms(1000));
         // the onset is given as the time the speech began (before the VAD confirmed it)
         d.handle(t0 + ms(500), Input::SpeechStarted);
         assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
@@ -2536,13 +2494,7 @@ mod tests {
             t0,
         );
         let g = speak_id(&drain(&mut d));
-        d.handle(
-            t0,
-            Input::SpeechAudio {
-                speech: g,
-                duration: ms(1000),
-            },
-        );
+        queued(&mut d, t0, g, ms(1000));
         d.handle(t0 + ms(200), Input::SpeechStarted);
         d.handle(
             t0 + ms(700),
@@ -2815,21 +2767,8 @@ mod tests {
         let t = t0 + ms(2000);
         let turn = utterance(&mut d, t, "a");
         transcript(&mut d, t + ms(1500), turn, "Talk forever");
-        d.handle(
-            t + ms(1600),
-            Input::LlmSentence {
-                turn,
-                text: "Sure thing.".into(),
-            },
-        );
-        let s1 = speak_id(&drain(&mut d));
-        d.handle(
-            t + ms(1650),
-            Input::SpeechAudio {
-                speech: s1,
-                duration: ms(1000),
-            },
-        );
+        let s1 = speak_id(&sentence(&mut d, t + ms(1600), turn, "Sure thing."));
+        queued(&mut d, t + ms(1650), s1, ms(1000));
         let max = t0 + ms(600_000);
         // (the silence timer is not armed while speaking)
         assert_eq!(d.poll_timeout(), Some(max));
@@ -2913,21 +2852,8 @@ mod tests {
         let t = t0 + ms(2000);
         let turn = utterance(&mut d, t, "a");
         transcript(&mut d, t + ms(1500), turn, "Hello");
-        d.handle(
-            t + ms(1600),
-            Input::LlmSentence {
-                turn,
-                text: "Hi, I can help.".into(),
-            },
-        );
-        let s1 = speak_id(&drain(&mut d));
-        d.handle(
-            t + ms(1650),
-            Input::SpeechAudio {
-                speech: s1,
-                duration: ms(1000),
-            },
-        );
+        let s1 = speak_id(&sentence(&mut d, t + ms(1600), turn, "Hi, I can help."));
+        queued(&mut d, t + ms(1650), s1, ms(1000));
         d.handle(t + ms(1700), Input::Dtmf('0'));
         let a = drain(&mut d);
         assert_eq!(a[0], Action::CancelReply { turn });
@@ -2991,14 +2917,7 @@ mod tests {
         let (mut d, t0) = greeted();
         let turn = utterance(&mut d, t0 + ms(2000), "a");
         transcript(&mut d, t0 + ms(3500), turn, "Hello");
-        d.handle(
-            t0 + ms(3600),
-            Input::LlmSentence {
-                turn,
-                text: "One.".into(),
-            },
-        );
-        let s1 = speak_id(&drain(&mut d));
+        let s1 = speak_id(&sentence(&mut d, t0 + ms(3600), turn, "One."));
         d.handle(t0 + ms(3610), Input::LlmDone { turn });
         d.handle(
             t0 + ms(3620),
@@ -3041,13 +2960,7 @@ mod tests {
         let t0 = Instant::now();
         let mut d = D::new(config(), t0);
         let id = speak_id(&drain(&mut d));
-        d.handle(
-            t0 + ms(20),
-            Input::SpeechAudio {
-                speech: id,
-                duration: ms(1000),
-            },
-        );
+        queued(&mut d, t0 + ms(20), id, ms(1000));
         d.handle(t0 + ms(520), Input::CallerHungUp);
         assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
         assert!(!d.is_ended(), "waits for the driver to say how much was played");
@@ -3077,13 +2990,7 @@ mod tests {
         // a driver that never answers: the call ends at the wait's end, unrecorded
         let mut d = D::new(config(), t0);
         let id = speak_id(&drain(&mut d));
-        d.handle(
-            t0,
-            Input::SpeechAudio {
-                speech: id,
-                duration: ms(1000),
-            },
-        );
+        queued(&mut d, t0, id, ms(1000));
         d.handle(t0 + ms(300), Input::CallerHungUp);
         drain(&mut d);
         d.handle_timeout(t0 + ms(350));
@@ -3099,21 +3006,13 @@ mod tests {
         let (mut d, t0) = greeted();
         let turn = utterance(&mut d, t0 + ms(2000), "a");
         transcript(&mut d, t0 + ms(3500), turn, "Tell me a story");
-        d.handle(
+        let sentence = speak_id(&sentence(
+            &mut d,
             t0 + ms(3600),
-            Input::LlmSentence {
-                turn,
-                text: "Once upon a time there was a bot.".into(),
-            },
-        );
-        let sentence = speak_id(&drain(&mut d));
-        d.handle(
-            t0 + ms(3610),
-            Input::SpeechAudio {
-                speech: sentence,
-                duration: ms(2000),
-            },
-        );
+            turn,
+            "Once upon a time there was a bot.",
+        ));
+        queued(&mut d, t0 + ms(3610), sentence, ms(2000));
         d.handle(
             t0 + ms(4000),
             Input::Shutdown {
