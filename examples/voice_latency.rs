@@ -22,13 +22,18 @@
 //! Needs `CALLBOT_WHISPER_MODEL` (or `cargo xtask model`) and espeak-ng. The machine's
 //! load average is printed before and after each mode (the figures depend on it).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use callbot::call::{EndpointEvent, Endpointer};
 use callbot::{Bot, Settings};
 use callbot_audio::AudioFrame;
 use callbot_audio::g711::Law;
+use callbot_rtp::packet::{Classified, classify};
 use callbot_rtp::{RtpSession, RtpSessionConfig};
 use callbot_sip::{SipConfig, SipEvent, SipUserAgent};
 use callbot_testkit::speech;
@@ -49,6 +54,8 @@ struct Utterance {
     audio: AudioFrame,
     /// Where the speech ends in `audio`.
     speech_end: Duration,
+    /// The sample after the last speech sample.
+    speech_end_sample: usize,
 }
 
 fn utterances() -> Result<Vec<Utterance>, String> {
@@ -60,6 +67,7 @@ fn utterances() -> Result<Vec<Utterance>, String> {
         out.push(Utterance {
             text: s.text,
             speech_end: Duration::from_secs_f64(bounds.end as f64 / 8000.0),
+            speech_end_sample: bounds.end,
             audio: AudioFrame::new(8000, pcm8),
         });
     }
@@ -105,6 +113,233 @@ fn loud(f: &callbot_rtp::ReceivedFrame) -> bool {
     f.audio.samples.iter().any(|s| s.unsigned_abs() > 300)
 }
 
+/// Loudness the caller takes for the reply (largest sample magnitude of a frame).
+const LOUD: u16 = 300;
+/// A frame with a larger magnitude than this carries sound (not digital silence).
+const SOUND: u16 = 8;
+
+/// One RTP audio packet as the wire relay saw it.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When the relay received it (loopback: when it left its sender).
+    at: Instant,
+    seq: u16,
+    marker: bool,
+    /// Largest decoded sample magnitude of the payload.
+    peak: u16,
+}
+
+/// Packets the relay saw, per direction, and its own forwarding time.
+#[derive(Default)]
+struct WireLog {
+    /// Caller -> bot.
+    up: Vec<Seen>,
+    /// Bot -> caller.
+    down: Vec<Seen>,
+    /// Microseconds from receive to forward, per packet.
+    forward_us: Vec<u32>,
+}
+
+/// A UDP relay between the caller's RTP session and the bot's: it timestamps every
+/// RTP packet in both directions where it crosses the wire, so the caller's reference
+/// is the moment its last speech packet left (not an estimate), and the reply is
+/// seen on the wire before the caller's jitter buffer. Costs one loopback hop per
+/// packet (its forwarding time is printed).
+struct Relay {
+    /// The caller sends here (and gets the bot's packets from here).
+    caller_side: SocketAddr,
+    /// The bot sends here (the address in the caller's SDP).
+    bot_side: SocketAddr,
+    bot: Arc<Mutex<Option<SocketAddr>>>,
+    log: Arc<Mutex<WireLog>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn peak_of(payload: &[u8]) -> u16 {
+    payload
+        .iter()
+        .map(|&c| Law::Ulaw.decode(c).unsigned_abs())
+        .max()
+        .unwrap_or(0)
+}
+
+impl Relay {
+    fn start() -> Result<Relay, String> {
+        let bind = || UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).map_err(|e| e.to_string());
+        let (a, b) = (bind()?, bind()?);
+        let caller_side = a.local_addr().map_err(|e| e.to_string())?;
+        let bot_side = b.local_addr().map_err(|e| e.to_string())?;
+        let caller: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let bot: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let log: Arc<Mutex<WireLog>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        // (receive on, send from, learn the sender into, forward to, caller -> bot?)
+        let legs = [
+            (&a, &b, caller.clone(), bot.clone(), true),
+            (&b, &a, bot.clone(), caller.clone(), false),
+        ];
+        for (rx, tx, learn, to, up) in legs {
+            let rx = rx.try_clone().map_err(|e| e.to_string())?;
+            let tx = tx.try_clone().map_err(|e| e.to_string())?;
+            rx.set_read_timeout(Some(Duration::from_millis(20)))
+                .map_err(|e| e.to_string())?;
+            let (log, stop) = (log.clone(), stop.clone());
+            let name = if up { "relay-up" } else { "relay-down" };
+            let t = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while !stop.load(Ordering::SeqCst) {
+                        let Ok((n, from)) = rx.recv_from(&mut buf) else {
+                            continue;
+                        };
+                        let at = Instant::now();
+                        let data = buf.get(..n).unwrap_or_default();
+                        if up {
+                            *learn.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
+                        }
+                        let dest = *to.lock().unwrap_or_else(|e| e.into_inner());
+                        if let Some(dest) = dest {
+                            let _ = tx.send_to(data, dest);
+                        }
+                        let forward = at.elapsed().as_micros() as u32;
+                        if let Classified::Rtp(p) = classify(data)
+                            && p.payload_type == Law::Ulaw.payload_type()
+                        {
+                            let seen = Seen {
+                                at,
+                                seq: p.sequence,
+                                marker: p.marker,
+                                peak: peak_of(&p.payload),
+                            };
+                            let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
+                            if up {
+                                l.up.push(seen)
+                            } else {
+                                l.down.push(seen)
+                            }
+                            l.forward_us.push(forward);
+                        }
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            threads.push(t);
+        }
+        Ok(Relay {
+            caller_side,
+            bot_side,
+            bot,
+            log,
+            stop,
+            threads,
+        })
+    }
+
+    fn set_bot(&self, addr: SocketAddr) {
+        *self.bot.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, WireLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join(); // each wakes within its 20 ms read timeout
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One turn as seen on the wire.
+#[derive(Debug, Clone, Copy)]
+struct WireTurn {
+    /// The caller's packet carrying its last speech sample left the caller.
+    speech_end: Instant,
+    /// First bot packet after that with any sound in it.
+    reply_sound: Option<Instant>,
+    /// First bot packet after that with a loud sample (what the caller detects).
+    reply_loud: Option<Instant>,
+}
+
+/// Finds the turn whose playback started after `played_at`: the caller's first marked
+/// packet since then starts the talkspurt; the packet `speech_end / 20 ms` after it
+/// carries the last speech sample.
+fn wire_turn(log: &WireLog, played_at: Instant, speech_end_sample: usize) -> Option<WireTurn> {
+    let start = log.up.iter().find(|s| s.at >= played_at && s.marker)?;
+    let seq = start
+        .seq
+        .wrapping_add(u16::try_from(speech_end_sample.saturating_sub(1) / 160).ok()?);
+    let end = log.up.iter().find(|s| s.at >= start.at && s.seq == seq)?;
+    let after = |min: u16| {
+        log.down
+            .iter()
+            .find(|s| s.at > end.at && s.peak > min)
+            .map(|s| s.at)
+    };
+    Some(WireTurn {
+        speech_end: end.at,
+        reply_sound: after(SOUND),
+        reply_loud: after(LOUD),
+    })
+}
+
+/// The phase of the bot's 20 ms send clock after the caller's (0..20 ms): circular
+/// mean of the packets' arrival times modulo 20 ms in each direction.
+fn clock_phase(log: &WireLog, origin: Instant) -> Option<f64> {
+    let mean = |v: &[Seen]| -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        let (mut x, mut y) = (0.0f64, 0.0f64);
+        for s in v {
+            let ms = s.at.saturating_duration_since(origin).as_secs_f64() * 1000.0;
+            let a = ms / 20.0 * std::f64::consts::TAU;
+            x += a.cos();
+            y += a.sin();
+        }
+        Some(y.atan2(x) / std::f64::consts::TAU * 20.0)
+    };
+    let (up, down) = (mean(&log.up)?, mean(&log.down)?);
+    Some((down - up).rem_euclid(20.0))
+}
+
+/// Runs the bot's VAD endpointer (as the bot configures it) over one utterance,
+/// G.711 round trip, 20 ms frames, 1 s of silence before it: returns (frames from the
+/// frame holding the last speech sample to the frame on which the pause was noticed,
+/// how much later than that last speech frame's arrival the pause notice dates the
+/// end of voice), both in ms.
+fn vad_pause(u: &Utterance, settings: &Settings) -> Option<(f64, f64)> {
+    let mut vad = callbot::bot::VadEndpointer::new(8000, settings.vad_config()).ok()?;
+    let pre = 8000;
+    let mut audio = vec![0i16; pre];
+    let mut codes = Vec::new();
+    Law::Ulaw.encode_into(&u.audio.samples, &mut codes);
+    Law::Ulaw.decode_into(&codes, &mut audio);
+    audio.resize(audio.len() + 16000, 0);
+    let last = ((pre + u.speech_end_sample.saturating_sub(1)) / 160) as f64;
+    let mut paused = None;
+    for (i, frame) in audio.chunks(160).enumerate() {
+        match vad.push(&AudioFrame::new(8000, frame.to_vec())) {
+            EndpointEvent::SpeechPaused { silence } => paused = Some((i as f64, silence)),
+            EndpointEvent::SpeechResumed | EndpointEvent::SpeechStarted { .. } => paused = None,
+            EndpointEvent::SpeechEnded { .. } => break,
+            EndpointEvent::None => {}
+        }
+    }
+    let (i, silence) = paused?;
+    let notice = (i - last) * 20.0;
+    Some((notice, notice - silence.as_secs_f64() * 1000.0))
+}
+
 /// Receives frames until `quiet` passes without a loud one (or `limit`).
 fn wait_quiet(rtp: &RtpSession, quiet: Duration, limit: Duration) {
     let t0 = Instant::now();
@@ -134,12 +369,35 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// What one mode measured, per turn (ms).
+#[derive(Default)]
+struct Figures {
+    /// The caller's last speech packet on the wire to the first loud reply frame out of
+    /// the caller's jitter buffer.
+    caller: Vec<f64>,
+    /// The old reference (play time + speech end offset) minus the wire's.
+    estimate_minus_wire: Vec<f64>,
+    /// Last speech packet on the wire to the first reply packet with sound, on the wire.
+    wire_to_sound: Vec<f64>,
+    /// First reply packet with sound to the first loud one (both on the wire).
+    sound_to_loud: Vec<f64>,
+    /// First loud reply packet on the wire to the caller's frame (its jitter buffer).
+    caller_buffer: Vec<f64>,
+    /// Phase of the bot's send clock after the caller's (ms, 0..20).
+    phase: Option<f64>,
+    /// Relay forwarding time (ms): median, max.
+    relay_forward: (f64, f64),
+    /// Per utterance: (pause notice after the last speech frame, voice end as dated
+    /// by that notice after the last speech frame), ms of stream time.
+    vad: Vec<(f64, f64)>,
+}
+
 fn run_mode(
     variant: Variant,
     turns: usize,
     model: &Path,
     utterances: &[Utterance],
-) -> Result<(Vec<f64>, Vec<serde_json::Value>), String> {
+) -> Result<(Figures, Vec<serde_json::Value>), String> {
     let dir = callbot_testkit::temp_dir("voice-latency");
     let mut script = callbot_testkit::ollama::Script::reply("Sure, I can help with that.");
     script.first_token_delay = Duration::from_millis(100);
@@ -179,7 +437,12 @@ fn run_mode(
     s.media.rtp_port_max = base + 3;
     let transcripts = dir.path().join("transcripts");
     s.transcripts.dir = Some(transcripts.clone());
+    let vad = utterances
+        .iter()
+        .filter_map(|u| vad_pause(u, &s))
+        .collect::<Vec<_>>();
     let mut bot = Bot::start(s).map_err(|e| e.to_string())?;
+    let mut relay = Relay::start()?;
     let mut caller =
         SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).map_err(|e| e.to_string())?;
     let mut cfg = RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None);
@@ -189,7 +452,7 @@ fn run_mode(
         .call(
             &format!("sip:bot@{}", bot.sip_addr()),
             bot.sip_addr(),
-            rtp.local_addr(),
+            relay.bot_side,
         )
         .map_err(|e| e.to_string())?;
     let media = loop {
@@ -199,23 +462,26 @@ fn run_mode(
             Err(e) => return Err(format!("no answer: {e}")),
         }
     };
+    relay.set_bot(media.remote_rtp);
     rtp.retarget(
-        Some(media.remote_rtp),
+        Some(relay.caller_side),
         Law::Ulaw,
         media.payload_type,
         media.telephone_event,
     )
     .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(1500));
-    let mut caller_side = Vec::new();
+    let origin = Instant::now();
+    let mut fig = Figures::default();
     for i in 0..turns {
         let Some(u) = utterances.get(i % utterances.len().max(1)) else {
             break;
         };
         while rtp.frames().try_recv().is_ok() {}
+        let played_at = Instant::now();
         rtp.play(u.audio.clone()).map_err(|e| e.to_string())?;
-        // The caller's session sends from its next 20 ms tick.
-        let speech_end = Instant::now() + u.speech_end;
+        // Only gates the detection: the reference is the packet seen on the wire.
+        let speech_end = played_at + u.speech_end;
         let t0 = Instant::now();
         let mut first = None;
         while t0.elapsed() < Duration::from_secs(60) {
@@ -227,16 +493,54 @@ fn run_mode(
                 break;
             }
         }
-        match first {
-            Some(at) => {
-                let ms = at.saturating_duration_since(speech_end).as_secs_f64() * 1000.0;
-                println!("  turn {:2}: {ms:6.0} ms  \"{}\"", i + 1, u.text);
-                caller_side.push(ms);
+        let wire = wire_turn(&relay.log(), played_at, u.speech_end_sample);
+        match (first, wire) {
+            (Some(at), Some(w)) => {
+                let ms = |a: Instant, b: Instant| a.saturating_duration_since(b).as_secs_f64() * 1000.0;
+                let caller_ms = ms(at, w.speech_end);
+                // The old estimate (play time + offset) against the wire, signed.
+                let estimate = (speech_end.max(w.speech_end) - speech_end.min(w.speech_end)).as_secs_f64()
+                    * if speech_end >= w.speech_end {
+                        1000.0
+                    } else {
+                        -1000.0
+                    };
+                println!(
+                    "  turn {:2}: {caller_ms:6.0} ms  (estimate-wire {estimate:+4.0}, wire to reply sound {:4.0}, sound to loud {:3.0}, caller buffer {:3.0})  \"{}\"",
+                    i + 1,
+                    w.reply_sound.map_or(f64::NAN, |t| ms(t, w.speech_end)),
+                    match (w.reply_loud, w.reply_sound) {
+                        (Some(l), Some(s)) => ms(l, s),
+                        _ => f64::NAN,
+                    },
+                    w.reply_loud.map_or(f64::NAN, |t| ms(at, t)),
+                    u.text
+                );
+                fig.caller.push(caller_ms);
+                fig.estimate_minus_wire.push(estimate);
+                if let Some(s) = w.reply_sound {
+                    fig.wire_to_sound.push(ms(s, w.speech_end));
+                    if let Some(l) = w.reply_loud {
+                        fig.sound_to_loud.push(ms(l, s));
+                    }
+                }
+                if let Some(l) = w.reply_loud {
+                    fig.caller_buffer.push(ms(at, l));
+                }
             }
-            None => println!("  turn {:2}: no reply within 60 s", i + 1),
+            (Some(_), None) => println!("  turn {:2}: reply heard, turn not found on the wire", i + 1),
+            (None, _) => println!("  turn {:2}: no reply within 60 s", i + 1),
         }
         wait_quiet(&rtp, Duration::from_millis(700), Duration::from_secs(20));
     }
+    {
+        let log = relay.log();
+        fig.phase = clock_phase(&log, origin);
+        let mut fwd: Vec<f64> = log.forward_us.iter().map(|&u| f64::from(u) / 1000.0).collect();
+        fwd.sort_by(f64::total_cmp);
+        fig.relay_forward = (percentile(&fwd, 0.5), fwd.last().copied().unwrap_or(f64::NAN));
+    }
+    fig.vad = vad;
     let _ = caller.hang_up(call);
     std::thread::sleep(Duration::from_millis(300));
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
@@ -247,7 +551,75 @@ fn run_mode(
     llm.shutdown(Instant::now() + Duration::from_secs(1));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
-    Ok((caller_side, lines))
+    relay.shutdown();
+    Ok((fig, lines))
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Where the time between the caller's end of speech and its hearing the reply goes
+/// (means over the turns, ms).
+fn breakdown(fig: &Figures, bot_v2v: &[f64]) {
+    println!("  breakdown (means, ms):");
+    println!(
+        "    old reference (play time + offset) minus the wire's  {:+6.1}",
+        mean(&fig.estimate_minus_wire)
+    );
+    println!(
+        "    relay forwarding per packet: median {:.3} ms, max {:.3} ms",
+        fig.relay_forward.0, fig.relay_forward.1
+    );
+    let phase = fig.phase.unwrap_or(f64::NAN);
+    println!("    bot send clock after the caller's                    {phase:6.1}");
+    let notice: Vec<f64> = fig.vad.iter().map(|v| v.0).collect();
+    let dated: Vec<f64> = fig.vad.iter().map(|v| v.1).collect();
+    println!(
+        "    VAD (offline, same frames): pause noticed {:.1} ms after the last speech frame, voice end dated {:+.1} ms after it",
+        mean(&notice),
+        mean(&dated)
+    );
+    let wire = mean(&fig.wire_to_sound);
+    let v2v = mean(bot_v2v);
+    println!("    A wire: last speech packet -> first reply packet with sound {wire:6.1}");
+    println!("    B bot clock: voice_to_voice (voice end -> reply queued)     {v2v:6.1}");
+    if bot_v2v.len() == fig.wire_to_sound.len() {
+        let gap: Vec<f64> = fig.wire_to_sound.iter().zip(bot_v2v).map(|(a, b)| a - b).collect();
+        println!(
+            "    A-B: bot jitter buffer + VAD dating + wait for the send tick {:6.1} (min {:.1}, max {:.1})",
+            mean(&gap),
+            gap.iter().copied().fold(f64::INFINITY, f64::min),
+            gap.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+        );
+        println!(
+            "      less the VAD dating above: bot jitter buffer + send tick wait {:6.1}",
+            mean(&gap) - mean(&dated)
+        );
+    } else {
+        println!(
+            "    A-B: not paired ({} turns on the wire, {} bot turns with a voice_to_voice)",
+            fig.wire_to_sound.len(),
+            bot_v2v.len()
+        );
+    }
+    println!(
+        "    C reply sound -> first loud packet (leading quiet of the reply) {:6.1}",
+        mean(&fig.sound_to_loud)
+    );
+    println!(
+        "    D first loud packet -> caller's frame (caller's jitter buffer)  {:6.1}",
+        mean(&fig.caller_buffer)
+    );
+    println!(
+        "    A+C+D = caller figure                                     {:6.1} (measured {:.1})",
+        wire + mean(&fig.sound_to_loud) + mean(&fig.caller_buffer),
+        mean(&fig.caller)
+    );
 }
 
 fn run() -> Result<(), String> {
@@ -294,14 +666,14 @@ fn run() -> Result<(), String> {
             load_average()
         );
         let variant = Variant { speculative, ..base };
-        let (caller_side, all_lines) = run_mode(variant, turns, &model, &utterances)?;
+        let (fig, all_lines) = run_mode(variant, turns, &model, &utterances)?;
         let (summaries, lines): (Vec<_>, Vec<_>) = all_lines
             .into_iter()
             .filter(|l| l["kind"] == "conversation" || l["type"] == "summary")
             .partition(|l| l["type"] == "summary");
         let field =
             |key: &str| -> Vec<f64> { lines.iter().filter_map(|l| l["timings"][key].as_f64()).collect() };
-        stats("caller: end of speech -> first reply packet", caller_side);
+        stats("caller: end of speech -> first reply packet", fig.caller.clone());
         stats(
             "bot: voice_to_voice (voice end -> reply queued)",
             field("voice_to_voice"),
@@ -334,6 +706,7 @@ fn run() -> Result<(), String> {
                 s["speculations"], s["speculations_dropped"], s["early_ends"]
             );
         }
+        breakdown(&fig, &field("voice_to_voice"));
         println!("  load average after: {}", load_average());
         for l in lines.iter().take(3) {
             println!("  heard: {}", l["user"]);

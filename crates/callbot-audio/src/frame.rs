@@ -56,6 +56,21 @@ impl AudioFrame {
     pub fn duration(&self) -> Duration {
         duration_of(self.sample_rate, self.samples.len())
     }
+
+    /// Removes the silence before the first sample louder than `threshold` (absolute
+    /// value), keeping `keep` of it before that sample so the onset is not clipped.
+    /// Returns how much was removed. A frame with no sample above `threshold` is left
+    /// as it is (nothing to align on). Speech synthesizers start with a few ms of
+    /// silence (espeak-ng: 14 ms at 22,050 Hz); on a phone line that silence only
+    /// delays the reply.
+    pub fn trim_leading_silence(&mut self, threshold: u16, keep: Duration) -> Duration {
+        let Some(onset) = self.samples.iter().position(|s| s.unsigned_abs() > threshold) else {
+            return Duration::ZERO;
+        };
+        let cut = onset.saturating_sub(samples_for(self.sample_rate, keep));
+        self.samples.drain(..cut);
+        duration_of(self.sample_rate, cut)
+    }
 }
 
 /// Converts `i16` samples to `f32` in `[-1.0, 1.0)` with `dasp` (`s / 32768`).
@@ -125,5 +140,33 @@ mod tests {
         assert_eq!(AudioFrame::new(0, vec![1]).duration(), Duration::ZERO);
         assert!(AudioFrame::default().is_empty());
         assert_eq!(samples_for(22050, Duration::from_millis(20)), 441);
+    }
+
+    #[test]
+    fn leading_silence_is_trimmed_up_to_the_kept_lead_in() {
+        // 30 ms of near-silence (|s| <= 40), then a tone at sample 240.
+        let mut samples: Vec<i16> = (0..240).map(|i| if i % 2 == 0 { 40 } else { -40 }).collect();
+        samples.extend((0..160).map(|i| ((i as f64 * 0.5).sin() * 9000.0) as i16 + 500));
+        let mut f = AudioFrame::new(8000, samples.clone());
+        let cut = f.trim_leading_silence(64, Duration::from_millis(2));
+        assert_eq!(cut, Duration::from_millis(28));
+        assert_eq!(f.samples, samples[224..]);
+        // nothing left to trim: the onset is within the kept lead-in
+        assert_eq!(
+            f.trim_leading_silence(64, Duration::from_millis(2)),
+            Duration::ZERO
+        );
+        assert_eq!(f.samples.len(), 176);
+        // a frame that never rises above the threshold is kept whole
+        let mut quiet = AudioFrame::new(8000, vec![30; 800]);
+        assert_eq!(quiet.trim_leading_silence(64, Duration::ZERO), Duration::ZERO);
+        assert_eq!(quiet.len(), 800);
+        // sound from the first sample: nothing removed
+        let mut loud = AudioFrame::new(8000, vec![1000; 10]);
+        assert_eq!(
+            loud.trim_leading_silence(64, Duration::from_millis(5)),
+            Duration::ZERO
+        );
+        assert_eq!(loud.len(), 10);
     }
 }

@@ -186,6 +186,8 @@ pub struct Endpointer {
     scratch: Vec<f32>,
     /// Frames scored since the last reset.
     frame_index: u64,
+    /// Input samples received since the last reset.
+    input_samples: u64,
     state: State,
     last_score: f32,
     stats: VadStats,
@@ -245,6 +247,7 @@ impl Endpointer {
             pending: Vec::with_capacity(VAD_FRAME),
             scratch: Vec::with_capacity(2 * VAD_FRAME),
             frame_index: 0,
+            input_samples: 0,
             state: State::Idle,
             last_score: 0.0,
             stats: VadStats::default(),
@@ -312,8 +315,21 @@ impl Endpointer {
         frame_time(self.frame_index)
     }
 
+    /// Audio time received since the last reset (at the input rate). It runs ahead of
+    /// [`Endpointer::position`] by what the resampler and the current partial 16 ms
+    /// frame hold (at 8 kHz in 20 ms frames: 12 to 24 ms, 18 on average). Event times are positions
+    /// in the input too, so "how long ago, in the stream just received" is
+    /// `input_position() - at`.
+    pub fn input_position(&self) -> Duration {
+        duration_of(
+            self.input_rate,
+            usize::try_from(self.input_samples).unwrap_or(usize::MAX),
+        )
+    }
+
     /// Feeds `f32` samples (in `[-1, 1]`, at the input rate); appends events to `events`.
     pub fn process(&mut self, samples: &[f32], events: &mut Vec<VadEvent>) {
+        self.input_samples = self.input_samples.saturating_add(samples.len() as u64);
         match self.resampler.as_mut() {
             None => self.feed_16k(samples, events),
             Some(r) => {
@@ -358,6 +374,7 @@ impl Endpointer {
         }
         self.pending.clear();
         self.frame_index = 0;
+        self.input_samples = 0;
         self.state = State::Idle;
         self.last_score = 0.0;
         self.smoothed = 0.0;
@@ -706,6 +723,29 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn input_position_runs_ahead_of_the_scored_position_by_the_resampler_and_frame() {
+        let mut ep = Endpointer::new(8000, VadConfig::default()).unwrap();
+        let mut ev = Vec::new();
+        let mut lags = Vec::new();
+        for n in 1..=50u32 {
+            ep.process_i16(&[0; 160], &mut ev);
+            assert_eq!(ep.input_position(), ms(20) * n);
+            lags.push(ep.input_position() - ep.position());
+        }
+        // 8 kHz -> 16 kHz holds 10 ms (the filter's look-ahead), the partial 16 ms
+        // frame 0 to 16 ms more
+        assert!(lags.iter().all(|l| (ms(10)..=ms(26)).contains(l)), "{lags:?}");
+        let mean = lags.iter().sum::<Duration>() / lags.len() as u32;
+        assert!((ms(16)..=ms(20)).contains(&mean), "{mean:?} {lags:?}");
+        ep.reset();
+        assert_eq!(ep.input_position(), Duration::ZERO);
+        // 16 kHz input: only the partial frame
+        let mut ep = Endpointer::new(16000, VadConfig::default()).unwrap();
+        ep.process(&[0.0; 320], &mut ev);
+        assert_eq!(ep.input_position() - ep.position(), ms(4));
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub const FRAME_INTERVAL: Duration = Duration::from_millis(20);
 pub const SAMPLE_RATE: u32 = 8000;
 /// Largest audio payload accepted (60 ms of G.711).
 const MAX_AUDIO_PAYLOAD: usize = 480;
+/// A caller packet whose samples all stay below this magnitude (about -42 dBFS) is a
+/// pause an adaptive jitter buffer may shorten.
+const QUIET_PEAK: u16 = 256;
 
 /// How the engine picks the peer's media source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +340,9 @@ impl MediaEngine {
         s.out_of_window = j.out_of_window;
         s.resyncs = j.resyncs;
         s.concealed = j.concealed;
+        s.playout_delay = self.jitter.target_depth();
+        s.playout_shrunk = j.shrunk;
+        s.playout_grown = j.grown;
         s.clock_skips = self.pacer.skipped();
         if let (Some(b), Some(h)) = (self.recv.base, self.recv.highest) {
             let expected = h + 1 - b;
@@ -568,7 +574,18 @@ impl MediaEngine {
                 }
             }
             r.last_transit = Some(transit);
+            let jitter = Duration::from_secs_f64(r.jitter / f64::from(SAMPLE_RATE));
+            self.jitter.observe_jitter(jitter);
         }
+    }
+
+    /// True for an audio packet whose every sample is below [`QUIET_PEAK`]: the
+    /// adaptive jitter buffer may drop it to shrink its delay.
+    fn quiet(&self, p: &RtpPacket) -> bool {
+        p.payload_type == self.cfg.payload_type
+            && p.payload
+                .iter()
+                .all(|&c| self.cfg.law.decode(c).unsigned_abs() < QUIET_PEAK)
     }
 
     /// Handles a datagram that arrived on the RTCP port (or an RTCP packet on a muxed
@@ -633,6 +650,10 @@ impl MediaEngine {
 
     fn play_out(&mut self, index: u64, now: Instant) -> [i16; FRAME_SAMPLES] {
         while self.rx_fifo.len() < FRAME_SAMPLES {
+            // An adaptive buffer holding more delay than it needs sheds it in a pause.
+            if self.jitter.surplus() && self.jitter.peek().is_some_and(|p| self.quiet(p)) {
+                self.jitter.skip();
+            }
             match self.jitter.pop(now) {
                 Playout::Frame(p) => {
                     if p.payload_type == self.cfg.payload_type {

@@ -14,6 +14,20 @@
 //!   (the packet may just be late); after `max_conceal` slots the buffer goes idle and
 //!   the next packet starts a new talkspurt with a fresh `depth` of buffering.
 //! - [`JitterBuffer::reset`] forgets everything (SSRC change after a re-INVITE).
+//!
+//! **Adaptive delay** ([`JitterConfig::adaptive`]): every millisecond of buffering delays
+//! the bot's endpoint and barge-in, so instead of a fixed `depth` the buffer can start
+//! small on a clean path and grow with the jitter it meets. Its target delay is
+//! `clamp(min_depth + grown, depth)`, at least four times the RFC 3550 interarrival
+//! jitter its owner reports ([`JitterBuffer::observe_jitter`]); a talkspurt starts after
+//! the target. It **grows** when a packet misses its slot (the underrun keeps the
+//! playout point, so every later packet waits one packet interval longer, and `grown`
+//! rises by one interval, decaying again after `grow_hold` without underrun). It
+//! **shrinks** by one packet when every packet played over the last `shrink_after`
+//! slots waited at least one interval longer than the target
+//! ([`JitterBuffer::surplus`]): the owner then drops the next packet with
+//! [`JitterBuffer::skip`] if it is quiet (dropping 20 ms of a pause is inaudible;
+//! dropping speech is not), so the delay only ever shrinks in silence.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -34,6 +48,31 @@ pub struct JitterConfig {
     pub max_conceal: u32,
     /// Packet interval (default 20 ms).
     pub frame: Duration,
+    /// Adapt the delay between a minimum and `depth` (`None`: fixed `depth`).
+    pub adaptive: Option<AdaptiveDepth>,
+}
+
+/// How an adaptive buffer moves its delay (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptiveDepth {
+    /// The delay on a clean path (default 10 ms); `depth` is the most it grows to.
+    pub min_depth: Duration,
+    /// Slots of steady surplus before the delay shrinks by one packet (default 100 =
+    /// 2 s of 20 ms packets).
+    pub shrink_after: u32,
+    /// Slots without underrun after which one interval of underrun growth is given
+    /// back (default 500 = 10 s).
+    pub grow_hold: u32,
+}
+
+impl Default for AdaptiveDepth {
+    fn default() -> Self {
+        AdaptiveDepth {
+            min_depth: Duration::from_millis(10),
+            shrink_after: 100,
+            grow_hold: 500,
+        }
+    }
 }
 
 impl Default for JitterConfig {
@@ -44,6 +83,7 @@ impl Default for JitterConfig {
             max_excess: 10,
             max_conceal: 3,
             frame: Duration::from_millis(20),
+            adaptive: None,
         }
     }
 }
@@ -95,6 +135,11 @@ pub struct JitterStats {
     pub trimmed: u64,
     /// Resets (SSRC changes).
     pub resets: u64,
+    /// Quiet packets dropped to shrink an adaptive delay ([`JitterBuffer::skip`]).
+    pub shrunk: u64,
+    /// Late packets (played after an underrun kept their slot) that grew an adaptive
+    /// delay.
+    pub grown: u64,
 }
 
 #[derive(Debug)]
@@ -116,6 +161,17 @@ pub struct JitterBuffer {
     conceal_run: u32,
     probation: Option<u64>,
     stats: JitterStats,
+    /// Interarrival jitter reported by the owner.
+    jitter: Duration,
+    /// Underrun growth of an adaptive target.
+    grown: Duration,
+    /// Slots since the last underrun.
+    since_underrun: u32,
+    /// Slots played since the surplus window began, and the least wait among them.
+    window: u32,
+    least_wait: Option<Duration>,
+    /// The least wait of the last complete window (no concealment in it).
+    ready_wait: Option<Duration>,
 }
 
 /// Extended sequence numbers start here so that going backwards never underflows.
@@ -133,6 +189,102 @@ impl JitterBuffer {
             conceal_run: 0,
             probation: None,
             stats: JitterStats::default(),
+            jitter: Duration::ZERO,
+            grown: Duration::ZERO,
+            since_underrun: 0,
+            window: 0,
+            least_wait: None,
+            ready_wait: None,
+        }
+    }
+
+    /// The delay a talkspurt starts with: `depth`, or for an adaptive buffer its
+    /// current target (see the module documentation).
+    pub fn target_depth(&self) -> Duration {
+        match self.cfg.adaptive {
+            None => self.cfg.depth,
+            Some(a) => (a.min_depth + self.grown)
+                .max(self.jitter * 4)
+                .min(self.cfg.depth),
+        }
+    }
+
+    /// The owner's current RFC 3550 interarrival jitter estimate of the stream (an
+    /// adaptive buffer keeps at least four times this much delay).
+    pub fn observe_jitter(&mut self, jitter: Duration) {
+        self.jitter = jitter;
+    }
+
+    /// True when an adaptive buffer has held every packet of the last `shrink_after`
+    /// slots at least one packet interval longer than its target: dropping one packet
+    /// ([`JitterBuffer::skip`]) would still leave each of them in time.
+    pub fn surplus(&self) -> bool {
+        if self.cfg.adaptive.is_none() {
+            return false;
+        }
+        self.playing
+            && self
+                .ready_wait
+                .is_some_and(|w| w >= self.target_depth() + self.cfg.frame)
+    }
+
+    /// The packet the next [`JitterBuffer::pop`] would play, if it is here.
+    pub fn peek(&self) -> Option<&RtpPacket> {
+        let next = self.next?;
+        self.packets.get(&next).map(|e| &e.packet)
+    }
+
+    /// Drops the next packet to shrink the delay by one interval (call when
+    /// [`JitterBuffer::surplus`] holds and [`JitterBuffer::peek`] shows a quiet
+    /// packet). Returns true when a packet was dropped.
+    pub fn skip(&mut self) -> bool {
+        let Some(next) = self.next else {
+            return false;
+        };
+        if self.packets.remove(&next).is_none() {
+            return false;
+        }
+        self.next = Some(next + 1);
+        self.stats.shrunk += 1;
+        self.restart_window();
+        true
+    }
+
+    fn restart_window(&mut self) {
+        self.window = 0;
+        self.least_wait = None;
+        self.ready_wait = None;
+    }
+
+    /// One slot played (`waited`: how long the packet was held; `None`: concealed).
+    fn account(&mut self, waited: Option<Duration>) {
+        let Some(a) = self.cfg.adaptive else {
+            return;
+        };
+        self.since_underrun = self.since_underrun.saturating_add(1);
+        if self.since_underrun >= a.grow_hold && !self.grown.is_zero() {
+            self.grown = self.grown.saturating_sub(self.cfg.frame);
+            self.since_underrun = 0;
+        }
+        let Some(w) = waited else {
+            self.restart_window();
+            return;
+        };
+        self.window = self.window.saturating_add(1);
+        self.least_wait = Some(self.least_wait.map_or(w, |l| l.min(w)));
+        if self.window >= a.shrink_after {
+            // A complete window: judged by its least wait until the next one completes.
+            self.ready_wait = self.least_wait.take();
+            self.window = 0;
+        }
+    }
+
+    /// A packet came `slots` slots after its own (the playout point was kept for it).
+    fn underrun(&mut self, slots: u32) {
+        if self.cfg.adaptive.is_some() {
+            self.grown = (self.grown + self.cfg.frame * slots).min(self.cfg.depth);
+            self.since_underrun = 0;
+            self.stats.grown += 1;
         }
     }
 
@@ -165,6 +317,9 @@ impl JitterBuffer {
         self.conceal_run = 0;
         self.probation = None;
         self.stats.resets += 1;
+        self.jitter = Duration::ZERO;
+        self.grown = Duration::ZERO;
+        self.restart_window();
     }
 
     fn extend(&self, seq: u16) -> u64 {
@@ -259,19 +414,25 @@ impl JitterBuffer {
         if !self.playing {
             let first = self.packets.iter().next().map(|(&k, e)| (k, e.arrival));
             let start = match (first, self.next) {
-                (Some((k, arrival)), _) if now >= arrival + self.cfg.depth => k,
+                (Some((k, arrival)), _) if now >= arrival + self.target_depth() => k,
                 _ => return Playout::Nothing,
             };
             self.playing = true;
             self.conceal_run = 0;
             self.next = Some(start);
+            self.restart_window();
         }
         let Some(next) = self.next else {
             return Playout::Nothing;
         };
         if let Some(entry) = self.packets.remove(&next) {
             self.next = Some(next + 1);
+            if self.conceal_run > 0 {
+                // It came after its slot: the playout point was kept, the delay grew.
+                self.underrun(self.conceal_run);
+            }
             self.conceal_run = 0;
+            self.account(Some(now.saturating_duration_since(entry.arrival)));
             return Playout::Frame(entry.packet);
         }
         if self.packets.is_empty() {
@@ -282,12 +443,14 @@ impl JitterBuffer {
                 return Playout::Nothing;
             }
             self.stats.concealed += 1;
+            self.account(None);
             return Playout::Concealed;
         }
         // A hole with later packets buffered: that packet is lost.
         self.next = Some(next + 1);
         self.stats.lost += 1;
         self.stats.concealed += 1;
+        self.account(None);
         Playout::Concealed
     }
 }
@@ -472,6 +635,189 @@ mod tests {
         assert_eq!(s.lost as usize, 2000 - sent.len());
         assert_eq!(s.accepted as usize, sent.len());
         assert!(s.duplicates > 100);
+    }
+}
+
+#[cfg(test)]
+mod adaptive_tests {
+    use super::*;
+
+    const F: Duration = Duration::from_millis(20);
+
+    fn p(seq: u16) -> RtpPacket {
+        RtpPacket {
+            payload_type: 0,
+            marker: false,
+            sequence: seq,
+            timestamp: u32::from(seq).wrapping_mul(160),
+            ssrc: 7,
+            payload: vec![0xFF; 160],
+        }
+    }
+
+    fn adaptive() -> JitterConfig {
+        JitterConfig {
+            depth: Duration::from_millis(60),
+            adaptive: Some(AdaptiveDepth {
+                min_depth: Duration::from_millis(10),
+                shrink_after: 10,
+                grow_hold: 50,
+            }),
+            ..JitterConfig::default()
+        }
+    }
+
+    /// Packet `seq` arrives at `t0 + seq * 20 ms + late(seq)`; the owner pops every
+    /// 20 ms at `t0 + phase + k * 20 ms`. Returns (pop time, played seq or None when
+    /// concealed), from the first played slot on, and the buffer.
+    fn drive(
+        cfg: JitterConfig,
+        packets: u16,
+        phase: Duration,
+        late: impl Fn(u16) -> Duration,
+        mut each_slot: impl FnMut(&mut JitterBuffer),
+    ) -> (Vec<(Duration, Option<u16>)>, JitterBuffer) {
+        let t0 = Instant::now();
+        let mut jb = JitterBuffer::new(cfg);
+        let mut arrivals: Vec<(Duration, u16)> =
+            (0..packets).map(|s| (F * u32::from(s) + late(s), s)).collect();
+        arrivals.sort();
+        let mut out = Vec::new();
+        let mut next = 0;
+        for k in 0..u32::from(packets) + 10 {
+            let now = phase + F * k;
+            while let Some(&(at, seq)) = arrivals.get(next)
+                && at <= now
+            {
+                jb.push(t0 + at, p(seq));
+                next += 1;
+            }
+            each_slot(&mut jb);
+            match jb.pop(t0 + now) {
+                Playout::Frame(pk) => out.push((now, Some(pk.sequence))),
+                Playout::Concealed => out.push((now, None)),
+                Playout::Nothing => {}
+            }
+        }
+        (out, jb)
+    }
+
+    #[test]
+    fn a_clean_path_plays_after_the_minimum_delay() {
+        let phase = Duration::from_millis(3);
+        let (fixed, _) = drive(JitterConfig::default(), 20, phase, |_| Duration::ZERO, |_| {});
+        let (adapt, jb) = drive(adaptive(), 20, phase, |_| Duration::ZERO, |_| {});
+        // packet 0 arrives at 0: played at the first slot at least 60 ms (fixed) or
+        // 10 ms (adaptive) later
+        assert_eq!(fixed[0], (Duration::from_millis(63), Some(0)));
+        assert_eq!(adapt[0], (Duration::from_millis(23), Some(0)));
+        let played: Vec<_> = adapt.iter().filter_map(|x| x.1).collect();
+        assert_eq!(played, (0..20).collect::<Vec<_>>());
+        assert_eq!(jb.target_depth(), Duration::from_millis(10));
+        assert_eq!((jb.stats().grown, jb.stats().shrunk), (0, 0));
+    }
+
+    #[test]
+    fn measured_jitter_raises_the_target_up_to_depth() {
+        let mut jb = JitterBuffer::new(adaptive());
+        assert_eq!(jb.target_depth(), Duration::from_millis(10));
+        jb.observe_jitter(Duration::from_millis(6));
+        assert_eq!(jb.target_depth(), Duration::from_millis(24));
+        jb.observe_jitter(Duration::from_millis(40));
+        assert_eq!(jb.target_depth(), Duration::from_millis(60));
+        // a fixed buffer ignores it
+        let mut fixed = JitterBuffer::new(JitterConfig::default());
+        fixed.observe_jitter(Duration::from_millis(40));
+        assert_eq!(fixed.target_depth(), Duration::from_millis(60));
+        // a talkspurt starts after the raised target
+        jb.observe_jitter(Duration::from_millis(6));
+        let t0 = Instant::now();
+        jb.push(t0, p(1));
+        assert_eq!(jb.pop(t0 + Duration::from_millis(20)), Playout::Nothing);
+        assert_eq!(jb.pop(t0 + Duration::from_millis(24)), Playout::Frame(p(1)));
+    }
+
+    #[test]
+    fn a_stall_grows_the_delay_and_a_pause_gives_it_back() {
+        // The sender stalls: packets 5 (due at 100 ms) and 6 (120 ms) leave at 135 ms.
+        // Slot 5 (at 123 ms) is concealed with the playout point kept, so every later
+        // packet waits 20 ms longer.
+        let phase = Duration::from_millis(3);
+        let late = |s: u16| match s {
+            5 => Duration::from_millis(35),
+            6 => Duration::from_millis(15),
+            _ => Duration::ZERO,
+        };
+        let mut surplus_seen = 0;
+        let (out, jb) = drive(adaptive(), 200, phase, late, |jb| {
+            if jb.surplus() {
+                surplus_seen += 1;
+                // every packet is quiet here: shed one
+                assert!(jb.skip());
+            }
+        });
+        let first: Vec<_> = out.iter().take(8).map(|x| x.1).collect();
+        assert_eq!(
+            first,
+            vec![
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(4),
+                None,
+                Some(5),
+                Some(6)
+            ]
+        );
+        let s = jb.stats();
+        assert_eq!((s.grown, s.lost), (1, 0));
+        // the growth was given back after `grow_hold` slots, then a window of steady
+        // surplus dropped one packet: the delay is back to the first one
+        assert_eq!((s.shrunk, surplus_seen), (1, 1));
+        assert_eq!(jb.target_depth(), Duration::from_millis(10));
+        let waits: Vec<Duration> = out
+            .iter()
+            .filter_map(|&(at, seq)| seq.map(|q| at - F * u32::from(q)))
+            .collect();
+        assert_eq!(waits[0], Duration::from_millis(23));
+        assert_eq!(waits[10], Duration::from_millis(43));
+        assert_eq!(*waits.last().unwrap(), Duration::from_millis(23));
+        // every packet but the dropped one was played, in order
+        let played: Vec<u16> = out.iter().filter_map(|x| x.1).collect();
+        assert_eq!(played.len(), 199);
+        assert!(played.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn jitter_within_the_delay_changes_nothing() {
+        // every odd packet 12 ms late: each still makes its slot, so the least wait
+        // (11 ms) never leaves a whole interval to spare
+        let late = |s: u16| Duration::from_millis(if s % 2 == 1 { 12 } else { 0 });
+        let phase = Duration::from_millis(3);
+        let (out, jb) = drive(adaptive(), 300, phase, late, |jb| assert!(!jb.surplus()));
+        // every packet in its slot (then the 3 concealed slots of the stream's end)
+        let played: Vec<_> = out.iter().take(300).map(|x| x.1).collect();
+        assert_eq!(played, (0..300).map(Some).collect::<Vec<_>>());
+        let s = jb.stats();
+        assert_eq!((s.grown, s.shrunk, s.lost), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_fixed_buffer_never_reports_surplus() {
+        let cfg = JitterConfig {
+            depth: Duration::from_millis(100),
+            ..JitterConfig::default()
+        };
+        let (out, jb) = drive(
+            cfg,
+            200,
+            Duration::ZERO,
+            |_| Duration::ZERO,
+            |jb| assert!(!jb.surplus()),
+        );
+        assert_eq!(out.len(), 200 + 3);
+        assert_eq!(jb.stats().shrunk, 0);
     }
 }
 

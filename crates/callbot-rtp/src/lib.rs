@@ -84,7 +84,7 @@ pub use engine::{
     FrameKind, Latching, MediaConfig, MediaEngine, MediaError, MediaEvent, PlaybackFinished, PlaybackId,
     PlaybackStopped, ReceivedFrame, Transmit,
 };
-pub use jitter::JitterConfig;
+pub use jitter::{AdaptiveDepth, JitterConfig};
 pub use recorder::RecordingReport;
 pub use session::{RecordTo, RtpError, RtpEvent, RtpReport, RtpSession, RtpSessionConfig};
 pub use stats::RtpStats;

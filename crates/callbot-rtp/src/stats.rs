@@ -23,6 +23,13 @@ pub struct RtpStats {
     pub resyncs: u64,
     /// 20 ms slots filled by loss concealment.
     pub concealed: u64,
+    /// The jitter buffer's playout delay target now (its fixed depth, or an adaptive
+    /// buffer's current target).
+    pub playout_delay: Duration,
+    /// Quiet caller packets dropped to shrink an adaptive jitter buffer's delay.
+    pub playout_shrunk: u64,
+    /// Late caller packets that grew an adaptive jitter buffer's delay.
+    pub playout_grown: u64,
     /// Datagrams on the RTP port that were not RTP: RTCP, STUN, wrong version,
     /// malformed, oversized.
     pub discarded_non_rtp: u64,

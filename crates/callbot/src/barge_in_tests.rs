@@ -20,14 +20,14 @@ use crate::testing::instant_call_setup;
 /// measured onset-to-last-bot-packet delay, the bot's own `barge_in_stop` figure).
 fn barge_in_once(
     speech: &[i16],
-    jitter: Duration,
+    jitter: callbot_rtp::JitterConfig,
     barge_in_min_speech: Duration,
 ) -> (Duration, Option<Duration>) {
     let caller = UdpSocket::bind("127.0.0.1:0").unwrap();
     caller.set_read_timeout(Some(Duration::from_millis(2))).unwrap();
     let caller_addr = caller.local_addr().unwrap();
     let mut cfg = RtpSessionConfig::new("127.0.0.1".parse().unwrap(), Law::Ulaw, Some(caller_addr));
-    cfg.media.jitter.depth = jitter;
+    cfg.media.jitter = jitter;
     let mut session = RtpSession::start(cfg).unwrap();
     let bot_addr: SocketAddr = session.local_addr();
     let (turn_tx, turns) = crossbeam_channel::bounded(16);
@@ -117,9 +117,9 @@ fn heavy_barge_in_latency_at_the_bot_side() {
     let speech = callbot_testkit::speech::telephone_8k(&pcm, None);
     let s = crate::Settings::default();
     // Before: one min_speech for everything, the RTP default 60 ms jitter buffer.
-    let (normal, old_jitter) = (s.vad_config().min_speech, Duration::from_millis(60));
+    let (normal, old_jitter) = (s.vad_config().min_speech, callbot_rtp::JitterConfig::default());
     // After: the settings' defaults.
-    let (short, jitter) = (s.barge_in_min_speech(), s.jitter_depth());
+    let (short, jitter) = (s.barge_in_min_speech(), s.jitter_config());
     let mut before = Vec::new();
     let mut after = Vec::new();
     for _ in 0..3 {
@@ -127,10 +127,13 @@ fn heavy_barge_in_latency_at_the_bot_side() {
         after.push(barge_in_once(&speech, jitter, short));
     }
     println!(
-        "barge-in, speech onset -> last bot packet (bot side), jitter {old_jitter:?}, min_speech {normal:?}: {before:?}"
+        "barge-in, speech onset -> last bot packet (bot side), jitter {:?}, min_speech {normal:?}: {before:?}",
+        old_jitter.depth
     );
     println!(
-        "barge-in, speech onset -> last bot packet (bot side), jitter {jitter:?}, min_speech {short:?}: {after:?}"
+        "barge-in, speech onset -> last bot packet (bot side), jitter {:?} (adaptive from {:?}), min_speech {short:?}: {after:?}",
+        jitter.depth,
+        jitter.adaptive.map(|a| a.min_depth)
     );
     let median = |v: &mut Vec<(Duration, Option<Duration>)>| {
         v.sort();

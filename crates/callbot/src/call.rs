@@ -14,8 +14,9 @@
 //!
 //! Caller frames go through an [`Endpointer`] (voice activity + end of utterance); the
 //! utterance (with a short pre-roll) is resampled to 16 kHz for the [`Transcriber`].
-//! Synthesized sentences are resampled to the media rate and queued in order with
-//! [`CallMedia::play`]. Each [`Action`] of the dialogue becomes one call on a layer;
+//! Synthesized sentences lose their leading silence (it would only delay the reply),
+//! are resampled to the media rate and queued in order with [`CallMedia::play`].
+//! Each [`Action`] of the dialogue becomes one call on a layer;
 //! each layer event becomes one [`Input`]. The LLM [`History`] of the call records each
 //! finished turn as it was actually spoken (the dialogue cuts interrupted replies).
 //!
@@ -658,7 +659,9 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
             let Some(s) = self.synths.pop_front() else {
                 return;
             };
-            let frame = AudioFrame::new(s.rate, s.samples);
+            let mut frame = AudioFrame::new(s.rate, s.samples);
+            // The synthesizer's leading silence would only delay the reply.
+            frame.trim_leading_silence(TRIM_THRESHOLD, TRIM_KEEP);
             let rate = self.media.play_rate();
             let frame = if frame.sample_rate == rate {
                 Ok(frame)
@@ -821,6 +824,11 @@ impl<M: CallMedia, E: Endpointer> Call<'_, M, E> {
         }
     }
 }
+
+/// Synthesized audio starts at its first sample above this magnitude (about -54 dBFS)...
+const TRIM_THRESHOLD: u16 = 64;
+/// ...less this much lead-in, so the onset is not clipped.
+const TRIM_KEEP: Duration = Duration::from_millis(2);
 
 /// Cancelled transcriptions tracked until they stop (each ends by its deadline anyway).
 const MAX_STOPPING: usize = 8;

@@ -151,8 +151,14 @@ pub struct MediaSettings {
     /// When set, each call's audio is recorded as WAV files in this directory.
     pub record_dir: Option<PathBuf>,
     /// Caller audio buffered against network jitter before the VAD sees it, in ms
-    /// (20 to 500). Every millisecond here delays barge-in and the endpoint.
+    /// (20 to 500): the most the adaptive jitter buffer grows to. Every millisecond
+    /// here delays barge-in and the endpoint.
     pub jitter_buffer_ms: u32,
+    /// The jitter buffer's delay on a clean path, in ms (0 to `jitter_buffer_ms`;
+    /// default 10). It grows from there when packets come late (and with four times
+    /// the measured RFC 3550 jitter) up to `jitter_buffer_ms`, and sheds the growth
+    /// again in the caller's pauses. Equal to `jitter_buffer_ms`: a fixed buffer.
+    pub jitter_buffer_min_ms: u32,
 }
 
 impl Default for MediaSettings {
@@ -163,6 +169,7 @@ impl Default for MediaSettings {
             codecs: vec!["PCMU".into(), "PCMA".into()],
             record_dir: None,
             jitter_buffer_ms: 40,
+            jitter_buffer_min_ms: 10,
         }
     }
 }
@@ -574,6 +581,12 @@ impl Settings {
             }
         }
         range_u32("media.jitter_buffer_ms", m.jitter_buffer_ms, 20, 500)?;
+        range_u32(
+            "media.jitter_buffer_min_ms",
+            m.jitter_buffer_min_ms,
+            0,
+            m.jitter_buffer_ms,
+        )?;
         if let Some(dir) = &m.record_dir
             && dir.as_os_str().is_empty()
         {
@@ -806,6 +819,21 @@ impl Settings {
     /// The depth of each call's RTP jitter buffer (`media.jitter_buffer_ms`).
     pub fn jitter_depth(&self) -> Duration {
         Duration::from_millis(u64::from(self.media.jitter_buffer_ms))
+    }
+
+    /// Each call's RTP jitter buffer: adaptive from `media.jitter_buffer_min_ms` up to
+    /// `media.jitter_buffer_ms` (fixed when they are equal).
+    pub fn jitter_config(&self) -> callbot_rtp::JitterConfig {
+        let min = Duration::from_millis(u64::from(self.media.jitter_buffer_min_ms));
+        let depth = self.jitter_depth();
+        callbot_rtp::JitterConfig {
+            depth,
+            adaptive: (min < depth).then(|| callbot_rtp::AdaptiveDepth {
+                min_depth: min,
+                ..callbot_rtp::AdaptiveDepth::default()
+            }),
+            ..callbot_rtp::JitterConfig::default()
+        }
     }
 
     /// The deadline of each transcription (`stt.timeout_secs`).
@@ -1062,6 +1090,10 @@ mod tests {
             ),
             ("[media]\ncodecs = []", "media.codecs"),
             ("[media]\njitter_buffer_ms = 5", "media.jitter_buffer_ms"),
+            (
+                "[media]\njitter_buffer_ms = 40\njitter_buffer_min_ms = 60",
+                "media.jitter_buffer_min_ms",
+            ),
             ("[media]\ncodecs = [\"PCMU\", \"opus\"]", "media.codecs[1]"),
             ("[media]\ncodecs = [\"PCMU\", \"PCMU\"]", "media.codecs[1]"),
             ("[dialogue]\nmax_calls = 0", "dialogue.max_calls"),

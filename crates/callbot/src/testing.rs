@@ -344,11 +344,14 @@ impl ChatModel for InstantChat {
     }
 }
 
-/// Synthesizes at once: 10 ms of 8 kHz audio per character.
+/// Synthesizes at once: 10 ms of 8 kHz audio per character, after `lead_in` of
+/// digital silence (like a real synthesizer's).
 #[derive(Debug, Default)]
 pub struct InstantSynth {
     /// Texts synthesized, in order.
     pub texts: Mutex<Vec<String>>,
+    /// Silence before each text's audio (default none).
+    pub lead_in: Duration,
 }
 
 impl Synthesizer for InstantSynth {
@@ -361,7 +364,8 @@ impl Synthesizer for InstantSynth {
             t.push(text.to_string());
         }
         let (job, mut tx) = SynthesisJob::channel(8000, 4);
-        let samples = vec![100i16; 80 * text.chars().count().max(1)];
+        let mut samples = vec![0i16; callbot_audio::frame::samples_for(8000, self.lead_in)];
+        samples.resize(samples.len() + 80 * text.chars().count().max(1), 100);
         let n = samples.len();
         if tx.send(samples, Duration::ZERO).is_ok() {
             let summary = tx.summary(Duration::ZERO, Duration::ZERO);

@@ -32,11 +32,22 @@ fn start(
     dialogue: DialogueConfig,
     dir: Option<std::path::PathBuf>,
 ) -> Harness {
+    start_with(InstantSynth::default(), texts, reply, auto_finish, dialogue, dir)
+}
+
+fn start_with(
+    synth: InstantSynth,
+    texts: &[&str],
+    reply: &str,
+    auto_finish: bool,
+    dialogue: DialogueConfig,
+    dir: Option<std::path::PathBuf>,
+) -> Harness {
     let (media, remote) = FakeMedia::new(auto_finish);
     let (control, control_rx) = crossbeam_channel::bounded(4);
     let (turn_tx, turns) = crossbeam_channel::bounded(10_000);
     let chat = Arc::new(InstantChat::new(reply));
-    let synth = Arc::new(InstantSynth::default());
+    let synth = Arc::new(synth);
     let setup = CallSetup {
         llm: chat.clone(),
         tts: synth.clone(),
@@ -132,6 +143,24 @@ fn greeting_turns_history_and_transcript_file() {
     assert_eq!(lines.len(), 5, "{text}");
     assert_eq!(lines[2]["user"], "What time is it?");
     assert_eq!(lines[4]["type"], "summary");
+}
+
+#[test]
+fn the_synthesizers_leading_silence_is_not_played() {
+    let synth = InstantSynth {
+        lead_in: Duration::from_millis(50),
+        ..InstantSynth::default()
+    };
+    let h = start_with(synth, &["Hi."], "Sure.", true, dialogue(), None);
+    next_turn(&h);
+    speak(&h);
+    next_turn(&h);
+    // "Hello there." and "Sure.": 10 ms per character, 50 ms of silence before each,
+    // played with only the 2 ms lead-in kept
+    let plays: Vec<usize> = h.remote.plays().iter().map(|p| p.samples).collect();
+    assert_eq!(plays, vec![12 * 80 + 16, 5 * 80 + 16]);
+    h.control.send(CallControl::CallerHungUp).unwrap();
+    h.thread.join().unwrap();
 }
 
 #[test]
