@@ -18,6 +18,11 @@
 //! Before criterion runs, one `sip ratio` line per message gives the medians of (a), (b)
 //! and the full path measured in alternating rounds of the same run (machine load hits
 //! them alike), as µs and messages/s, the ratio (b)/(a), and the load average.
+//! `SIP_RATIO=invite` (or `register`) prints one of them only. Instruction counts, which
+//! load does not change: `cargo bench -p callbot-benches --bench sip --no-run`, then
+//! `SIP_RATIO=register valgrind --tool=callgrind BINARY --bench no-criterion` and
+//! `callgrind_annotate --inclusive=yes --tree=calling`: `receive_datagram` over
+//! `SipMessage::try_from`, per call.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
@@ -211,7 +216,22 @@ fn print_ratio(name: &str, samples: &mut [Vec<f64>; 3]) {
     );
 }
 
+/// `SIP_RATIO=invite` or `SIP_RATIO=register` runs one message's ratio only (to profile
+/// it alone, e.g. under callgrind); unset: both.
+fn ratio_wanted(which: &str) -> bool {
+    std::env::var("SIP_RATIO").map_or(true, |v| v == which)
+}
+
 fn ratios(invites: &[Vec<u8>]) {
+    if ratio_wanted("invite") {
+        ratio_invite(invites);
+    }
+    if ratio_wanted("register") {
+        ratio_register_200();
+    }
+}
+
+fn ratio_invite(invites: &[Vec<u8>]) {
     // Rounds over the 1,000 INVITEs (a fresh core each), timed per chunk of 50 so a
     // sample rarely spans a preemption.
     let mut samples: [Vec<f64>; 3] = Default::default();
@@ -224,7 +244,9 @@ fn ratios(invites: &[Vec<u8>]) {
         }
     }
     print_ratio("INVITE", &mut samples);
+}
 
+fn ratio_register_200() {
     let (mut tl, mut full) = (Registrar::new(), Registrar::new());
     let mut samples: [Vec<f64>; 3] = Default::default();
     for _ in 0..5000 {

@@ -307,21 +307,21 @@ pub(crate) enum TxOwner {
 /// What the transaction layer hands up to the transaction user (the second half of
 /// [`UserAgentCore::handle_datagram`]).
 #[derive(Debug)]
-pub(crate) enum Incoming {
+pub(crate) enum Incoming<'a> {
     /// A request that opened a new server transaction (a new INVITE has had its
     /// 100 Trying).
     Request {
         key: ServerKey,
         method: Method,
-        msg: Box<SipMsg>,
+        msg: Box<SipMsg<'a>>,
     },
     /// An ACK: for a non-2xx (its INVITE transaction) or a 2xx (its dialog).
-    Ack { key: ServerKey, msg: Box<SipMsg> },
+    Ack { key: ServerKey, msg: Box<SipMsg<'a>> },
     /// A response a client transaction let through (not an absorbed retransmission).
     Response {
         owner: TxOwner,
         code: u16,
-        msg: Box<SipMsg>,
+        msg: Box<SipMsg<'a>>,
     },
 }
 
@@ -612,7 +612,12 @@ impl UserAgentCore {
     /// The transaction layer: parses the datagram, answers what cannot be parsed,
     /// matches it to its transaction (retransmissions absorbed) or opens a server
     /// transaction (100 Trying for a new INVITE). Returns what the TU must handle.
-    pub(crate) fn receive(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Option<Incoming> {
+    pub(crate) fn receive<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    ) -> Option<Incoming<'a>> {
         match message::parse(bytes, self.cfg.max_message_size) {
             Parsed::KeepAlive => None,
             Parsed::Drop(reason) => {
@@ -649,7 +654,7 @@ impl UserAgentCore {
     }
 
     /// The transaction user: dialogs, calls, registration.
-    pub(crate) fn deliver(&mut self, now: Instant, incoming: Incoming) {
+    pub(crate) fn deliver(&mut self, now: Instant, incoming: Incoming<'_>) {
         match incoming {
             Incoming::Ack { key, msg } => self.handle_ack(now, &key, &msg),
             Incoming::Request { key, method, msg } => self.handle_request(now, key, method, msg),
@@ -657,23 +662,26 @@ impl UserAgentCore {
         }
     }
 
-    fn request_transaction(&mut self, now: Instant, from: SocketAddr, msg: Box<SipMsg>) -> Option<Incoming> {
+    fn request_transaction<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        mut msg: Box<SipMsg<'a>>,
+    ) -> Option<Incoming<'a>> {
         let method = msg.method()?.clone();
-        let dest = response_destination(&msg.top_via, from);
         // Add received/rport to the top Via copy used in responses.
-        let mut msg = msg;
-        if let Some(top) = msg.vias.first_mut() {
-            message::stamp_top_via(top, &msg.top_via, from);
-        }
+        msg.stamp_top_via(from);
+        let via = msg.top_via();
+        let dest = response_destination(&via, from);
         let rfc2543_branch;
-        let branch = match msg.top_via.branch.as_deref() {
+        let branch = match via.branch {
             Some(b) if b.starts_with(BRANCH_COOKIE) => b,
             _ => {
                 rfc2543_branch = format!(
                     "2543:{}:{}:{}",
-                    msg.call_id,
+                    msg.call_id(),
                     msg.cseq,
-                    msg.from_tag.as_deref().unwrap_or("")
+                    msg.tag_from().unwrap_or("")
                 );
                 &rfc2543_branch
             }
@@ -684,8 +692,8 @@ impl UserAgentCore {
                 ref m => m.as_str(),
             },
             branch,
-            &msg.top_via.host,
-            msg.top_via.port,
+            via.host,
+            via.port,
         );
         if method == Method::Ack {
             return Some(Incoming::Ack { key, msg });
@@ -713,13 +721,13 @@ impl UserAgentCore {
                 return None;
             }
         }
-        if invite && msg.to_tag.is_none() {
+        if invite && msg.tag_to().is_none() {
             self.respond(now, &key, &msg, 100, &[], b"", None);
         }
         Some(Incoming::Request { key, method, msg })
     }
 
-    fn handle_request(&mut self, now: Instant, key: ServerKey, method: Method, msg: Box<SipMsg>) {
+    fn handle_request(&mut self, now: Instant, key: ServerKey, method: Method, msg: Box<SipMsg<'_>>) {
         match method {
             Method::Invite => self.handle_invite(now, &key, *msg),
             Method::Cancel => self.handle_cancel(now, &key, &msg),
@@ -755,7 +763,7 @@ impl UserAgentCore {
         let generated;
         let tag = match to_tag {
             Some(t) => Some(t),
-            None if code > 100 && msg.to_tag.is_none() => {
+            None if code > 100 && msg.tag_to().is_none() => {
                 generated = random_token(10);
                 Some(generated.as_str())
             }
@@ -792,8 +800,8 @@ impl UserAgentCore {
             return;
         }
         // ACK for a 2xx: matched to the dialog.
-        let Some(tag) = msg.to_tag.clone() else { return };
-        let Some(&call_id) = self.dialogs.get(&(msg.call_id.clone(), tag)) else {
+        let Some(tag) = msg.tag_to() else { return };
+        let Some(&call_id) = self.dialogs.get(&(msg.call_id().to_string(), tag.to_string())) else {
             return;
         };
         let Some(call) = self.calls.get_mut(&call_id) else {
@@ -813,7 +821,7 @@ impl UserAgentCore {
     }
 
     fn handle_invite(&mut self, now: Instant, key: &ServerKey, msg: SipMsg) {
-        if let Some(tag) = msg.to_tag.clone() {
+        if let Some(tag) = msg.tag_to().map(str::to_string) {
             self.handle_reinvite(now, key, msg, tag);
             return;
         }
@@ -870,15 +878,15 @@ impl UserAgentCore {
         let peer = next_hop
             .or_else(|| self.server_tx.get(key).map(|t| t.dest))
             .unwrap_or(self.cfg.local_addr);
-        let local_party = format!("{};tag={local_tag}", msg.to);
+        let local_party = format!("{};tag={local_tag}", msg.header_to());
         let media = offer.media.clone();
         let call = Call {
             state: CallState::Incoming,
-            sip_call_id: msg.call_id.clone(),
+            sip_call_id: msg.call_id().to_string(),
             local_tag: local_tag.clone(),
-            remote_tag: msg.from_tag.clone(),
+            remote_tag: msg.tag_from().map(str::to_string),
             local_party,
-            remote_party: msg.from.clone(),
+            remote_party: msg.header_from().to_string(),
             remote_target,
             route_set,
             peer,
@@ -900,7 +908,7 @@ impl UserAgentCore {
             ack: None,
             end_reason: None,
         };
-        self.dialogs.insert((msg.call_id.clone(), local_tag), id);
+        self.dialogs.insert((msg.call_id().to_string(), local_tag), id);
         self.timer_heap
             .push(now + self.cfg.ring_timeout, TimerKey::Ring(id));
         self.calls.insert(id, call);
@@ -909,15 +917,15 @@ impl UserAgentCore {
         }
         self.events.push_back(SipEvent::IncomingCall {
             call: id,
-            call_id: msg.call_id.clone(),
-            from: msg.from.clone(),
-            to: msg.to.clone(),
+            call_id: msg.call_id().to_string(),
+            from: msg.header_from().to_string(),
+            to: msg.header_to().to_string(),
             media,
         });
     }
 
     fn handle_reinvite(&mut self, now: Instant, key: &ServerKey, msg: SipMsg, tag: String) {
-        let Some(&id) = self.dialogs.get(&(msg.call_id.clone(), tag.clone())) else {
+        let Some(&id) = self.dialogs.get(&(msg.call_id().to_string(), tag.clone())) else {
             self.respond(now, key, &msg, 481, &[], b"", None);
             return;
         };
@@ -1017,10 +1025,11 @@ impl UserAgentCore {
     }
 
     fn handle_bye(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {
-        let found = msg
-            .to_tag
-            .clone()
-            .and_then(|t| self.dialogs.get(&(msg.call_id.clone(), t)).copied());
+        let found = msg.tag_to().and_then(|t| {
+            self.dialogs
+                .get(&(msg.call_id().to_string(), t.to_string()))
+                .copied()
+        });
         let Some(id) = found else {
             self.respond(now, key, msg, 481, &[], b"", None);
             return;
@@ -1065,13 +1074,18 @@ impl UserAgentCore {
 
     // ------------------------------------------------------------ responses
 
-    fn response_transaction(&mut self, now: Instant, code: u16, msg: Box<SipMsg>) -> Option<Incoming> {
-        let Some(branch) = msg.top_via.branch.as_deref() else {
+    fn response_transaction<'a>(
+        &mut self,
+        now: Instant,
+        code: u16,
+        msg: Box<SipMsg<'a>>,
+    ) -> Option<Incoming<'a>> {
+        let Some(branch) = msg.top_via().branch else {
             self.stats.dropped += 1;
             return None;
         };
         let timers = self.cfg.timers;
-        let branch: std::borrow::Cow<'_, str> = if msg.cseq_method == "CANCEL" {
+        let branch: std::borrow::Cow<'_, str> = if msg.cseq_method() == "CANCEL" {
             format!("{branch}#cancel").into()
         } else {
             branch.into()
@@ -1082,7 +1096,7 @@ impl UserAgentCore {
             return None;
         };
         if !msg
-            .cseq_method
+            .cseq_method()
             .eq_ignore_ascii_case(if tx.invite { "INVITE" } else { method_of(tx.owner) })
         {
             self.stats.dropped += 1;
@@ -1148,9 +1162,9 @@ impl UserAgentCore {
 
     fn reack(&mut self, msg: &SipMsg) {
         if msg.status().is_some_and(|c| (200..300).contains(&c))
-            && msg.cseq_method == "INVITE"
-            && let Some(tag) = &msg.from_tag
-            && let Some(id) = self.dialogs.get(&(msg.call_id.clone(), tag.clone()))
+            && msg.cseq_method() == "INVITE"
+            && let Some(tag) = msg.tag_from()
+            && let Some(id) = self.dialogs.get(&(msg.call_id().to_string(), tag.to_string()))
             && let Some(call) = self.calls.get(id)
             && let Some(ack) = call.ack.clone()
         {
@@ -1170,9 +1184,9 @@ impl UserAgentCore {
         let headers = [
             ("Via", self.via(branch)),
             ("Max-Forwards", "70".to_string()),
-            ("From", resp.from.clone()),
-            ("To", resp.to.clone()),
-            ("Call-ID", resp.call_id.clone()),
+            ("From", resp.header_from().to_string()),
+            ("To", resp.header_to().to_string()),
+            ("Call-ID", resp.call_id().to_string()),
             ("CSeq", format!("{} ACK", resp.cseq)),
         ];
         message::build_request("ACK", &uri, &headers, b"")
@@ -1506,7 +1520,7 @@ impl UserAgentCore {
                 _ => EndReason::Refused {
                     code,
                     reason: match &msg.start {
-                        StartLine::Response { reason, .. } => reason.clone(),
+                        StartLine::Response { reason, .. } => reason.to_string(),
                         StartLine::Request { .. } => String::new(),
                     },
                 },
@@ -1515,8 +1529,8 @@ impl UserAgentCore {
             return;
         }
         // 2xx: the dialog is confirmed; ACK it (new branch, to the remote target).
-        call.remote_tag = msg.to_tag.clone();
-        call.remote_party = msg.to.clone();
+        call.remote_tag = msg.tag_to().map(str::to_string);
+        call.remote_party = msg.header_to().to_string();
         if let Some(t) = msg.contact_uri() {
             call.remote_target = t;
         }

@@ -412,7 +412,7 @@ impl UserAgentCore {
     /// A final (or provisional) answer to one of our REGISTERs, matched by Call-ID.
     pub(super) fn on_register_response(&mut self, now: Instant, code: u16, msg: &SipMsg) {
         let local = self.local_host_port();
-        let call_id = msg.call_id.clone();
+        let call_id = msg.call_id().to_string();
         let Some((reg, role)) = self.reg_mut(&call_id) else {
             return;
         };

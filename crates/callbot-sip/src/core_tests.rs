@@ -50,9 +50,9 @@ fn request(method: &str, call_id: &str, branch: &str, to_tag: Option<&str>, cseq
     )
 }
 
-fn parse(bytes: &[u8]) -> SipMsg {
+fn parse(bytes: &[u8]) -> SipMsg<'static> {
     match crate::message::parse(bytes, 65535) {
-        Parsed::Message(m) => *m,
+        Parsed::Message(m) => m.into_owned(),
         other => panic!(
             "our own output does not parse: {other:?}\n{}",
             String::from_utf8_lossy(bytes)
@@ -60,7 +60,7 @@ fn parse(bytes: &[u8]) -> SipMsg {
     }
 }
 
-fn drain(ua: &mut UserAgentCore) -> Vec<(SocketAddr, SipMsg)> {
+fn drain(ua: &mut UserAgentCore) -> Vec<(SocketAddr, SipMsg<'static>)> {
     let mut out = Vec::new();
     while let Some(t) = ua.poll_transmit() {
         out.push((t.destination, parse(&t.payload)));
@@ -81,7 +81,7 @@ fn codes(msgs: &[(SocketAddr, SipMsg)]) -> Vec<u16> {
 }
 
 /// Runs every timer up to `until`, returning what was sent and when.
-fn run_until(ua: &mut UserAgentCore, until: Instant) -> Vec<(Instant, SipMsg)> {
+fn run_until(ua: &mut UserAgentCore, until: Instant) -> Vec<(Instant, SipMsg<'static>)> {
     let mut out = Vec::new();
     while let Some(t) = ua.poll_timeout() {
         if t > until {
@@ -129,7 +129,7 @@ fn incoming(ua: &mut UserAgentCore, now: Instant, call_id: &str) -> (CallId, Str
     ua.answer(now, *call, rtp()).unwrap();
     let sent = drain(ua);
     assert_eq!(codes(&sent), vec![200]);
-    let tag = sent[0].1.to_tag.clone().unwrap();
+    let tag = sent[0].1.tag_to().unwrap().to_string();
     (*call, tag)
 }
 
@@ -144,7 +144,7 @@ fn options_answered_and_retransmission_absorbed_until_timer_j() {
     assert_eq!(sent[0].0, peer());
     assert!(sent[0].1.header("Allow").unwrap().contains("INVITE"));
     assert_eq!(sent[0].1.header("Accept"), Some("application/sdp"));
-    let via = &sent[0].1.vias[0];
+    let via = sent[0].1.vias()[0];
     assert!(
         via.contains("received=127.0.0.1") && via.contains("rport=5070"),
         "{via}"
@@ -153,7 +153,7 @@ fn options_answered_and_retransmission_absorbed_until_timer_j() {
     ua.handle_datagram(t0 + Duration::from_secs(1), peer(), req.as_bytes());
     let again = drain(&mut ua);
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].1.to_tag, sent[0].1.to_tag);
+    assert_eq!(again[0].1.tag_to(), sent[0].1.tag_to());
     assert_eq!(ua.stats().retransmissions_absorbed, 1);
     assert_eq!(ua.stats().server_transactions, 1);
     // Timer J = 64*T1 = 32 s.
@@ -291,7 +291,7 @@ fn cancel_before_answer_gives_487_and_an_event() {
         g.iter().map(|(t, _)| (*t - t0).as_millis()).collect::<Vec<_>>(),
         vec![500, 1500]
     );
-    let tag = sent[1].1.to_tag.clone();
+    let tag = sent[1].1.tag_to().map(str::to_string);
     let ack = request("ACK", "c3", "z9hG4bKc3", tag.as_deref(), 1);
     ua.handle_datagram(t0 + Duration::from_secs(2), peer(), ack.as_bytes());
     assert!(run_until(&mut ua, t0 + Duration::from_secs(6)).is_empty());
@@ -435,7 +435,7 @@ fn reinvite_is_answered_and_reported() {
     );
     let sent = drain(&mut ua);
     assert_eq!(codes(&sent), vec![200]);
-    let body = String::from_utf8(sent[0].1.body.clone()).unwrap();
+    let body = String::from_utf8(sent[0].1.body.to_vec()).unwrap();
     assert!(body.contains("m=audio 30000 "), "{body}");
     let ev = events(&mut ua);
     let [SipEvent::MediaUpdated { call: c, media }] = ev.as_slice() else {
@@ -469,15 +469,18 @@ fn local_hangup_sends_bye_and_reports_after_the_answer() {
     let (dest, bye) = &sent[0];
     assert_eq!(bye.method(), Some(&Method::Bye));
     assert_eq!(*dest, peer(), "BYE goes to the Contact");
-    assert_eq!(bye.from_tag.as_deref(), Some(tag.as_str()));
-    assert_eq!(bye.to_tag.as_deref(), Some("alice1"));
+    assert_eq!(bye.tag_from(), Some(tag.as_str()));
+    assert_eq!(bye.tag_to(), Some("alice1"));
     assert!(events(&mut ua).is_empty(), "ended only once the BYE is answered");
     // Timer E: 0.5, 1.5 s...
     let re = run_until(&mut ua, t0 + Duration::from_millis(1600));
     assert_eq!(re.len(), 2);
     let ok = format!(
         "SIP/2.0 200 OK\r\nVia: {}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: h1\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n",
-        bye.vias[0], bye.from, bye.to, bye.cseq
+        bye.vias()[0],
+        bye.header_from(),
+        bye.header_to(),
+        bye.cseq
     );
     ua.handle_datagram(t0 + Duration::from_secs(2), peer(), ok.as_bytes());
     assert_eq!(
@@ -496,16 +499,16 @@ fn local_hangup_sends_bye_and_reports_after_the_answer() {
 
 fn respond_to(req: &SipMsg, code: u16, to_tag: Option<&str>, extra: &str, body: &str) -> String {
     let to = match to_tag {
-        Some(t) if req.to_tag.is_none() => format!("{};tag={t}", req.to),
-        _ => req.to.clone(),
+        Some(t) if req.tag_to().is_none() => format!("{};tag={t}", req.header_to()),
+        _ => req.header_to().to_string(),
     };
     format!(
         "SIP/2.0 {code} X\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        req.vias[0],
-        req.from,
-        req.call_id,
+        req.vias()[0],
+        req.header_from(),
+        req.call_id(),
         req.cseq,
-        req.cseq_method,
+        req.cseq_method(),
         body.len()
     )
 }
@@ -541,7 +544,7 @@ fn registration_with_digest_refresh_and_unregister() {
         "{auth}"
     );
     assert_eq!(r2.cseq, r1.cseq + 1);
-    assert_eq!(r2.call_id, r1.call_id);
+    assert_eq!(r2.call_id(), r1.call_id());
     // Granted 60 s (less than asked): refresh at half.
     let contact = "Contact: <sip:botuser@127.0.0.1:5060>;expires=60\r\n";
     ua.handle_datagram(
@@ -644,7 +647,7 @@ fn outbound_call_with_auth_progress_ack_and_bye() {
     ua.handle_datagram(t0, peer(), respond_to(&inv, 407, Some("p"), chal, "").as_bytes());
     let sent = drain(&mut ua);
     assert_eq!(sent[0].1.method(), Some(&Method::Ack));
-    assert_eq!(sent[0].1.top_via.branch, inv.top_via.branch);
+    assert_eq!(sent[0].1.top_via().branch, inv.top_via().branch);
     let inv2 = &sent[1].1;
     assert!(inv2.header("Proxy-Authorization").is_some());
     assert_eq!(inv2.cseq, inv.cseq + 1);
@@ -662,8 +665,8 @@ fn outbound_call_with_auth_progress_ack_and_bye() {
     let sent = drain(&mut ua);
     let ack = &sent[0].1;
     assert_eq!(ack.method(), Some(&Method::Ack));
-    assert_ne!(ack.top_via.branch, inv2.top_via.branch);
-    assert_eq!(ack.to_tag.as_deref(), Some("bob1"));
+    assert_ne!(ack.top_via().branch, inv2.top_via().branch);
+    assert_eq!(ack.tag_to(), Some("bob1"));
     let ev = events(&mut ua);
     let [SipEvent::CallAnswered { media, .. }] = ev.as_slice() else {
         panic!("{ev:?}")
@@ -675,7 +678,9 @@ fn outbound_call_with_auth_progress_ack_and_bye() {
     // BYE from the callee (as its own in-dialog request).
     let bye = format!(
         "BYE sip:bot@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP {PEER};branch=z9hG4bKbb\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
-        ack.to, ack.from, ack.call_id
+        ack.header_to(),
+        ack.header_from(),
+        ack.call_id()
     );
     ua.handle_datagram(t0, peer(), bye.as_bytes());
     assert_eq!(codes(&drain(&mut ua)), vec![200]);
@@ -702,7 +707,7 @@ fn outbound_call_cancel_and_refusal_and_timer_b() {
     let sent = drain(&mut ua);
     let cancel = &sent[0].1;
     assert_eq!(cancel.method(), Some(&Method::Cancel));
-    assert_eq!(cancel.top_via.branch, inv.top_via.branch);
+    assert_eq!(cancel.top_via().branch, inv.top_via().branch);
     ua.handle_datagram(t0, peer(), respond_to(cancel, 200, Some("b"), "", "").as_bytes());
     ua.handle_datagram(t0, peer(), respond_to(&inv, 487, Some("b"), "", "").as_bytes());
     assert_eq!(drain(&mut ua)[0].1.method(), Some(&Method::Ack));
@@ -791,7 +796,7 @@ fn thousand_calls_leave_every_table_empty() {
             1 => ua.reject(now, call, 603).unwrap(),
             _ => {
                 ua.answer(now, call, rtp()).unwrap();
-                let tag = drain(&mut ua).remove(0).1.to_tag.unwrap();
+                let tag = drain(&mut ua).remove(0).1.tag_to().unwrap().to_string();
                 ua.handle_datagram(
                     now,
                     peer(),
@@ -977,7 +982,7 @@ fn record_route_is_copied_and_followed() {
             m.status()
         );
     }
-    let tag = sent[1].1.to_tag.clone().unwrap();
+    let tag = sent[1].1.tag_to().unwrap().to_string();
     ua.handle_datagram(
         t0,
         proxy,
@@ -1025,7 +1030,7 @@ fn other_registrar() -> SocketAddr {
 }
 
 /// Stages `user` (without credentials) at `other_registrar()`; returns its REGISTER.
-fn stage_at_other_registrar(ua: &mut UserAgentCore, now: Instant, user: &str) -> SipMsg {
+fn stage_at_other_registrar(ua: &mut UserAgentCore, now: Instant, user: &str) -> SipMsg<'static> {
     let cfg = RegistrationConfig::new(other_registrar(), "127.0.0.1");
     ua.stage_registration(now, cfg, user, None).unwrap();
     drain(ua).remove(0).1
@@ -1039,7 +1044,7 @@ fn challenge(
     registrar: SocketAddr,
     req: &SipMsg,
     user: &str,
-) -> SipMsg {
+) -> SipMsg<'static> {
     ua.handle_datagram(
         now,
         registrar,
@@ -1069,8 +1074,12 @@ fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_remo
     assert_eq!(sent.len(), 1);
     let (dest, r1) = &sent[0];
     assert_eq!(*dest, other_registrar());
-    assert!(r1.to.contains("sip:newbot@127.0.0.1"), "{}", r1.to);
-    assert_ne!(r1.call_id, old_call_id, "a binding of its own");
+    assert!(
+        r1.header_to().contains("sip:newbot@127.0.0.1"),
+        "{}",
+        r1.header_to()
+    );
+    assert_ne!(r1.call_id(), old_call_id, "a binding of its own");
     assert_eq!(r1.header("Contact"), Some("<sip:newbot@127.0.0.1:5060>"));
     let r2 = challenge(&mut ua, t1, other_registrar(), r1, "newbot");
     let t2 = t1 + Duration::from_millis(40);
@@ -1108,7 +1117,7 @@ fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_remo
     assert_eq!(sent.len(), 1);
     let (dest, un) = &sent[0];
     assert_eq!(*dest, peer());
-    assert_eq!(un.call_id, old_call_id);
+    assert_eq!(un.call_id(), old_call_id);
     assert_eq!(un.header("Expires"), Some("0"));
     assert_eq!(un.header("Contact"), Some("<sip:botuser@127.0.0.1:5060>"));
     let un2 = challenge(&mut ua, t2, peer(), un, "botuser");
@@ -1122,7 +1131,7 @@ fn staged_registration_is_registered_first_then_swapped_and_the_old_binding_remo
         .filter(|(_, m)| m.method() == Some(&Method::Register))
         .collect();
     assert_eq!(refresh.len(), 1, "{sent:?}");
-    assert!(refresh[0].1.to.contains("newbot"));
+    assert!(refresh[0].1.header_to().contains("newbot"));
     // Shutdown removes the new binding.
     ua.handle_datagram(
         t2 + Duration::from_secs(270),
@@ -1183,7 +1192,7 @@ fn refused_or_unanswered_staged_registration_leaves_the_old_one_alone() {
     let sent = run_until(&mut ua, t0 + Duration::from_secs(90));
     assert!(
         sent.iter()
-            .any(|(_, m)| m.method() == Some(&Method::Register) && m.to.contains("botuser")),
+            .any(|(_, m)| m.method() == Some(&Method::Register) && m.header_to().contains("botuser")),
         "{sent:?}"
     );
     assert!(events(&mut ua).contains(&SipEvent::Registration(RegistrationState::Registering)));

@@ -16,19 +16,24 @@ use crate::core::{Incoming, UserAgentCore};
 
 /// A message the transaction layer let through, not yet seen by the transaction user.
 #[derive(Debug)]
-pub struct Received(Incoming);
+pub struct Received<'a>(Incoming<'a>);
 
 impl UserAgentCore {
     /// The transaction layer's half of [`handle_datagram`](Self::handle_datagram).
     /// `None`: nothing for the transaction user (a retransmission, a keep-alive, a
     /// request answered with an error or a dropped datagram).
-    pub fn receive_datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> Option<Received> {
+    pub fn receive_datagram<'a>(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &'a [u8],
+    ) -> Option<Received<'a>> {
         self.receive(now, from, bytes).map(Received)
     }
 
     /// The transaction user's half: handles what [`receive_datagram`](Self::receive_datagram)
     /// returned.
-    pub fn deliver_received(&mut self, now: Instant, received: Received) {
+    pub fn deliver_received(&mut self, now: Instant, received: Received<'_>) {
         self.deliver(now, received.0);
     }
 }
