@@ -482,9 +482,7 @@ fn supervise(driver: Driver) -> Option<ThreadReport> {
             Step::Finished(report) => return Some(report),
             Step::Drained(d) => {
                 driver = d;
-                let started = Instant::now();
-                let released = crate::heap::release_free_memory();
-                tracing::debug!(released, took = ?started.elapsed(), "load peak over: free heap returned to the system");
+                crate::heap::release_after_peak();
             }
         }
     }
@@ -522,9 +520,7 @@ impl Driver {
                 core.handle_timeout(now);
                 drained = core.take_drained();
                 if drained && !yield_drained {
-                    let started = Instant::now();
-                    let released = crate::heap::release_free_memory();
-                    tracing::debug!(released, took = ?started.elapsed(), "load peak over: free heap returned to the system");
+                    crate::heap::release_after_peak();
                 }
             }
             while let Some(t) = core.poll_transmit() {
