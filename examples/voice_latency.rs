@@ -154,6 +154,7 @@ struct Relay {
     log: Arc<Mutex<WireLog>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    _rtcp_sinks: [UdpSocket; 2],
 }
 
 fn peak_of(payload: &[u8]) -> u16 {
@@ -166,8 +167,12 @@ fn peak_of(payload: &[u8]) -> u16 {
 
 impl Relay {
     fn start() -> Result<Relay, String> {
-        let bind = || UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).map_err(|e| e.to_string());
-        let (a, b) = (bind()?, bind()?);
+        // RTP on base and base + 2; RTCP (sent to RTP port + 1) lands on the two
+        // sockets between, held open and never read.
+        let base = callbot_testkit::ports::free_udp_port_range(4);
+        let bind = |i: u16| UdpSocket::bind(SocketAddr::new(LOOPBACK, base + i)).map_err(|e| e.to_string());
+        let (a, b) = (bind(0)?, bind(2)?);
+        let rtcp_sinks = [bind(1)?, bind(3)?];
         let caller_side = a.local_addr().map_err(|e| e.to_string())?;
         let bot_side = b.local_addr().map_err(|e| e.to_string())?;
         let caller: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
@@ -234,6 +239,7 @@ impl Relay {
             log,
             stop,
             threads,
+            _rtcp_sinks: rtcp_sinks,
         })
     }
 
@@ -589,7 +595,12 @@ fn breakdown(fig: &Figures, bot_v2v: &[f64]) {
     println!("    A wire: last speech packet -> first reply packet with sound {wire:6.1}");
     println!("    B bot clock: voice_to_voice (voice end -> reply queued)     {v2v:6.1}");
     if bot_v2v.len() == fig.wire_to_sound.len() {
-        let gap: Vec<f64> = fig.wire_to_sound.iter().zip(bot_v2v).map(|(a, b)| a - b).collect();
+        let gap: Vec<f64> = fig
+            .wire_to_sound
+            .iter()
+            .zip(bot_v2v)
+            .map(|(a, b)| a - b)
+            .collect();
         println!(
             "    A-B: bot jitter buffer + VAD dating + wait for the send tick {:6.1} (min {:.1}, max {:.1})",
             mean(&gap),

@@ -459,7 +459,7 @@ impl JitterBuffer {
 mod tests {
     use super::*;
 
-    fn p(seq: u16) -> RtpPacket {
+    pub(super) fn p(seq: u16) -> RtpPacket {
         RtpPacket {
             payload_type: 0,
             marker: false,
@@ -470,7 +470,7 @@ mod tests {
         }
     }
 
-    const F: Duration = Duration::from_millis(20);
+    pub(super) const F: Duration = Duration::from_millis(20);
 
     /// Drives a buffer: packets arrive per `arrivals` (slot index, seq), pops once per
     /// slot; returns the playout as Some(seq) / None (concealed), skipping Nothing.
@@ -640,20 +640,8 @@ mod tests {
 
 #[cfg(test)]
 mod adaptive_tests {
+    use super::tests::{F, p};
     use super::*;
-
-    const F: Duration = Duration::from_millis(20);
-
-    fn p(seq: u16) -> RtpPacket {
-        RtpPacket {
-            payload_type: 0,
-            marker: false,
-            sequence: seq,
-            timestamp: u32::from(seq).wrapping_mul(160),
-            ssrc: 7,
-            payload: vec![0xFF; 160],
-        }
-    }
 
     fn adaptive() -> JitterConfig {
         JitterConfig {
