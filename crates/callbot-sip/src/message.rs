@@ -411,6 +411,22 @@ impl<'a> Headers<'a> {
     }
 }
 
+/// The Content-Length of a message: None without one; an error when one is not a
+/// number or two disagree.
+fn content_length_of(headers: &Headers<'_>) -> Result<Option<usize>, &'static str> {
+    let mut content_length: Option<usize> = None;
+    for v in headers.get_all("Content-Length") {
+        let Ok(len) = v.parse::<usize>() else {
+            return Err("bad Content-Length");
+        };
+        if content_length.is_some_and(|c| c != len) {
+            return Err("conflicting Content-Length");
+        }
+        content_length = Some(len);
+    }
+    Ok(content_length)
+}
+
 /// A byte range in a message's header text.
 type Span = (usize, usize);
 
@@ -771,6 +787,11 @@ impl<'v> Iterator for CommaParts<'v> {
     fn next(&mut self) -> Option<&'v str> {
         loop {
             let value = self.rest?;
+            if !value.contains(',') {
+                self.rest = None;
+                let part = value.trim();
+                return (!part.is_empty()).then_some(part);
+            }
             // Quotes and brackets are closed at every comma that splits.
             let (mut quoted, mut angle, mut escaped) = (false, false, false);
             let mut comma = None;
@@ -873,7 +894,7 @@ pub(crate) fn parse(bytes: &[u8], max_size: usize) -> Parsed<'_> {
         return Parsed::Drop("message too large");
     }
     match scan_canonical(bytes) {
-        Some(c) => finish(c.start_line, c.headers, c.rest, Some(bytes)),
+        Some(c) => finish(c.start_line, c.headers, c.rest, Some((bytes, c.content_length))),
         None => parse_normalising(bytes),
     }
 }
@@ -884,6 +905,8 @@ struct Canonical<'a> {
     headers: Headers<'a>,
     /// Everything after the blank line.
     rest: &'a [u8],
+    /// The one Content-Length, checked: digits only, no larger than `rest`.
+    content_length: Option<usize>,
 }
 
 /// One scan proving `bytes` are exactly what [`parse_normalising`] would rebuild them
@@ -897,8 +920,8 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
     if line_len == 0 || bytes.get(line_len..line_len + 2)? != b"\r\n" {
         return None;
     }
-    let start_line = std::str::from_utf8(bytes.get(..line_len)?).ok()?;
-    if !start_line.starts_with("SIP/") && start_line.contains('[') {
+    let first_line = bytes.get(..line_len)?;
+    if !first_line.starts_with(b"SIP/") && first_line.contains(&b'[') {
         return None;
     }
     let block = line_len + 2;
@@ -933,7 +956,9 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
             if content_length.is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
                 return None;
             }
-            content_length = Some(std::str::from_utf8(value).ok()?.parse().ok()?);
+            content_length = Some(value.iter().try_fold(0usize, |n, &d| {
+                n.checked_mul(10)?.checked_add(usize::from(d.wrapping_sub(b'0')))
+            })?);
         }
         let at = pos - block;
         headers.add(Field {
@@ -943,7 +968,9 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
         });
         pos += v1 + 2;
     }
-    let text = std::str::from_utf8(bytes.get(block..pos - 2)?).ok()?;
+    // One UTF-8 check for the head (the scan let only ASCII through: it cannot fail).
+    let head = std::str::from_utf8(bytes.get(..pos - 2)?).ok()?;
+    let (start_line, text) = (head.get(..line_len)?, head.get(block..)?);
     let rest = bytes.get(pos..)?;
     if content_length.is_some_and(|len| len > rest.len()) {
         return None;
@@ -953,6 +980,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
         start_line,
         headers,
         rest,
+        content_length,
     })
 }
 
@@ -1051,7 +1079,7 @@ fn finish<'a>(
     start_line: &'a str,
     headers: Headers<'a>,
     rest: &'a [u8],
-    original: Option<&[u8]>,
+    canonical: Option<(&[u8], Option<usize>)>,
 ) -> Parsed<'a> {
     let echo = echo_parts(&headers);
     let is_request = !start_line.starts_with("SIP/");
@@ -1059,17 +1087,14 @@ fn finish<'a>(
         let echo = echo.as_ref().filter(|_| is_request).map(|e| e.to_echo(&headers));
         reject_with(echo, is_request, code, reason)
     };
-    // Content-Length: checked here (rsip ignores it).
-    let mut content_length: Option<usize> = None;
-    for v in headers.get_all("Content-Length") {
-        let Ok(len) = v.parse::<usize>() else {
-            return reject(400, "bad Content-Length");
-        };
-        if content_length.is_some_and(|c| c != len) {
-            return reject(400, "conflicting Content-Length");
-        }
-        content_length = Some(len);
-    }
+    // Content-Length: checked here (rsip ignores it), or by the canonical scan.
+    let content_length = match canonical {
+        Some((_, checked)) => checked,
+        None => match content_length_of(&headers) {
+            Ok(len) => len,
+            Err(reason) => return reject(400, reason),
+        },
+    };
     let body = match content_length {
         Some(len) if len > rest.len() => return reject(400, "Content-Length larger than the body"),
         Some(len) => rest.get(..len).unwrap_or_default(),
@@ -1126,8 +1151,8 @@ fn finish<'a>(
     // the input it has left into an error string at each alternative it tries, so a
     // body handed to it costs its length several times over.
     let rebuilt;
-    let rsip_input = match original {
-        Some(o) => o.get(..o.len().saturating_sub(rest.len())).unwrap_or(o),
+    let rsip_input = match canonical {
+        Some((o, _)) => o.get(..o.len().saturating_sub(rest.len())).unwrap_or(o),
         None => {
             rebuilt = rebuild(start_line, &headers, body.len());
             rebuilt.as_slice()
@@ -1152,7 +1177,10 @@ fn finish<'a>(
         if !(100..700).contains(&code) {
             return Parsed::Drop("bad status code");
         }
-        let reason = start_line.splitn(3, ' ').nth(2).unwrap_or_default();
+        let reason = cut(start_line, b' ')
+            .1
+            .and_then(|r| cut(r, b' ').1)
+            .unwrap_or_default();
         StartLine::Response {
             code,
             reason: Cow::Borrowed(reason),
@@ -1162,7 +1190,7 @@ fn finish<'a>(
     let checked = (|| {
         let e = echo.as_ref()?;
         let Some((cseq, cseq_method)) =
-            split_cseq(e.cseq).and_then(|(n, m)| Some((n.parse::<u32>().ok()?, upper_method(m))))
+            Some(e.cseq_parts).and_then(|(n, m)| Some((n.parse::<u32>().ok()?, upper_method(m))))
         else {
             return Some(Err((400, "malformed CSeq")));
         };
@@ -1277,6 +1305,8 @@ struct EchoParts<'h> {
     to: &'h str,
     call_id: &'h str,
     cseq: &'h str,
+    /// The two words of `cseq`.
+    cseq_parts: (&'h str, &'h str),
 }
 
 impl EchoParts<'_> {
@@ -1296,17 +1326,19 @@ impl EchoParts<'_> {
 fn echo_parts<'h>(headers: &'h Headers<'_>) -> Option<EchoParts<'h>> {
     // Only answer what can be routed back: the top Via must parse.
     let top_value = headers.vias().next()?;
+    let cseq = headers.first(Kind::CSeq)?;
     let e = EchoParts {
         top_value,
         top: Via::parse(top_value)?,
         from: headers.first(Kind::From)?,
         to: headers.first(Kind::To)?,
         call_id: headers.first(Kind::CallId)?,
-        cseq: headers.first(Kind::CSeq)?,
+        cseq,
+        cseq_parts: split_cseq(cseq)?,
     };
     let all_present = [e.from, e.to, e.call_id].iter().all(|v| !v.is_empty());
-    let cseq_ok = split_cseq(e.cseq)
-        .is_some_and(|(n, m)| n.bytes().all(|b| b.is_ascii_digit()) && m.bytes().all(is_token_char));
+    let (n, m) = e.cseq_parts;
+    let cseq_ok = n.bytes().all(|b| b.is_ascii_digit()) && m.bytes().all(is_token_char);
     (all_present && cseq_ok).then_some(e)
 }
 
