@@ -1184,6 +1184,88 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_playout_starts_small_and_sheds_growth_only_in_quiet_packets() {
+        // A caller streams 151 loud packets then quiet ones, every 20 ms; its sender
+        // stalls once (packets 5 and 6 leave together at 135 ms).
+        let t0 = Instant::now();
+        let from = addr("127.0.0.1:4000");
+        let mut cfg = MediaConfig::new(Law::Ulaw, Some(from));
+        cfg.send_silence = false;
+        cfg.jitter = JitterConfig {
+            depth: Duration::from_millis(60),
+            adaptive: Some(crate::jitter::AdaptiveDepth {
+                min_depth: Duration::from_millis(10),
+                shrink_after: 10,
+                grow_hold: 50,
+            }),
+            ..JitterConfig::default()
+        };
+        let mut b = MediaEngine::new(cfg, t0 + Duration::from_millis(3), SystemTime::now(), [2, 3, 4]);
+        let loud = tone(160);
+        let mut arrivals: Vec<(Duration, u16)> = (0..300u16)
+            .map(|s| {
+                let at = match s {
+                    5 => Duration::from_millis(135),
+                    6 => Duration::from_millis(135),
+                    _ => Duration::from_millis(20 * u64::from(s)),
+                };
+                (at, s)
+            })
+            .collect();
+        arrivals.sort();
+        let mut frames = Vec::new();
+        let mut next = 0;
+        let mut data = Vec::new();
+        for ms in 0..6400u64 {
+            let now = t0 + Duration::from_millis(ms);
+            while let Some(&(at, seq)) = arrivals.get(next)
+                && at <= Duration::from_millis(ms)
+            {
+                let mut payload = Vec::new();
+                if seq <= 150 {
+                    Law::Ulaw.encode_into(&loud, &mut payload);
+                } else {
+                    payload = vec![Law::Ulaw.silence_code(); 160];
+                }
+                packet::write_rtp(&mut data, 0, seq == 0, seq, u32::from(seq) * 160, 9, &payload);
+                b.handle_rtp(now, from, &data);
+                next += 1;
+            }
+            b.handle_timeout(now);
+            while let Some(ev) = b.poll_event() {
+                if let MediaEvent::Frame(f) = ev {
+                    frames.push(f);
+                }
+            }
+        }
+        let peak = |f: &ReceivedFrame| {
+            f.audio
+                .samples
+                .iter()
+                .map(|s| s.unsigned_abs())
+                .max()
+                .unwrap_or(0)
+        };
+        // packet 0 arrived at 0 and played at the first tick 10 ms later (tick 1 at 23 ms)
+        let first = frames.iter().find(|f| f.kind == FrameKind::Audio).unwrap();
+        assert_eq!(first.tick, 1);
+        let s = b.stats();
+        assert_eq!((s.playout_grown, s.playout_shrunk, s.packets_lost), (1, 1, 0));
+        assert_eq!(s.playout_delay, Duration::from_millis(10));
+        // every loud packet was played: only a quiet one was shed
+        let loud_frames = frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Audio && peak(f) >= QUIET_PEAK)
+            .count();
+        assert_eq!(loud_frames, 151);
+        let quiet_frames = frames
+            .iter()
+            .filter(|f| f.kind == FrameKind::Audio && peak(f) == 0)
+            .count();
+        assert_eq!(quiet_frames, 300 - 151 - 1);
+    }
+
+    #[test]
     fn rtcp_reports_flow_both_ways() {
         let mut p = Pair::new(Law::Ulaw);
         p.a.play(tone(8000 * 12)).unwrap();
