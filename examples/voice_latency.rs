@@ -6,10 +6,17 @@
 //! (`callbot_testkit::ollama::OllamaServer`) whose first token comes after 100 ms.
 //! The caller is the project's own SIP UAC (`callbot-sip`) with an `RtpSession`: it
 //! speaks the testkit's espeak-ng sentences (8 kHz, G.711) one turn at a time and
-//! measures, per turn, from the end of its speech (the last speech sample sent) to the
-//! first reply packet it receives (its jitter buffer is set to 20 ms and included).
-//! The bot's own per-turn figure (end of the caller's voice to the first reply audio
-//! queued for sending, from its transcript) is printed beside it.
+//! measures, per turn, from the end of its speech to the first reply packet it
+//! receives with a loud sample (its jitter buffer is set to 20 ms and included).
+//! The end of its speech is measured on the wire: a UDP relay between the two RTP
+//! sessions timestamps every packet both ways, and the reference is the moment the
+//! packet carrying the last speech sample left the caller (the relay's forwarding,
+//! microseconds, falls after it, so it can only add). The bot's own per-turn figure
+//! (end of the caller's voice to the first reply audio queued for sending, from its
+//! transcript) is printed beside it, with a breakdown of the difference: the
+//! reply's first packets on the wire, the caller's jitter buffer, and the bot's VAD
+//! run offline over the same frames. `--jitter-min MS` sets the bot's
+//! `media.jitter_buffer_min_ms` (40: the fixed buffer of before).
 //!
 //! With speculation on, the turn ends early when the speculative transcript reads as
 //! a finished sentence (`dialogue.early_end_of_turn`); `--early-end off` measures the
@@ -18,6 +25,7 @@
 //! ```text
 //! cargo run --release -p callbot-examples --example voice_latency -- [--turns 10] [--mode both|on|off]
 //!     [--early-end on|off] [--speculation-delay SECS] [--early-min-silence SECS] [--hangover SECS]
+//!     [--jitter-min MS]
 //! ```
 //! Needs `CALLBOT_WHISPER_MODEL` (or `cargo xtask model`) and espeak-ng. The machine's
 //! load average is printed before and after each mode (the figures depend on it).
@@ -367,6 +375,7 @@ struct Variant {
     speculation_delay: Option<f64>,
     early_min_silence: Option<f64>,
     hangover: Option<f64>,
+    jitter_min_ms: Option<u32>,
 }
 
 fn load_average() -> String {
@@ -427,6 +436,13 @@ fn run_mode(
     if let Some(secs) = variant.hangover {
         s.dialogue.vad.hangover_secs = secs;
     }
+    if let Some(ms) = variant.jitter_min_ms {
+        s.media.jitter_buffer_min_ms = ms.min(s.media.jitter_buffer_ms);
+    }
+    println!(
+        "  settings: media.jitter_buffer_min_ms {} (max {})",
+        s.media.jitter_buffer_min_ms, s.media.jitter_buffer_ms
+    );
     println!(
         "  settings: speculative_stt {} early_end_of_turn {} speculation_delay_secs {} early_end_min_silence_secs {} vad.hangover_secs {}",
         s.dialogue.speculative_stt,
@@ -642,6 +658,7 @@ fn run() -> Result<(), String> {
         "speculation-delay",
         "early-min-silence",
         "hangover",
+        "jitter-min",
     ])?;
     let turns: usize = args.parsed_or("turns", 10)?;
     let early_end = match args.get("early-end") {
@@ -661,6 +678,10 @@ fn run() -> Result<(), String> {
         speculation_delay: optional("speculation-delay")?,
         early_min_silence: optional("early-min-silence")?,
         hangover: optional("hangover")?,
+        jitter_min_ms: args
+            .get("jitter-min")
+            .map(|v| v.parse::<u32>().map_err(|e| format!("--jitter-min {v}: {e}")))
+            .transpose()?,
     };
     let modes: &[bool] = match args.get("mode").unwrap_or("both") {
         "both" => &[true, false],
