@@ -13,8 +13,9 @@
 //! rejected). Both paths end in the same checks; a property test holds them equal.
 //!
 //! A [`SipMsg`] borrows the datagram: the header block of a canonical datagram and the
-//! body of any are not copied, and Via, From, To, Call-ID, the tags and the CSeq method
-//! are byte ranges into the header block, so taking a message in allocates no string.
+//! body of any are not copied, and Via, From, To and Call-ID are byte ranges into the
+//! header block (the tags are found when asked for), so taking a message in allocates no
+//! string.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -111,23 +112,58 @@ impl<'s> Via<'s> {
     /// Parses one Via value (`SIP/2.0/UDP host:port;branch=..;rport`): a byte scan
     /// (SP and HT are the only white space SIP knows), no allocation.
     pub(crate) fn parse(value: &'s str) -> Option<Via<'s>> {
-        let (first, mut params) = cut(value, b';');
-        let (proto, rest) = cut_lws(trim_lws(first));
-        if !proto.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("SIP/2.0/")) {
+        // One pass over `SIP/2.0/transport LWS sent-by [LWS ...]` up to the first `;`
+        // (what trimming the part before `;` and cutting it at white space gives).
+        let b = value.as_bytes();
+        let run = |from: usize, lws: bool| {
+            from + b
+                .get(from..)
+                .unwrap_or_default()
+                .iter()
+                .position(|&c| c == b';' || is_lws(c) != lws)
+                .unwrap_or(b.len().saturating_sub(from))
+        };
+        let p0 = run(0, true);
+        let p1 = run(p0, false);
+        if !b
+            .get(p0..p1)
+            .and_then(|p| p.get(..8))
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/2.0/"))
+        {
             return None;
         }
-        let (sent_by, _) = cut_lws(trim_lws(rest?));
-        let (host, port) = split_host_port(sent_by)?;
+        // No white space after the protocol: nothing names the sent-by.
+        if !b.get(p1).copied().is_some_and(is_lws) {
+            return None;
+        }
+        let s0 = run(p1, true);
+        let s1 = run(s0, false);
+        let (host, port) = split_host_port(value.get(s0..s1)?)?;
+        let mut params = cut(value.get(s1..)?, b';').1;
         let mut via = Via {
             host,
             port,
             ..Via::default()
         };
         while let Some(p) = params {
-            let (p, next) = cut(p, b';');
-            params = next;
-            let (k, v) = cut(p, b'=');
-            let (k, v) = (trim_lws(k), v.map(trim_lws));
+            // One scan to the end of the name: `=` (a value follows) or `;` (none).
+            let b = p.as_bytes();
+            let (k, v) = match b.iter().position(|&c| c == b'=' || c == b';') {
+                Some(i) if b.get(i) == Some(&b'=') => {
+                    let (v, next) = cut(p.get(i + 1..).unwrap_or_default(), b';');
+                    params = next;
+                    (p.get(..i).unwrap_or_default(), Some(trim_lws(v)))
+                }
+                Some(i) => {
+                    params = p.get(i + 1..);
+                    (p.get(..i).unwrap_or_default(), None)
+                }
+                None => {
+                    params = None;
+                    (p, None)
+                }
+            };
+            let k = trim_lws(k);
             match k.len() {
                 6 if k.eq_ignore_ascii_case("branch") => via.branch = v,
                 5 if k.eq_ignore_ascii_case("rport") => via.rport = true,
@@ -461,8 +497,6 @@ pub(crate) struct SipMsg<'a> {
     from: Span,
     to: Span,
     call_id: Span,
-    from_tag: Option<Span>,
-    to_tag: Option<Span>,
     pub(crate) cseq: u32,
     /// Upper case.
     cseq_method: Cow<'static, str>,
@@ -487,8 +521,6 @@ impl<'a> SipMsg<'a> {
             from: self.from,
             to: self.to,
             call_id: self.call_id,
-            from_tag: self.from_tag,
-            to_tag: self.to_tag,
             cseq: self.cseq,
             cseq_method: self.cseq_method,
             body: Cow::Owned(self.body.into_owned()),
@@ -533,14 +565,14 @@ impl<'a> SipMsg<'a> {
         self.headers.at(self.call_id)
     }
 
-    /// The From tag.
+    /// The From tag (found when asked for: a response to REGISTER never needs it).
     pub(crate) fn tag_from(&self) -> Option<&str> {
-        self.from_tag.map(|s| self.headers.at(s))
+        tag_param(self.header_from())
     }
 
-    /// The To tag.
+    /// The To tag (found when asked for).
     pub(crate) fn tag_to(&self) -> Option<&str> {
-        self.to_tag.map(|s| self.headers.at(s))
+        tag_param(self.header_to())
     }
 
     /// The CSeq method, upper case.
@@ -1220,7 +1252,6 @@ fn finish<'a>(
         received: e.top.received.map(at),
     };
     let (from, to, call_id) = (at(e.from), at(e.to), at(e.call_id));
-    let (from_tag, to_tag) = (tag_param(e.from).map(at), tag_param(e.to).map(at));
     Parsed::Message(Box::new(SipMsg {
         start,
         headers,
@@ -1229,8 +1260,6 @@ fn finish<'a>(
         from,
         to,
         call_id,
-        from_tag,
-        to_tag,
         cseq,
         cseq_method,
         body: Cow::Borrowed(body),
