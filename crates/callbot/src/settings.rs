@@ -344,9 +344,10 @@ pub struct VadSettings {
     pub hangover_secs: f64,
     /// While the bot speaks, speech this long is enough to interrupt it (barge-in);
     /// shorter than `min_speech_secs` so playback stops sooner (at most `min_speech_secs`;
-    /// the VAD counts 16 ms frames, rounded up). Default 32 ms: with the 40 ms jitter
-    /// buffer, speech onset to the last bot packet measured 127-131 ms on loopback; a
-    /// longer value resists clicks and line echo better (48 ms: about 145 ms).
+    /// the VAD counts 16 ms frames, rounded up). Default 32 ms: with the adaptive jitter
+    /// buffer (10 ms on a clean path), speech onset to the last bot packet measured
+    /// 107-111 ms on loopback (127-131 ms with a fixed 40 ms buffer); a longer value
+    /// resists clicks and line echo better (48 ms: about 16 ms more).
     pub barge_in_min_speech_secs: f64,
 }
 
