@@ -11,6 +11,8 @@
 //!   resampled to 8 kHz, band-limited to 300-3400 Hz (4th-order Butterworth high-pass and
 //!   low-pass), optionally through G.711, and for `telephone_16k` back up to 16 kHz f32.
 //! - [`SENTENCES`]: a fixed list of 12 phone-bot sentences over five espeak voices.
+//! - [`accuracy_set`]: every sentence by every voice of [`ACCURACY_VOICES`], spoken at
+//!   [`ACCURACY_WPM`] (a natural phone rate), for word error rates.
 //! - [`wer`]: word errors (Levenshtein over words) after [`normalize`]: Whisper's English
 //!   normaliser rules (case, punctuation, contractions, fillers, spelling), numbers spelled out.
 //! - [`labelled_in_noise`]: utterances placed at known offsets in white noise, with the
@@ -90,6 +92,28 @@ pub const SENTENCES: &[TestSentence] = &[
         text: "Is there a doctor available on Saturday afternoon?",
     },
 ];
+
+/// The espeak-ng voices of the accuracy set ([`accuracy_set`]): American, British
+/// (default and received pronunciation), Scottish and Caribbean English.
+pub const ACCURACY_VOICES: &[&str] = &["en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029"];
+
+/// The espeak-ng rate of the accuracy set (`-s`, words per minute). espeak-ng's rate is
+/// not the rate one hears: over the speech of the accuracy set (first to last sound of
+/// each clip, pauses between words included) `-s 120` gives 151 words a minute, about the
+/// rate of conversational phone speech (~150); [`DEFAULT_WPM`]'s 160 gives 203, a fast talker.
+pub const ACCURACY_WPM: u32 = 120;
+
+/// The accuracy set for speech recognition: every sentence of [`SENTENCES`] spoken by every
+/// voice of [`ACCURACY_VOICES`] (60 utterances, 555 words), sentence by sentence. Speak
+/// them with [`espeak_with`] at [`ACCURACY_WPM`]. A larger set than [`SENTENCES`] alone
+/// (111 words, one word = 0.9 points of WER) gives a steadier figure, per voice as well.
+pub fn accuracy_set() -> impl Iterator<Item = TestSentence> {
+    SENTENCES.iter().flat_map(|s| {
+        ACCURACY_VOICES
+            .iter()
+            .map(|&voice| TestSentence { voice, text: s.text })
+    })
+}
 
 /// Speaks `text` with espeak-ng `voice` at [`DEFAULT_WPM`]: mono i16 at 22,050 Hz.
 /// `None` when espeak-ng is missing (see [`crate::tools::require`]).
@@ -359,7 +383,9 @@ pub fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
 /// "that's" -> "that is", "I'd" -> "I would", "Mr" -> "mister"); any other apostrophe
 /// removed; other punctuation and hyphens a word break; and, where Whisper turns number
 /// words into digits, the other way round: digits spelled out ("42" -> "forty two",
-/// "3.5" -> "three point five", "10:30" -> "ten thirty"); and, like Whisper's British to
+/// "3.5" -> "three point five", "10:30" -> "ten thirty", "1,250" -> "one thousand two
+/// hundred fifty"), but identifiers of five digits or more without a separator digit by digit
+/// ("45678" -> "four five six seven eight", see [`IDENTIFIER_DIGITS`]); and, like Whisper's British to
 /// American spelling table, common British spellings in American form ("cancelled" ->
 /// "canceled", "colour" -> "color"; a short list of our own, see [`american_spelling`]).
 pub fn normalize(text: &str) -> Vec<String> {
@@ -376,7 +402,8 @@ pub fn normalize(text: &str) -> Vec<String> {
             '\'' if letter_before && letter_after => cleaned.push('\''),
             '\'' => {}
             '.' if digit_before && digit_after => cleaned.push_str(" point "),
-            ',' if digit_before && digit_after => {} // 1,000
+            // 1,000: kept inside the number, which is then read as an amount.
+            ',' if digit_before && digit_after => cleaned.push(','),
             c if c.is_alphanumeric() => {
                 // Split letters from digits: "2nd" stays one token only if all digits.
                 if let Some(p) = cleaned.chars().last()
@@ -393,13 +420,21 @@ pub fn normalize(text: &str) -> Vec<String> {
     let tokens: Vec<&str> = cleaned.split_whitespace().collect();
     let mut words = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        if token.bytes().all(|b| b.is_ascii_digit()) {
-            match token.parse::<u64>() {
-                Ok(n) if token.len() <= 12 && !(token.len() > 1 && token.starts_with('0')) => {
+        if token.starts_with(|c: char| c.is_ascii_digit())
+            && token.bytes().all(|b| b.is_ascii_digit() || b == b',')
+        {
+            let grouped = token.contains(',');
+            let digits = token.replace(',', "");
+            match digits.parse::<u64>() {
+                Ok(n)
+                    if digits.len() <= 12
+                        && !(digits.len() > 1 && digits.starts_with('0'))
+                        && (grouped || digits.len() < IDENTIFIER_DIGITS) =>
+                {
                     words.extend(number_words(n).split(' ').map(str::to_string));
                 }
-                // Long or zero-led digit strings are read digit by digit.
-                _ => words.extend(token.bytes().map(|b| number_words(u64::from(b - b'0')))),
+                // Identifiers, and long or zero-led digit strings, are read digit by digit.
+                _ => words.extend(digits.bytes().map(|b| number_words(u64::from(b - b'0')))),
             }
         } else if !FILLERS.contains(token) {
             let next = tokens.get(i + 1).copied().unwrap_or("");
@@ -456,6 +491,13 @@ pub fn american_spelling(word: &str) -> &str {
         .find(|(british, _)| *british == word)
         .map_or(word, |(_, american)| american)
 }
+
+/// A digit string of this many digits or more without a thousands separator ("45678", not
+/// "45,678") is an identifier (account, order or phone number) and is read digit by digit:
+/// "My account number is four five six seven eight" is transcribed "... is 45678", which is
+/// what was said, not "forty five thousand six hundred seventy eight". (Whisper's own
+/// normaliser gets there the other way: it joins spelled single digits into "45678".)
+pub const IDENTIFIER_DIGITS: usize = 5;
 
 /// Words Whisper's normaliser drops.
 const FILLERS: &[&str] = &["hmm", "mm", "mhm", "mmm", "uh", "um"];
@@ -677,8 +719,32 @@ mod tests {
             ]
         );
         assert_eq!(normalize("the 2nd"), ["the", "two", "nd"]);
+        assert_eq!(
+            wer(
+                "My account number is four five six seven eight.",
+                "My account number is 45678."
+            ),
+            (0, 9)
+        );
+        assert_eq!(
+            normalize("45,678 or 2024"),
+            [
+                "forty", "five", "thousand", "six", "hundred", "seventy", "eight", "or", "two", "thousand",
+                "twenty", "four"
+            ]
+        );
         assert_eq!(number_words(1_000_001), "one million one");
         assert_eq!(number_words(115), "one hundred fifteen");
+    }
+
+    #[test]
+    fn accuracy_set_is_every_sentence_by_every_voice() {
+        let set: Vec<TestSentence> = accuracy_set().collect();
+        assert_eq!(set.len(), SENTENCES.len() * ACCURACY_VOICES.len());
+        let distinct: std::collections::BTreeSet<_> = set.iter().map(|s| (s.text, s.voice)).collect();
+        assert_eq!(distinct.len(), set.len());
+        let words: usize = SENTENCES.iter().map(|s| normalize(s.text).len()).sum();
+        assert_eq!(words * ACCURACY_VOICES.len(), 555);
     }
 
     #[test]
@@ -719,7 +785,11 @@ mod tests {
         let t16 = telephone_16k(&pcm, Some(Law::Alaw));
         assert_eq!(t16.len(), 2 * t8.len());
         // All voices of the list exist.
-        let voices: std::collections::BTreeSet<_> = SENTENCES.iter().map(|s| s.voice).collect();
+        let voices: std::collections::BTreeSet<_> = SENTENCES
+            .iter()
+            .map(|s| s.voice)
+            .chain(ACCURACY_VOICES.iter().copied())
+            .collect();
         assert!(voices.len() >= 4);
         for v in voices {
             let p = espeak("yes", v).unwrap();
