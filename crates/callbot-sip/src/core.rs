@@ -14,7 +14,8 @@ use crate::digest::{DigestChallenge, DigestCredentials};
 use crate::media::{self, MediaError, NegotiatedMedia, Offer};
 use crate::message::{self, EchoHeaders, Method, Parsed, SipMsg, StartLine};
 use crate::transaction::{
-    ClientKey, ClientState, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout, ServerTx, Timers,
+    ClientKey, ClientState, ClientTable, ClientTimeout, ClientTx, ServerKey, ServerState, ServerTimeout,
+    ServerTx, Timers,
 };
 
 use self::registration::Registration;
@@ -429,7 +430,7 @@ pub struct UserAgentCore {
     /// never makes glibc raise its mmap and trim thresholds (it does when a multi-MB
     /// hash table is freed), and the memory goes back to the system once they expired.
     server_tx: BTreeMap<ServerKey, ServerTx>,
-    client_tx: HashMap<ClientKey, ClientTx>,
+    client_tx: ClientTable,
     calls: HashMap<CallId, Call>,
     dialogs: HashMap<(String, String), CallId>,
     transmits: VecDeque<Transmit>,
@@ -499,7 +500,7 @@ impl UserAgentCore {
             cfg,
             timer_heap: TimerQueue::default(),
             server_tx: BTreeMap::new(),
-            client_tx: HashMap::new(),
+            client_tx: ClientTable::default(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             transmits: VecDeque::new(),
@@ -1606,7 +1607,7 @@ impl UserAgentCore {
         fn worth(len: usize, capacity: usize) -> bool {
             capacity > SHRINK_MIN_CAPACITY && len < capacity / 4
         }
-        fn map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+        fn map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(m: &mut HashMap<K, V, S>) {
             if worth(m.len(), m.capacity()) {
                 m.shrink_to(m.len() * 2);
             }

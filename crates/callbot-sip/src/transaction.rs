@@ -5,6 +5,8 @@
 //! retransmit their request (timers A/E) and time out (timers B/F). Every state that
 //! waits has a deadline; `next_deadline` tells the core when to call back.
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,11 +87,13 @@ impl ServerKey {
     }
 }
 
+/// The multiplier of [`word_hash`].
+const WORD_HASH_K: u64 = 0x517c_c1b7_2722_0a95;
+
 /// A multiply-rotate hash over eight bytes at a time (the mixing step of rustc's
 /// FxHash), with the length mixed in.
 fn word_hash(bytes: &[u8]) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(WORD_HASH_K);
     let mut chunks = bytes.chunks_exact(8);
     let mut h = bytes.len() as u64;
     for chunk in &mut chunks {
@@ -107,6 +111,33 @@ fn word_hash(bytes: &[u8]) -> u64 {
 /// Client transaction key: our branch (a CANCEL's own transaction adds `#cancel`),
 /// shared by the table and the timer heap like [`ServerKey`].
 pub(crate) type ClientKey = Arc<str>;
+
+/// The client transaction table. Its keys are the branches this UA generated (random), so
+/// a hash that resists chosen keys buys nothing: a response can only look a branch up,
+/// never add one. [`word_hash`] per write instead of SipHash (every response looks its
+/// transaction up twice: to match it and to schedule its timer).
+pub(crate) type ClientTable = HashMap<ClientKey, ClientTx, BuildHasherDefault<KeyHasher>>;
+
+/// The [`std::hash::Hasher`] of [`ClientTable`].
+#[derive(Debug, Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = (self.0.rotate_left(5) ^ word_hash(bytes)).wrapping_mul(WORD_HASH_K);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(byte)).wrapping_mul(WORD_HASH_K);
+    }
+
+    fn finish(&self) -> u64 {
+        // The table takes its bucket from the low bits and its tag from the high ones: a
+        // multiply only carries upwards, so fold the high bits down and mix once more.
+        let x = (self.0 ^ (self.0 >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x ^ (x >> 29)
+    }
+}
 
 /// Server transaction states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -434,5 +465,35 @@ mod tests {
         assert_eq!((table.get(&a), table.get(&b)), (Some(&1), Some(&2)));
         assert_ne!(word_hash(b"abcdefgh1"), word_hash(b"abcdefgh2"));
         assert_ne!(word_hash(b"abc"), word_hash(b"abc\0"));
+    }
+
+    #[test]
+    fn client_table_finds_by_str_and_spreads_keys() {
+        use std::hash::BuildHasher;
+        let timers = Timers::default();
+        let now = Instant::now();
+        let dest: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let mut table = ClientTable::default();
+        let keys: Vec<String> = (0..1000).map(|i| format!("z9hG4bK{i:08}")).collect();
+        for k in &keys {
+            let tx = ClientTx::new(
+                now,
+                false,
+                Box::default(),
+                dest,
+                crate::core::TxOwner::Register,
+                &timers,
+            );
+            table.insert(ClientKey::from(k.as_str()), tx);
+        }
+        assert!(keys.iter().all(|k| table.contains_key(k.as_str())));
+        assert!(!table.contains_key("z9hG4bK00001000"));
+        assert!(!table.contains_key(&format!("{}#cancel", keys[0])[..]));
+        // Keys one digit apart land in many buckets (low bits) and tags (high bits).
+        let hashes: Vec<u64> = keys.iter().map(|k| table.hasher().hash_one(k.as_str())).collect();
+        let low: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        let high: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(low.len() > 500, "{} of 1024 buckets", low.len());
+        assert_eq!(high.len(), 128);
     }
 }
