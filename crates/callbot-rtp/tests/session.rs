@@ -307,3 +307,38 @@ fn symmetric_rtp_answers_where_the_peer_really_is() {
     assert_eq!(r.stats.packets_received, 10);
     assert_eq!(r.stats.foreign_source, 0);
 }
+
+#[test]
+fn packets_leave_when_their_20_ms_tick_is_due() {
+    // Nothing comes in, so only the session's own timer wakes its thread: each packet's
+    // lateness after its tick (tick 0 = the start) is what that timer costs. A socket
+    // read timeout counts in kernel ticks (4 ms here) and rounds up: every packet
+    // left 4 to 8 ms late.
+    let peer = UdpSocket::bind((LO, 0)).unwrap();
+    peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let cfg = RtpSessionConfig::new(LO, Law::Ulaw, Some(peer.local_addr().unwrap()));
+    let started = Instant::now();
+    let mut s = RtpSession::start(cfg).unwrap();
+    let mut got = [0u8; 2048];
+    let mut first_ts = None;
+    let mut late_ms = Vec::new();
+    while late_ms.len() < 100 {
+        let (n, _) = peer.recv_from(&mut got).unwrap();
+        let at = Instant::now();
+        let callbot_rtp::packet::Classified::Rtp(p) = callbot_rtp::packet::classify(&got[..n]) else {
+            panic!("not RTP");
+        };
+        let ts0 = *first_ts.get_or_insert_with(|| {
+            assert!(p.marker, "the stream's first packet (tick 0) is marked");
+            p.timestamp
+        });
+        let tick = p.timestamp.wrapping_sub(ts0) / 160;
+        let due = started + Duration::from_millis(20) * tick;
+        late_ms.push(at.saturating_duration_since(due).as_secs_f64() * 1000.0);
+    }
+    s.shutdown(deadline());
+    late_ms.sort_by(f64::total_cmp);
+    let (p50, p95) = (late_ms[50], late_ms[95]);
+    println!("RTP send lateness after the tick: p50 {p50:.2} ms, p95 {p95:.2} ms");
+    assert!(p50 < 3.0, "p50 {p50:.2} ms late (p95 {p95:.2})");
+}
