@@ -511,6 +511,9 @@ impl Driver {
     /// The driver loop. Returns when shutdown finished or its deadline passed, or, when
     /// `yield_drained`, once a load peak drained.
     fn run(mut self: Box<Self>, yield_drained: bool) -> Step {
+        // A worker after a handover usually has its predecessor's arena: the blocks its
+        // cache returned at exit may have merged into the arena's top.
+        crate::heap::trim_thread_arena();
         loop {
             let now = Instant::now();
             self.take_commands(now);
@@ -519,6 +522,9 @@ impl Driver {
             if core.poll_timeout().is_some_and(|t| t <= now) {
                 core.handle_timeout(now);
                 drained = core.take_drained();
+                if drained {
+                    crate::heap::trim_thread_arena();
+                }
                 if drained && !yield_drained {
                     crate::heap::release_after_peak();
                 }

@@ -38,9 +38,10 @@
 //! returns the freed heap to the system (glibc `malloc_trim`, ~1.4 ms) and starts the
 //! next worker with the same socket and core: a thread's exit is the only way glibc
 //! hands back its per-thread cache of freed blocks, which otherwise pins scattered
-//! pages of the arena. After 10,000 calls at 1,000/s the RSS is -16 to +176 KiB from
-//! the RSS after 100 calls (0.76-1.2 MB with one long-lived thread; 16 MB without the
-//! trim).
+//! pages of the arena (and a freed 64 KiB block makes glibc shrink the worker arena's
+//! top, which `malloc_trim` leaves alone). After 10,000 calls at 1,000/s the RSS is
+//! +68 to +160 KiB above the RSS after 100 calls (0.76-1.2 MB with one long-lived
+//! thread; 16 MB without the trim), at most +212 KiB after 20,000.
 //! [`SipHandle::shutdown`] (deadline-bounded, idempotent) makes new INVITEs get 503 with
 //! Retry-After, hangs up every live call (BYE, CANCEL or 603), unregisters, waits for
 //! the answers until the deadline, joins the thread, closes the socket (the port can be
