@@ -315,21 +315,27 @@ fn wire_turn(log: &WireLog, played_at: Instant, speech_end_sample: usize) -> Opt
 /// The phase of the bot's 20 ms send clock after the caller's (0..20 ms): circular
 /// mean of the packets' arrival times modulo 20 ms in each direction.
 fn clock_phase(log: &WireLog, origin: Instant) -> Option<f64> {
-    let mean = |v: &[Seen]| -> Option<f64> {
-        if v.is_empty() {
-            return None;
-        }
-        let (mut x, mut y) = (0.0f64, 0.0f64);
-        for s in v {
-            let ms = s.at.saturating_duration_since(origin).as_secs_f64() * 1000.0;
+    // (phase in ms, concentration 0..1: 1 when every packet keeps the same phase)
+    let mean = |v: &[Seen]| -> Option<(f64, f64)> {
+        let (mut x, mut y, mut n) = (0.0f64, 0.0f64, 0.0f64);
+        for s in v.iter().filter(|s| s.at >= origin) {
+            let ms = s.at.duration_since(origin).as_secs_f64() * 1000.0;
             let a = ms / 20.0 * std::f64::consts::TAU;
             x += a.cos();
             y += a.sin();
+            n += 1.0;
         }
-        Some(y.atan2(x) / std::f64::consts::TAU * 20.0)
+        (n > 0.0).then(|| (y.atan2(x) / std::f64::consts::TAU * 20.0, x.hypot(y) / n))
     };
     let (up, down) = (mean(&log.up)?, mean(&log.down)?);
-    Some((down - up).rem_euclid(20.0))
+    println!(
+        "    send clocks on the wire: caller at {:.1} ms (concentration {:.2}), bot at {:.1} ms (concentration {:.2}) of each 20 ms",
+        up.0.rem_euclid(20.0),
+        up.1,
+        down.0.rem_euclid(20.0),
+        down.1
+    );
+    Some((down.0 - up.0).rem_euclid(20.0))
 }
 
 /// Runs the bot's VAD endpointer (as the bot configures it) over one utterance,
