@@ -433,7 +433,10 @@ impl RtpSession {
             took: t0.elapsed(),
         };
         tracing::info!(local = %self.local, packets_in = report.stats.packets_received,
-            packets_out = report.stats.packets_sent, took = ?report.took, "RTP session shutdown complete");
+            packets_out = report.stats.packets_sent, jitter_ms = report.stats.jitter_ms,
+            playout_delay = ?report.stats.playout_delay, playout_grown = report.stats.playout_grown,
+            playout_shrunk = report.stats.playout_shrunk, took = ?report.took,
+            "RTP session shutdown complete");
         if joined {
             self.waker = None; // closes our copy of the socket: the port is free now
             self.report = Some(report.clone());
