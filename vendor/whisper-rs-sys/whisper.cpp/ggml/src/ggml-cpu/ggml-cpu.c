@@ -492,9 +492,11 @@ struct ggml_compute_state {
 };
 
 // callbot patch: iterations of ggml_thread_cpu_relax() a thread spins in ggml_barrier
-// before it sleeps on a futex (Linux); about 50-100 us on current x86 cores.
+// before it sleeps on a futex (Linux); about 10-20 us on current x86 cores. On 2 cores at
+// load average 5-6, a tiny.en job with 2 threads took 0.69-0.71 s with 512, 0.99-1.04 s
+// with 4096 (callbot-stt tests/speed.rs).
 #ifndef GGML_BARRIER_SPINS
-#define GGML_BARRIER_SPINS 4096
+#define GGML_BARRIER_SPINS 512
 #endif
 
 // Helpers for polling loops
