@@ -115,15 +115,14 @@ fn cpu_time() -> Duration {
 }
 
 fn params(v: &Variant, audio_ctx: u16) -> FullParams<'static, 'static> {
+    // The handle's settings (print_realtime and print_special are off by default).
     let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    p.set_no_timestamps(v.no_timestamps);
     p.set_n_threads(v.threads);
     p.set_audio_ctx(i32::from(audio_ctx));
     p.set_no_context(true);
     p.set_print_progress(false);
-    p.set_print_realtime(false);
     p.set_print_timestamps(false);
-    p.set_print_special(false);
-    p.set_no_timestamps(v.no_timestamps);
     if v.no_fallback {
         p.set_temperature_inc(0.0);
     }
