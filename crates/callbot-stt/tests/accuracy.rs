@@ -1,14 +1,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Word error rate of `WhisperTranscriber` with the real tiny.en model on espeak-ng speech:
-//! the 12 test sentences of `callbot_testkit::speech::SENTENCES` (five voices: en-us, en,
-//! en-gb-x-rp, en-gb-scotland, en-029), clean at 16 kHz and as a phone call carries them.
-//! Each test prints every hypothesis that has errors and a per-voice table.
+//! `callbot_testkit::speech::accuracy_set()`, the 12 sentences of `SENTENCES` each spoken by
+//! the five voices of `ACCURACY_VOICES` (en-us, en, en-gb-x-rp, en-gb-scotland, en-029):
+//! 60 utterances, 555 words, at espeak-ng `-s 120` (151 words a minute over the speech, a
+//! natural phone rate), clean at 16 kHz and as a phone call carries them. Each test prints
+//! every hypothesis that has errors and a per-voice table. The figures are in the doc
+//! comments of the bounds at the end of this file.
 //!
-//! Every test runs whisper, so every test is `heavy_` (nextest runs them one at a time).
-//! The results are deterministic for a given model, thread count and whisper.cpp build
-//! (a fresh whisper state per job, greedy decoding).
+//! Every test runs whisper, so every test is `heavy_` (nextest runs them one at a time). The
+//! clean set is split in two tests (sentences 1-6 and 7-12, all voices) so that each runs
+//! both windows in well under a minute. The results are deterministic for a given model,
+//! thread count and whisper.cpp build (a fresh whisper state per job, greedy decoding).
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,7 +22,7 @@ use callbot_audio::g711::Law;
 use callbot_stt::{
     AudioWindow, TranscribeOptions, Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber,
 };
-use callbot_testkit::speech::{self, ESPEAK_RATE, SENTENCES};
+use callbot_testkit::speech::{self, ACCURACY_VOICES, ACCURACY_WPM, ESPEAK_RATE, SENTENCES};
 
 /// One test utterance: reference text, voice, 16 kHz audio.
 struct Clip {
@@ -26,21 +31,23 @@ struct Clip {
     audio: Vec<f32>,
 }
 
-/// The test sentences, through `channel` (22,050 Hz i16 -> 16 kHz f32); `None` without
-/// the model or espeak-ng.
-fn clips(channel: impl Fn(&[i16]) -> Vec<f32>) -> Option<(PathBuf, Vec<Clip>)> {
+/// The accuracy set's utterances of the sentences `sentences` (indices into `SENTENCES`),
+/// all voices, through `channel` (22,050 Hz i16 -> 16 kHz f32); `None` without the model
+/// or espeak-ng.
+fn clips(sentences: Range<usize>, channel: impl Fn(&[i16]) -> Vec<f32>) -> Option<(PathBuf, Vec<Clip>)> {
     let model = callbot_testkit::whisper_model()?;
-    let clips = SENTENCES
-        .iter()
+    let wanted: Vec<&str> = SENTENCES[sentences].iter().map(|s| s.text).collect();
+    let clips = speech::accuracy_set()
+        .filter(|s| wanted.contains(&s.text))
         .map(|s| {
-            speech::espeak(s.text, s.voice).map(|pcm| Clip {
+            speech::espeak_with(s.text, s.voice, ACCURACY_WPM).map(|pcm| Clip {
                 text: s.text,
                 voice: s.voice,
                 audio: channel(&pcm),
             })
         })
         .collect::<Option<Vec<_>>>()?;
-    assert!(clips.len() >= 10);
+    assert_eq!(clips.len(), wanted.len() * ACCURACY_VOICES.len());
     Some((model, clips))
 }
 
@@ -136,17 +143,23 @@ fn window(window: AudioWindow) -> TranscribeOptions {
     }
 }
 
-/// Clean 16 kHz speech with the default options (automatic window), and the same with
-/// whisper's full 30 s window: the automatic window must not cost more than 2 points.
-#[test]
-fn heavy_wer_clean_16k_and_the_automatic_window() {
-    let Some((model, clean)) = clips(speech::to_16k) else {
+/// Clean 16 kHz speech of `sentences` (all voices) with the default options (automatic
+/// window), and the same with whisper's full 30 s window: the automatic window must not
+/// cost more than 2 points.
+fn clean_16k(sentences: Range<usize>, bound: f64) {
+    let label = format!("clean {}-{}", sentences.start + 1, sentences.end);
+    let Some((model, clean)) = clips(sentences, speech::to_16k) else {
         return;
     };
     let mut stt = transcriber(model);
-    let auto = score(&stt, "clean auto", &clean, &TranscribeOptions::default());
-    let full = score(&stt, "clean full", &clean, &window(AudioWindow::Full));
-    eprintln!("clean 16 kHz: automatic window {auto}; full 30 s window {full}");
+    let auto = score(
+        &stt,
+        &format!("{label} auto"),
+        &clean,
+        &TranscribeOptions::default(),
+    );
+    let full = score(&stt, &format!("{label} full"), &clean, &window(AudioWindow::Full));
+    eprintln!("{label} 16 kHz: automatic window {auto}; full 30 s window {full}");
     eprintln!(
         "utterance end to text, {} clips of 3-4 s: median {:.3} s automatic window, {:.3} s full window (ratio {:.2}); load average {}",
         auto.latency_3_4s.len(),
@@ -157,8 +170,7 @@ fn heavy_wer_clean_16k_and_the_automatic_window() {
             .unwrap_or_default()
             .trim()
     );
-    // Issue 5's goal is <= 15 %: not met with tiny.en, see CLEAN_BOUND.
-    assert!(auto.pct() <= CLEAN_BOUND, "clean WER {auto}");
+    assert!(auto.pct() <= bound, "clean WER {auto}");
     assert!(
         auto.pct() <= full.pct() + 2.0,
         "automatic window {auto} vs full window {full}"
@@ -166,43 +178,91 @@ fn heavy_wer_clean_16k_and_the_automatic_window() {
     assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
 }
 
-/// The same speech through a phone call: 8 kHz G.711 µ-law as a VoIP call carries it (the
-/// issue's "band-limited to 8 kHz"), and with the analogue PSTN's 300-3400 Hz band-pass too.
+/// Sentences 1-6 of `SENTENCES` by all five voices, clean.
+#[test]
+fn heavy_wer_clean_16k_sentences_1_to_6() {
+    clean_16k(0..6, CLEAN_BOUND_1_TO_6);
+}
+
+/// Sentences 7-12 of `SENTENCES` by all five voices, clean.
+#[test]
+fn heavy_wer_clean_16k_sentences_7_to_12() {
+    clean_16k(6..12, CLEAN_BOUND_7_TO_12);
+}
+
+/// The whole set as a VoIP call carries it: 8 kHz G.711 µ-law (the issue's "band-limited to
+/// 8 kHz"; the resampler's anti-alias filter is the only band limit).
 #[test]
 fn heavy_wer_telephone_8k() {
-    let Some((model, voip)) = clips(|pcm| speech::voip_16k(&i16_to_f32(pcm), ESPEAK_RATE, Law::Ulaw)) else {
+    let Some((model, voip)) = clips(0..SENTENCES.len(), |pcm| {
+        speech::voip_16k(&i16_to_f32(pcm), ESPEAK_RATE, Law::Ulaw)
+    }) else {
         return;
     };
-    let pstn: Vec<Clip> = SENTENCES
-        .iter()
-        .map(|s| Clip {
-            text: s.text,
-            voice: s.voice,
-            audio: speech::telephone_16k(&speech::espeak(s.text, s.voice).unwrap(), Some(Law::Ulaw)),
-        })
-        .collect();
     let mut stt = transcriber(model);
-    let options = TranscribeOptions::default();
-    let voip = score(&stt, "8 kHz u-law", &voip, &options);
-    let pstn = score(&stt, "300-3400 Hz u-law", &pstn, &options);
-    eprintln!("telephone: 8 kHz u-law {voip}; 300-3400 Hz band u-law {pstn}");
-    // The issue's reference for tiny.en on band-limited speech is about 27 %. MEASURED:
-    // see VOIP_BOUND / PSTN_BOUND. A broken pipeline (wrong rate, clipping) scores near 100 %.
+    let voip = score(&stt, "8 kHz u-law", &voip, &TranscribeOptions::default());
+    // A broken pipeline (wrong rate, clipping) scores near 100 %.
     assert!(voip.pct() <= VOIP_BOUND, "8 kHz WER {voip}");
+    assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
+}
+
+/// The whole set as an analogue PSTN line carries it: 8 kHz, 300-3400 Hz band-pass, µ-law.
+#[test]
+fn heavy_wer_telephone_300_3400_hz() {
+    let Some((model, pstn)) = clips(0..SENTENCES.len(), |pcm| {
+        speech::telephone_16k(pcm, Some(Law::Ulaw))
+    }) else {
+        return;
+    };
+    let mut stt = transcriber(model);
+    let pstn = score(&stt, "300-3400 Hz u-law", &pstn, &TranscribeOptions::default());
     assert!(pstn.pct() <= PSTN_BOUND, "300-3400 Hz WER {pstn}");
     assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
 }
 
-/// Issue 5's goal is <= 15 % on clean speech, and it is NOT met by tiny.en on this set:
-/// measured 17.1 % (19/111 words; was 18.0 % before the trailing silence and Whisper's
-/// normaliser rules), the Scottish voice alone 9/17. What was tried and did not help on
-/// this set (callbot-stt's closing note has the tables): beam search 5 (25.2 %), a greeting
-/// as initial prompt (18.0 %), no temperature fallback (17.1 %), no timestamps (18.0 %),
-/// level normalisation (17.1 %), 0.3 s leading silence (19.8 %). The bound is the measured
-/// figure plus one word, so a regression of two words fails.
-const CLEAN_BOUND: f64 = 18.1;
-/// Measured 49.5 % (55/111); en-us alone 17/37. The bound is the measured figure plus two words.
-const VOIP_BOUND: f64 = 51.4;
-/// Measured 51.4 % (57/111; 50.5 % before); en-us alone 10/37 (27 %, the issue's reference
-/// for this model). The bound is the measured figure plus two words.
-const PSTN_BOUND: f64 = 53.2;
+// Figures, measured with tiny.en, 2 threads, this file's defaults (greedy, automatic
+// window), on this 2-core machine (load 5-8; the text does not depend on the load). The
+// bounds are the measured figure plus two words, so a regression of three words fails.
+//
+// Issue 5's goal is <= 15 % on clean speech. On this set it is met by en-us alone:
+//
+// | clean 16 kHz, automatic window | 1-6 | 7-12 | all 12 sentences |
+// |---|---|---|---|
+// | en-us | 11/59 | 2/52 | 13/111 (11.7 %) |
+// | en-gb-x-rp | 14/59 | 3/52 | 17/111 (15.3 %) |
+// | en | 18/59 | 5/52 | 23/111 (20.7 %) |
+// | en-029 | 26/59 | 11/52 | 37/111 (33.3 %) |
+// | en-gb-scotland | 28/59 | 13/52 | 41/111 (36.9 %) |
+// | all voices | 97/295 (32.9 %) | 34/260 (13.1 %) | 131/555 (23.6 %) |
+// | full 30 s window, all voices | 93/295 (31.5 %) | 40/260 (15.4 %) | 133/555 (24.0 %) |
+//
+// The old set (`SENTENCES` alone, one voice per sentence, 111 words, at espeak-ng's
+// `-s 160`, 203 words a minute) scored 17.1 % (19/111: en 2/30, en-029 4/9, en-gb-scotland
+// 9/17, en-gb-x-rp 1/18, en-us 3/37) with the automatic window and 25.2 % with the full
+// one: its voice-sentence pairs were easier than the average pair. The same 60 clips at
+// `-s 160` scored 23.4 % (130/555, old normaliser; 24.3 % at `-s 120`): the slower, natural
+// rate is not what makes the figure.
+//
+// Most errors are the recogniser's, on espeak-ng's pronunciation, and repeat across voices:
+// "tonight" is heard "to hide" in all five voices, "book" as "work" in four, "The weather
+// in Edinburgh" costs 5-13 words in every voice, "billing" is "building", "willing" or
+// "milling". Not the pipeline: no clipping (the five voices peak at 0.67-0.86 of full scale
+// on the Edinburgh sentence), and tried on this set (scratch harness, same decoding, old normaliser,
+// base 24.3 %): 300 ms of leading silence as the bot's pre-roll gives 24.3 %, no temperature
+// fallback 25.2 %, best_of 5 on fallback 24.5 %. On the old set: suppress_nst,
+// suppress_blank off, max_initial_ts 0 and single_segment gave the same text clip for clip;
+// beam search 5 25.2 %, a greeting as initial prompt 18.0 %, no timestamps 18.0 %, level
+// normalisation 17.1 %, 0.3 s leading silence 19.8 %.
+/// Sentences 1-6 by all voices, clean: measured 32.9 % (97/295).
+const CLEAN_BOUND_1_TO_6: f64 = 100.0 * 99.0 / 295.0;
+/// Sentences 7-12 by all voices, clean: measured 13.1 % (34/260).
+const CLEAN_BOUND_7_TO_12: f64 = 100.0 * 36.0 / 260.0;
+/// 8 kHz u-law, all 60 clips: measured 45.2 % (251/555; en 39, en-029 51, en-gb-scotland
+/// 76, en-gb-x-rp 43, en-us 42 of 111 each). The issue's reference for tiny.en on
+/// band-limited speech is about 27 %; en-us alone is 37.8 % here. The old set scored 49.5 %
+/// (55/111; en-us 17/37). (callbot-tts's phone voice, en-us+f2 at 140, does better through
+/// the same path: 10.9 % in its round-trip test.)
+const VOIP_BOUND: f64 = 100.0 * 253.0 / 555.0;
+/// 300-3400 Hz band and u-law, all 60 clips: measured 47.9 % (266/555; en 43, en-029 61,
+/// en-gb-scotland 75, en-gb-x-rp 45, en-us 42 of 111 each).
+const PSTN_BOUND: f64 = 100.0 * 268.0 / 555.0;
