@@ -71,6 +71,22 @@ impl AudioFrame {
         self.samples.drain(..cut);
         duration_of(self.sample_rate, cut)
     }
+
+    /// Removes the silence after the last sample louder than `threshold`, keeping
+    /// `keep` of it; returns how much was removed. Like
+    /// [`AudioFrame::trim_leading_silence`], a frame with no sample above `threshold`
+    /// is left as it is.
+    pub fn trim_trailing_silence(&mut self, threshold: u16, keep: Duration) -> Duration {
+        let Some(last) = self.samples.iter().rposition(|s| s.unsigned_abs() > threshold) else {
+            return Duration::ZERO;
+        };
+        let end = last
+            .saturating_add(1 + samples_for(self.sample_rate, keep))
+            .min(self.samples.len());
+        let cut = self.samples.len() - end;
+        self.samples.truncate(end);
+        duration_of(self.sample_rate, cut)
+    }
 }
 
 /// Converts `i16` samples to `f32` in `[-1.0, 1.0)` with `dasp` (`s / 32768`).
@@ -168,5 +184,25 @@ mod tests {
             Duration::ZERO
         );
         assert_eq!(loud.len(), 10);
+    }
+
+    #[test]
+    fn trailing_silence_is_trimmed_after_the_kept_tail() {
+        let mut samples = vec![0i16; 80];
+        samples.extend([900, -900, 900]);
+        samples.extend(vec![20i16; 400]); // 50 ms below the threshold
+        let mut f = AudioFrame::new(8000, samples);
+        let cut = f.trim_trailing_silence(64, Duration::from_millis(5));
+        assert_eq!(cut, Duration::from_millis(45));
+        assert_eq!(f.len(), 80 + 3 + 40);
+        assert_eq!(f.samples[82], 900);
+        assert_eq!(
+            f.trim_trailing_silence(64, Duration::from_millis(5)),
+            Duration::ZERO
+        );
+        // all below the threshold: kept whole
+        let mut quiet = AudioFrame::new(8000, vec![20; 100]);
+        assert_eq!(quiet.trim_trailing_silence(64, Duration::ZERO), Duration::ZERO);
+        assert_eq!(quiet.len(), 100);
     }
 }

@@ -158,24 +158,15 @@ fn synthesize(
     }
 }
 
-/// Drops the leading and trailing silence, keeping [`TRIM_PAD`] around the sound.
-fn trim_silence(frame: AudioFrame) -> AudioFrame {
-    let loud = |s: &i16| s.unsigned_abs() > SILENCE_LEVEL;
-    let (Some(first), Some(last)) = (
-        frame.samples.iter().position(loud),
-        frame.samples.iter().rposition(loud),
-    ) else {
+/// Drops the leading and trailing silence, keeping [`TRIM_PAD`] around the sound (an
+/// all-silent phrase becomes empty).
+fn trim_silence(mut frame: AudioFrame) -> AudioFrame {
+    if !frame.samples.iter().any(|s| s.unsigned_abs() > SILENCE_LEVEL) {
         return AudioFrame::new(frame.sample_rate, Vec::new());
-    };
-    let pad = callbot_audio::frame::samples_for(frame.sample_rate, TRIM_PAD);
-    let start = first.saturating_sub(pad);
-    let end = last.saturating_add(pad + 1).min(frame.samples.len());
-    let samples = frame
-        .samples
-        .get(start..end)
-        .map(<[i16]>::to_vec)
-        .unwrap_or_default();
-    AudioFrame::new(frame.sample_rate, samples)
+    }
+    frame.trim_leading_silence(SILENCE_LEVEL, TRIM_PAD);
+    frame.trim_trailing_silence(SILENCE_LEVEL, TRIM_PAD);
+    frame
 }
 
 /// Cuts `frame` to `max` and fades its last [`FADE`] out (no click where it stops).
