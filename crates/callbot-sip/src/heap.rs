@@ -17,8 +17,8 @@
 //! runs its loop on a worker thread that ends when a peak drained (its exit returns its
 //! cache to the arena, and the next worker takes the same arena over from glibc's free
 //! list), makes glibc shrink the worker's arena top ([`trim_thread_arena`], before the
-//! exit and in the next worker) and trims after joining it: +68 to +132 KiB after
-//! 10,000 calls at 1,000/s, at most +212 KiB after 20,000 (see `driver.rs`).
+//! exit and in the next worker) and trims after joining it: +12 to +328 KiB after
+//! 10,000 calls at 1,000/s (see `driver.rs`).
 
 /// Size of the block [`trim_thread_arena`] frees: glibc's `FASTBIN_CONSOLIDATION_THRESHOLD`.
 const ARENA_TRIM_BLOCK: usize = 64 * 1024;

@@ -40,8 +40,9 @@
 //! hands back its per-thread cache of freed blocks, which otherwise pins scattered
 //! pages of the arena (and a freed 64 KiB block makes glibc shrink the worker arena's
 //! top, which `malloc_trim` leaves alone). After 10,000 calls at 1,000/s the RSS is
-//! +68 to +160 KiB above the RSS after 100 calls (0.76-1.2 MB with one long-lived
-//! thread; 16 MB without the trim), at most +212 KiB after 20,000.
+//! +12 to +124 KiB above the RSS after 100 calls in the load test, +228 to +328 KiB
+//! for the `answer` example (0.76-1.2 MB with one long-lived thread; 16 MB without
+//! the trim); a second burst adds -48 to +88 KiB.
 //! [`SipHandle::shutdown`] (deadline-bounded, idempotent) makes new INVITEs get 503 with
 //! Retry-After, hangs up every live call (BYE, CANCEL or 603), unregisters, waits for
 //! the answers until the deadline, joins the thread, closes the socket (the port can be
