@@ -24,6 +24,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_IDLE: Duration = Duration::from_millis(200);
 /// Events kept for a slow application before the oldest are dropped.
 const MAX_PENDING_EVENTS: usize = 100_000;
+/// Longest wait in [`SipUserAgent::start`] for the driver to have started its worker.
+const STARTUP_WAIT: Duration = Duration::from_secs(1);
 
 /// Configuration of [`SipUserAgent::start`].
 #[derive(Debug, Clone)]
@@ -223,15 +225,18 @@ impl SipUserAgent {
         let (cmd_tx, cmd_rx) = bounded::<Command>(256);
         let (done_tx, done_rx) = bounded::<ThreadReport>(1);
         let max = config.max_message_size;
+        let (ready_tx, ready_rx) = bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("sip-ua".into())
             .spawn(move || {
                 let driver = Driver::new(socket, core_cfg, max, cmd_rx, event_tx);
-                if let Some(report) = supervise(driver) {
+                if let Some(report) = supervise(driver, ready_tx) {
                     let _ = done_tx.send(report);
                 }
             })
             .map_err(SipError::Thread)?;
+        // Both threads run once `start` returns (a caller counting its threads sees them).
+        let _ = ready_rx.recv_timeout(STARTUP_WAIT);
         tracing::info!(local = %advertised, "SIP user agent started");
         Ok(SipHandle {
             local_addr: advertised,
@@ -453,7 +458,8 @@ enum Step {
 /// blocks are the last ones the burst freed, scattered over the arena, and each pins
 /// its page. Only the thread's exit gives them back. The worker's arena goes to glibc's
 /// free list and the next worker takes it over, so no arena is added per peak.
-fn supervise(driver: Driver) -> Option<ThreadReport> {
+fn supervise(driver: Driver, ready: Sender<()>) -> Option<ThreadReport> {
+    let mut ready = Some(ready);
     let mut driver = Box::new(driver);
     // Once a worker could not be started the loop stays on this thread.
     let mut inline = false;
@@ -468,6 +474,9 @@ fn supervise(driver: Driver) -> Option<ThreadReport> {
             let spawned = std::thread::Builder::new()
                 .name("sip-ua-io".into())
                 .spawn(move || handoff.recv().ok().map(|d| d.run(true)));
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
             match spawned {
                 Ok(worker) => worker.join().ok().flatten()?,
                 Err(e) => {
