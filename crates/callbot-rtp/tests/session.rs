@@ -242,14 +242,20 @@ fn recording_survives_a_panicking_application_thread() {
 #[test]
 fn frame_channel_never_blocks_and_counts_overflow() {
     let (mut a, b) = pair(Law::Ulaw, None);
-    a.play(AudioFrame::new(8000, tone(8000, 300.0, 5000.0))).unwrap();
     // nobody drains B's frames: capacity is 500 (10 s) in `pair`; use a small one here
     drop(b);
     let mut cb = RtpSessionConfig::new(LO, Law::Ulaw, Some(a.local_addr()));
     cb.frame_capacity = 20;
     let mut b = RtpSession::start(cb).unwrap();
     a.retarget(Some(b.local_addr()), Law::Ulaw, 0, Some(101)).unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // 2 s of tone (100 frames) into a channel of 20; polled, not timed, so a loaded
+    // machine only makes the test slower.
+    a.play(AudioFrame::new(8000, tone(16000, 300.0, 5000.0))).unwrap();
+    let t0 = std::time::Instant::now();
+    while b.stats().overflow_drops <= 10 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", b.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert_eq!(b.frames().len(), 20);
     let rb = b.shutdown(deadline());
     a.shutdown(deadline());
