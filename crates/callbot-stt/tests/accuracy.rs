@@ -194,29 +194,29 @@ fn heavy_wer_clean_16k_sentences_7_to_12() {
 /// 8 kHz"; the resampler's anti-alias filter is the only band limit).
 #[test]
 fn heavy_wer_telephone_8k() {
-    let Some((model, voip)) = clips(0..SENTENCES.len(), |pcm| {
+    telephone_wer("8 kHz u-law", VOIP_BOUND, |pcm| {
         speech::voip_16k(&i16_to_f32(pcm), ESPEAK_RATE, Law::Ulaw)
-    }) else {
-        return;
-    };
-    let mut stt = transcriber(model);
-    let voip = score(&stt, "8 kHz u-law", &voip, &TranscribeOptions::default());
-    // A broken pipeline (wrong rate, clipping) scores near 100 %.
-    assert!(voip.pct() <= VOIP_BOUND, "8 kHz WER {voip}");
-    assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
+    });
 }
 
 /// The whole set as an analogue PSTN line carries it: 8 kHz, 300-3400 Hz band-pass, µ-law.
 #[test]
 fn heavy_wer_telephone_300_3400_hz() {
-    let Some((model, pstn)) = clips(0..SENTENCES.len(), |pcm| {
+    telephone_wer("300-3400 Hz u-law", PSTN_BOUND, |pcm| {
         speech::telephone_16k(pcm, Some(Law::Ulaw))
-    }) else {
+    });
+}
+
+/// WER of the whole set through `channel` (22,050 Hz i16 -> 16 kHz f32) with the default
+/// options, asserted at most `bound`. A broken pipeline (wrong rate, clipping) scores
+/// near 100 %.
+fn telephone_wer(label: &str, bound: f64, channel: impl Fn(&[i16]) -> Vec<f32>) {
+    let Some((model, clips)) = clips(0..SENTENCES.len(), channel) else {
         return;
     };
     let mut stt = transcriber(model);
-    let pstn = score(&stt, "300-3400 Hz u-law", &pstn, &TranscribeOptions::default());
-    assert!(pstn.pct() <= PSTN_BOUND, "300-3400 Hz WER {pstn}");
+    let wer = score(&stt, label, &clips, &TranscribeOptions::default());
+    assert!(wer.pct() <= bound, "{label} WER {wer}");
     assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
 }
 
