@@ -403,7 +403,7 @@ impl RtpSession {
         }
         let t0 = Instant::now();
         self.shared.stop.store(true, Ordering::SeqCst);
-        // Wake the thread out of its read timeout: an empty datagram to our own port.
+        // Wake the thread out of its epoll wait: an empty datagram to our own port.
         if let Some(w) = &self.waker {
             let ip = match self.local.ip() {
                 IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
