@@ -406,7 +406,16 @@ impl SipHandle {
                     report.thread_joined = h.join().is_ok();
                 }
             }
-            Err(_) => {
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                // The thread ended without a report (its worker panicked): it has
+                // dropped its end of the channel, so the join returns at once.
+                report.timed_out = true;
+                if let Some(h) = self.thread.take() {
+                    report.thread_joined = h.join().is_ok();
+                }
+                tracing::error!("SIP thread ended without a shutdown report");
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 report.timed_out = true;
                 tracing::error!("SIP thread did not stop in time; it is left to exit on its own");
             }
@@ -478,7 +487,13 @@ fn supervise(driver: Driver, ready: Sender<()>) -> Option<ThreadReport> {
                 let _ = r.send(());
             }
             match spawned {
-                Ok(worker) => worker.join().ok().flatten()?,
+                Ok(worker) => match worker.join() {
+                    Ok(step) => step?,
+                    Err(_) => {
+                        tracing::error!("SIP worker thread panicked: the user agent stopped");
+                        return None;
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start a SIP worker thread: the loop stays on sip-ua");
                     inline = true;
