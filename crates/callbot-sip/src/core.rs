@@ -713,7 +713,7 @@ impl UserAgentCore {
         if method != Method::Cancel {
             let unsupported: Vec<String> = msg
                 .header_all("Require")
-                .flat_map(message::split_commas)
+                .flat_map(message::comma_parts)
                 .map(str::to_string)
                 .collect();
             if !unsupported.is_empty() {
@@ -867,7 +867,7 @@ impl UserAgentCore {
         let remote_target = msg.contact_uri().unwrap_or_default();
         let route_set: Vec<String> = msg
             .header_all("Record-Route")
-            .flat_map(message::split_commas)
+            .flat_map(message::comma_parts)
             .map(str::to_string)
             .collect();
         // In-dialog requests go to the first route (loose routing), else to the Contact;
@@ -1537,7 +1537,7 @@ impl UserAgentCore {
         }
         call.route_set = msg
             .header_all("Record-Route")
-            .flat_map(message::split_commas)
+            .flat_map(message::comma_parts)
             .map(str::to_string)
             .collect();
         call.route_set.reverse();

@@ -473,7 +473,7 @@ impl UserAgentCore {
         if (200..300).contains(&code) {
             // The granted expiry: our Contact's expires param, else Expires header.
             let mut granted = None;
-            for c in msg.header_all("Contact").flat_map(message::split_commas) {
+            for c in msg.header_all("Contact").flat_map(message::comma_parts) {
                 let uri = message::name_addr_uri(c).unwrap_or_default();
                 if uri.eq_ignore_ascii_case(&local_contact) || uri.starts_with(&local_contact) {
                     granted = message::header_param(c, "expires").and_then(|e| e.parse::<u32>().ok());

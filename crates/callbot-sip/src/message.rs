@@ -797,19 +797,14 @@ fn expand_compact(name: &str) -> &str {
     }
 }
 
-/// Splits a header value on commas that are outside quotes and angle brackets.
-pub(crate) fn split_commas(value: &str) -> Vec<&str> {
-    comma_parts(value).collect()
-}
-
 /// The parts of a header value between commas outside quotes and angle brackets,
 /// trimmed, empty ones skipped (no allocation).
-fn comma_parts(value: &str) -> CommaParts<'_> {
+pub(crate) fn comma_parts(value: &str) -> CommaParts<'_> {
     CommaParts { rest: Some(value) }
 }
 
 /// See [`comma_parts`].
-struct CommaParts<'v> {
+pub(crate) struct CommaParts<'v> {
     rest: Option<&'v str>,
 }
 
@@ -1826,7 +1821,7 @@ mod tests {
             assert_eq!(s, ip.to_string());
         }
         assert_eq!(
-            split_commas("a, \"b,c\" <x,y>, d"),
+            comma_parts("a, \"b,c\" <x,y>, d").collect::<Vec<_>>(),
             vec!["a", "\"b,c\" <x,y>", "d"]
         );
     }
