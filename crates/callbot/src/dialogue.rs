@@ -1785,17 +1785,22 @@ mod tests {
         drain(d)
     }
 
+    /// The LLM answers `turn` with `text` alone at `at`; its audio, `len` long, is queued
+    /// 20 ms later and played fully: the actions after the playback.
+    fn answer(d: &mut D, at: Instant, turn: TurnId, text: &str, len: Duration) -> Vec<Act> {
+        let speech = speak_id(&sentence(d, at, turn, text));
+        d.handle(at, Input::LlmDone { turn });
+        play(d, at + ms(20), speech, len)
+    }
+
     /// A call past its greeting at `t0 + 1 s`.
     fn greeted() -> (D, Instant) {
-        let t0 = Instant::now();
-        let mut d = D::new(config(), t0);
+        let (mut d, t0) = call(config());
         let a = drain(&mut d);
         assert_eq!(spoken_texts(&a), vec!["Hello there.".to_string()]);
-        let a = play(&mut d, t0, speak_id(&a), ms(1000));
-        let r = records(&a);
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].kind, TurnKind::Greeting);
-        assert_eq!(r[0].bot, "Hello there.");
+        let r = only_record(&play(&mut d, t0, speak_id(&a), ms(1000)));
+        assert_eq!(r.kind, TurnKind::Greeting);
+        assert_eq!(r.bot, "Hello there.");
         (d, t0)
     }
 
@@ -1834,15 +1839,97 @@ mod tests {
     }
 
     fn transcript(d: &mut D, at: Instant, turn: TurnId, text: &str) -> Vec<Act> {
+        transcript_with(d, at, turn, text, 0.01)
+    }
+
+    /// The transcriber hands out `text` for `turn` at `at`, with this no-speech probability.
+    fn transcript_with(d: &mut D, at: Instant, turn: TurnId, text: &str, no_speech_prob: f32) -> Vec<Act> {
         d.handle(
             at,
             Input::Transcript {
                 turn,
                 text: text.into(),
-                no_speech_prob: 0.01,
+                no_speech_prob,
             },
         );
         drain(d)
+    }
+
+    /// The transcription of `turn` fails with `error` at `at`.
+    fn transcript_failed(d: &mut D, at: Instant, turn: TurnId, error: &str) -> Vec<Act> {
+        d.handle(
+            at,
+            Input::TranscriptFailed {
+                turn,
+                error: error.into(),
+            },
+        );
+        drain(d)
+    }
+
+    /// The driver reports at `at` that the playback of `speech` stopped after `played`.
+    fn stopped(d: &mut D, at: Instant, speech: SpeechId, played: Duration) -> Vec<Act> {
+        d.handle(
+            at,
+            Input::PlaybackStopped {
+                speech: Some(speech),
+                played,
+            },
+        );
+        drain(d)
+    }
+
+    /// The bot is shut down at `at`, saying `phrase` within `grace`.
+    fn shutdown(d: &mut D, at: Instant, phrase: &str, grace: Duration) -> Vec<Act> {
+        d.handle(
+            at,
+            Input::Shutdown {
+                phrase: phrase.into(),
+                grace,
+            },
+        );
+        drain(d)
+    }
+
+    /// The action asking for a reply of `turn` to `user_text`.
+    fn reply(turn: TurnId, user_text: &str) -> Act {
+        Action::Reply {
+            turn,
+            user_text: user_text.into(),
+        }
+    }
+
+    /// The one turn record among `actions`.
+    fn only_record(actions: &[Act]) -> TurnRecord {
+        match records(actions).as_slice() {
+            [r] => r.clone(),
+            other => panic!("expected one turn record, got {other:?} in {actions:?}"),
+        }
+    }
+
+    /// A call answered now with `config`, its first actions not drained yet.
+    fn call(config: DialogueConfig) -> (D, Instant) {
+        let t0 = Instant::now();
+        (D::new(config, t0), t0)
+    }
+
+    /// A call answered now with `config` whose greeting, 1 s of audio, is queued `after`
+    /// the answer: (dialogue, answer time, the greeting's speech).
+    fn greeting_queued(config: DialogueConfig, after: Duration) -> (D, Instant, SpeechId) {
+        let (mut d, t0) = call(config);
+        let greeting = speak_id(&drain(&mut d));
+        queued(&mut d, t0 + after, greeting, ms(1000));
+        (d, t0, greeting)
+    }
+
+    /// A call past its greeting whose caller asked `question`: voice from `t0 + 2 s` to
+    /// `t0 + 3 s`, transcript at `t0 + 3.5 s`. Returns (dialogue, t0, the reply's turn).
+    fn asked(question: &str) -> (D, Instant, TurnId) {
+        let (mut d, t0) = greeted();
+        let turn = utterance(&mut d, t0 + ms(2000), "a");
+        let a = transcript(&mut d, t0 + ms(3500), turn, question);
+        assert_eq!(a, vec![reply(turn, question)]);
+        (d, t0, turn)
     }
 
     #[test]
@@ -1852,23 +1939,10 @@ mod tests {
         let turn = utterance(&mut d, t, "audio-1");
         // voice ended at t+1000, endpoint at t+1300, transcript at t+1500
         let a = transcript(&mut d, t + ms(1500), turn, " What time is it? ");
-        assert_eq!(
-            a,
-            vec![Action::Reply {
-                turn,
-                user_text: "What time is it?".into()
-            }]
-        );
+        assert_eq!(a, vec![reply(turn, "What time is it?")]);
         d.handle(t + ms(1600), Input::LlmToken { turn });
         d.handle(t + ms(1650), Input::LlmToken { turn });
-        d.handle(
-            t + ms(1700),
-            Input::LlmSentence {
-                turn,
-                text: "It is noon.".into(),
-            },
-        );
-        let a = drain(&mut d);
+        let a = sentence(&mut d, t + ms(1700), turn, "It is noon.");
         assert_eq!(spoken_texts(&a), vec!["It is noon.".to_string()]);
         let s1 = speak_id(&a);
         queued(&mut d, t + ms(1720), s1, ms(800));
@@ -1881,9 +1955,7 @@ mod tests {
             "turn not finished before its last sentence"
         );
         d.handle(t + ms(3220), Input::PlaybackFinished { speech: s2 });
-        let r = records(&drain(&mut d));
-        assert_eq!(r.len(), 1);
-        let r = &r[0];
+        let r = only_record(&drain(&mut d));
         assert_eq!(r.index, 2);
         assert_eq!(r.kind, TurnKind::Conversation);
         assert_eq!(r.user.as_deref(), Some("What time is it?"));
@@ -1912,8 +1984,17 @@ mod tests {
         )
     }
 
+    /// The VAD reports at `at` the end of the utterance `audio`, whose voice stopped at
+    /// `voice_ended`.
     fn ended(d: &mut D, at: Instant, audio: &'static str, voice_ended: Instant) -> Vec<Act> {
         d.handle(at, Input::SpeechEnded { audio, voice_ended });
+        drain(d)
+    }
+
+    /// The VAD reports at `at` a pause in the utterance `audio` so far, whose voice
+    /// stopped at `voice_ended`.
+    fn paused_at(d: &mut D, at: Instant, audio: &'static str, voice_ended: Instant) -> Vec<Act> {
+        d.handle(at, Input::SpeechPaused { audio, voice_ended });
         drain(d)
     }
 
@@ -1927,18 +2008,8 @@ mod tests {
         assert_eq!(d.poll_timeout(), Some(t0 + ms(600_000)), "not idle");
         // endpoint: the reply starts at once, no second transcription
         let a = ended(&mut d, t + ms(1600), "u1+silence", t + ms(1000));
-        assert_eq!(
-            a,
-            vec![Action::Reply {
-                turn,
-                user_text: "What time is it?".into()
-            }]
-        );
-        let s1 = speak_id(&sentence(&mut d, t + ms(1700), turn, "Noon."));
-        d.handle(t + ms(1700), Input::LlmDone { turn });
-        let r = records(&play(&mut d, t + ms(1720), s1, ms(500)));
-        assert_eq!(r.len(), 1);
-        let tm = r[0].timings;
+        assert_eq!(a, vec![reply(turn, "What time is it?")]);
+        let tm = only_record(&answer(&mut d, t + ms(1700), turn, "Noon.", ms(500))).timings;
         assert!(tm.speculative_stt);
         assert_eq!(tm.endpoint, Some(ms(600)));
         assert_eq!(tm.stt, Some(ms(200)));
@@ -1979,45 +2050,17 @@ mod tests {
         // a late result of the dropped job is ignored
         assert!(transcript(&mut d, t + ms(1350), turn1, "I would like").is_empty());
         // pause again, then a failed job is also dropped on resume
-        d.handle(
-            t + ms(2050),
-            Input::SpeechPaused {
-                audio: "part1+2",
-                voice_ended: t + ms(2000),
-            },
+        let turn2 = transcribes(
+            &paused_at(&mut d, t + ms(2050), "part1+2", t + ms(2000)),
+            "part1+2",
         );
-        let turn2 = match drain(&mut d).as_slice() {
-            [
-                Action::Transcribe {
-                    turn,
-                    audio: "part1+2",
-                },
-            ] => *turn,
-            other => panic!("{other:?}"),
-        };
         assert!(transcript(&mut d, t + ms(2200), turn2, "I would like a").is_empty());
         d.handle(t + ms(2300), Input::SpeechResumed);
         assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn: turn2 }]);
-        d.handle(
-            t + ms(3050),
-            Input::SpeechPaused {
-                audio: "all",
-                voice_ended: t + ms(3000),
-            },
-        );
-        let turn3 = match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, audio: "all" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn3 = transcribes(&paused_at(&mut d, t + ms(3050), "all", t + ms(3000)), "all");
         assert!(transcript(&mut d, t + ms(3300), turn3, "I would like a pizza.").is_empty());
         let a = ended(&mut d, t + ms(3600), "all", t + ms(3000));
-        assert_eq!(
-            a,
-            vec![Action::Reply {
-                turn: turn3,
-                user_text: "I would like a pizza.".into()
-            }]
-        );
+        assert_eq!(a, vec![reply(turn3, "I would like a pizza.")]);
         // nothing else comes: no second transcription, no second reply
         d.handle(t + ms(3700), Input::LlmDone { turn: turn3 });
         let a = drain(&mut d);
@@ -2035,24 +2078,9 @@ mod tests {
         let (mut d, t0) = greeted();
         let t = t0 + ms(2000);
         let turn = paused(&mut d, t, "u1");
-        d.handle(
-            t + ms(1200),
-            Input::TranscriptFailed {
-                turn,
-                error: "failed to encode".into(),
-            },
-        );
-        assert!(drain(&mut d).is_empty());
+        assert!(transcript_failed(&mut d, t + ms(1200), turn, "failed to encode").is_empty());
         let a = ended(&mut d, t + ms(1600), "u1-final", t + ms(1000));
-        let turn2 = match a.as_slice() {
-            [
-                Action::Transcribe {
-                    turn: t2,
-                    audio: "u1-final",
-                },
-            ] => *t2,
-            other => panic!("{other:?}"),
-        };
+        let turn2 = transcribes(&a, "u1-final");
         assert_ne!(turn2, turn);
         let a = transcript(&mut d, t + ms(1900), turn2, "Hello");
         assert!(matches!(a.as_slice(), [Action::Reply { .. }]));
@@ -2062,42 +2090,21 @@ mod tests {
         let t = t + ms(5000);
         let turn = paused(&mut d, t, "u2");
         assert!(ended(&mut d, t + ms(1600), "u2-final", t + ms(1000)).is_empty());
-        d.handle(
-            t + ms(1700),
-            Input::TranscriptFailed {
-                turn,
-                error: "x".into(),
-            },
-        );
-        assert!(matches!(
-            drain(&mut d).as_slice(),
-            [Action::Transcribe {
-                audio: "u2-final",
-                ..
-            }]
-        ));
+        transcribes(&transcript_failed(&mut d, t + ms(1700), turn, "x"), "u2-final");
     }
 
     #[test]
     fn no_speculation_when_off_and_none_until_another_transcription_ends() {
-        let t0 = Instant::now();
-        let mut d = D::new(
-            DialogueConfig {
-                greeting: String::new(),
-                speculative_stt: false,
-                ..config()
-            },
-            t0,
-        );
+        let (mut d, t0) = call(DialogueConfig {
+            greeting: String::new(),
+            speculative_stt: false,
+            ..config()
+        });
         d.handle(t0, Input::SpeechStarted);
-        d.handle(
-            t0 + ms(1050),
-            Input::SpeechPaused {
-                audio: "a",
-                voice_ended: t0 + ms(1000),
-            },
+        assert!(
+            paused_at(&mut d, t0 + ms(1050), "a", t0 + ms(1000)).is_empty(),
+            "off"
         );
-        assert!(drain(&mut d).is_empty(), "off");
         d.handle(t0 + ms(1100), Input::SpeechResumed);
         assert!(drain(&mut d).is_empty());
         let a = ended(&mut d, t0 + ms(1600), "a", t0 + ms(1000));
@@ -2107,20 +2114,13 @@ mod tests {
         let turn1 = utterance(&mut d, t0 + ms(2000), "u1");
         // a second utterance pauses while the first is being transcribed
         d.handle(t0 + ms(3400), Input::SpeechStarted);
-        d.handle(
-            t0 + ms(3900),
-            Input::SpeechPaused {
-                audio: "u2",
-                voice_ended: t0 + ms(3850),
-            },
+        assert!(
+            paused_at(&mut d, t0 + ms(3900), "u2", t0 + ms(3850)).is_empty(),
+            "one transcription at a time"
         );
-        assert!(drain(&mut d).is_empty(), "one transcription at a time");
         // the first one ends during the pause: the speculation starts then, and the
         // first text waits for the second (the caller is still in their turn)
-        let turn2 = match transcript(&mut d, t0 + ms(4000), turn1, "one").as_slice() {
-            [Action::Transcribe { turn, audio: "u2" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn2 = transcribes(&transcript(&mut d, t0 + ms(4000), turn1, "one"), "u2");
         assert!(ended(&mut d, t0 + ms(4450), "u2", t0 + ms(3850)).is_empty());
         let a = transcript(&mut d, t0 + ms(4500), turn2, "two");
         assert!(matches!(a.as_slice(), [Action::Reply { user_text, .. }] if user_text == "one two"));
@@ -2138,8 +2138,7 @@ mod tests {
     /// The caller's voice stopped at `voice_ended`; the VAD reports the pause 40 ms
     /// later, with the utterance so far.
     fn pause(d: &mut D, voice_ended: Instant, audio: &'static str) -> Vec<Act> {
-        d.handle(voice_ended + ms(40), Input::SpeechPaused { audio, voice_ended });
-        drain(d)
+        paused_at(d, voice_ended + ms(40), audio, voice_ended)
     }
 
     /// The turn of `actions`, which must be just the transcription of `audio`.
@@ -2153,8 +2152,7 @@ mod tests {
     /// A call (no greeting) whose caller spoke from `t0` and stopped at `t0 + 1 s`;
     /// the pause starts the speculative job: (dialogue, voice end, the job's turn).
     fn early_pause(config: DialogueConfig) -> (D, Instant, TurnId) {
-        let t0 = Instant::now();
-        let mut d = D::new(config, t0);
+        let (mut d, t0) = call(config);
         d.handle(t0, Input::SpeechStarted);
         let end = t0 + ms(1000);
         let turn = transcribes(&pause(&mut d, end, "u"), "u");
@@ -2172,22 +2170,10 @@ mod tests {
     fn a_finished_sentence_ends_the_turn_before_the_hangover() {
         let (mut d, end, turn) = early_pause(early_config());
         let a = transcript(&mut d, end + ms(380), turn, " What time is it?");
-        assert_eq!(
-            a,
-            vec![
-                Action::EndUtterance,
-                Action::Reply {
-                    turn,
-                    user_text: "What time is it?".into()
-                }
-            ]
-        );
+        assert_eq!(a, vec![Action::EndUtterance, reply(turn, "What time is it?")]);
         // the endpointer's own end of that utterance changes nothing
         assert!(ended(&mut d, end + ms(600), "u+silence", end).is_empty());
-        let s1 = speak_id(&sentence(&mut d, end + ms(480), turn, "Noon."));
-        d.handle(end + ms(480), Input::LlmDone { turn });
-        let r = records(&play(&mut d, end + ms(500), s1, ms(500)));
-        let tm = r[0].timings;
+        let tm = only_record(&answer(&mut d, end + ms(480), turn, "Noon.", ms(500))).timings;
         assert!(tm.early_end && tm.speculative_stt);
         assert_eq!(tm.endpoint, Some(ms(380)));
         assert_eq!(tm.stt, Some(ms(340)));
@@ -2232,27 +2218,12 @@ mod tests {
             assert!(drain(&mut d).is_empty(), "{text}");
             // the hangover completes with the same audio: no second transcription
             let a = ended(&mut d, end + ms(600), "u+silence", end);
-            assert_eq!(
-                a,
-                vec![Action::Reply {
-                    turn,
-                    user_text: text.into()
-                }],
-                "{text}"
-            );
+            assert_eq!(a, vec![reply(turn, text)], "{text}");
             assert_eq!(d.summary.early_ends, 0);
         }
         // likely noise: no early end either
         let (mut d, end, turn) = early_pause(early_config());
-        d.handle(
-            end + ms(300),
-            Input::Transcript {
-                turn,
-                text: "Thank you.".into(),
-                no_speech_prob: 0.9,
-            },
-        );
-        assert!(drain(&mut d).is_empty());
+        assert!(transcript_with(&mut d, end + ms(300), turn, "Thank you.", 0.9).is_empty());
         assert!(ended(&mut d, end + ms(600), "u", end).is_empty(), "noise guard");
         // and none when the early end is off
         let (mut d, end, turn) = early_pause(DialogueConfig {
@@ -2304,14 +2275,10 @@ mod tests {
             pause(&mut d, end + ms(1000), "u2").is_empty(),
             "the stale job still holds the transcriber"
         );
-        d.handle(
-            end + ms(1100),
-            Input::TranscriptFailed {
-                turn,
-                error: "cancelled".into(),
-            },
+        let turn2 = transcribes(
+            &transcript_failed(&mut d, end + ms(1100), turn, "cancelled"),
+            "u2",
         );
-        let turn2 = transcribes(&drain(&mut d), "u2");
         // a driver that never reports the stopped job holds it back for STALE_JOB_WAIT
         d.handle(end + ms(1200), Input::SpeechResumed);
         assert_eq!(drain(&mut d), vec![Action::CancelTranscription { turn: turn2 }]);
@@ -2324,14 +2291,10 @@ mod tests {
 
     #[test]
     fn speculation_delay_starts_the_job_after_that_much_silence() {
-        let t0 = Instant::now();
-        let mut d = D::new(
-            DialogueConfig {
-                speculation_delay: ms(200),
-                ..early_config()
-            },
-            t0,
-        );
+        let (mut d, t0) = call(DialogueConfig {
+            speculation_delay: ms(200),
+            ..early_config()
+        });
         d.handle(t0, Input::SpeechStarted);
         let end = t0 + ms(1000);
         assert!(pause(&mut d, end, "u").is_empty());
@@ -2381,24 +2344,18 @@ mod tests {
 
     #[test]
     fn empty_greeting_says_nothing_and_listens() {
-        let t0 = Instant::now();
-        let mut d = D::new(
-            DialogueConfig {
-                greeting: " ".into(),
-                ..config()
-            },
-            t0,
-        );
+        let (mut d, t0) = call(DialogueConfig {
+            greeting: " ".into(),
+            ..config()
+        });
         assert!(drain(&mut d).is_empty());
         utterance(&mut d, t0 + ms(100), "a");
     }
 
     #[test]
     fn barge_in_stops_playback_cancels_reply_and_keeps_what_was_heard() {
-        let (mut d, t0) = greeted();
+        let (mut d, t0, turn) = asked("Tell me a story");
         let t = t0 + ms(2000);
-        let turn = utterance(&mut d, t, "a");
-        transcript(&mut d, t + ms(1500), turn, "Tell me a story");
         let s1 = speak_id(&sentence(&mut d, t + ms(1600), turn, "Once upon a time."));
         let s2 = speak_id(&sentence(
             &mut d,
@@ -2419,19 +2376,11 @@ mod tests {
             vec![Action::CancelReply { turn }, Action::StopSpeaking],
             "barge-in"
         );
-        d.handle(
-            onset + ms(40),
-            Input::PlaybackStopped {
-                speech: Some(s2),
-                played: ms(1000),
-            },
-        );
-        let r = records(&drain(&mut d));
-        assert_eq!(r.len(), 1);
-        assert!(r[0].interrupted);
+        let r = only_record(&stopped(&mut d, onset + ms(40), s2, ms(1000)));
+        assert!(r.interrupted);
         // 8 words, half heard
-        assert_eq!(r[0].bot, "Once upon a time. There was a king");
-        assert_eq!(r[0].timings.barge_in_stop, Some(ms(40)));
+        assert_eq!(r.bot, "Once upon a time. There was a king");
+        assert_eq!(r.timings.barge_in_stop, Some(ms(40)));
         // late LLM output of the cancelled turn is ignored
         d.handle(
             onset + ms(50),
@@ -2443,67 +2392,42 @@ mod tests {
         d.handle(onset + ms(60), Input::LlmDone { turn });
         assert!(drain(&mut d).is_empty());
         // the interrupting utterance becomes the next turn
-        d.handle(
-            onset + ms(900),
-            Input::SpeechEnded {
-                audio: "b",
-                voice_ended: onset + ms(600),
-            },
-        );
-        assert!(matches!(
-            drain(&mut d).as_slice(),
-            [Action::Transcribe { audio: "b", .. }]
-        ));
+        transcribes(&ended(&mut d, onset + ms(900), "b", onset + ms(600)), "b");
         let mut s = d.summary.clone();
         s.duration = Duration::ZERO;
         assert_eq!(s.barge_ins, 1);
     }
 
+    /// The one record of `actions`: the greeting "Hello there.", cut after its first word.
+    fn half_heard_greeting(actions: &[Act]) -> TurnRecord {
+        let r = only_record(actions);
+        assert_eq!(r.kind, TurnKind::Greeting);
+        assert_eq!(r.bot, "Hello");
+        assert!(r.interrupted);
+        r
+    }
+
     #[test]
     fn barge_in_on_the_greeting_stops_it() {
-        let t0 = Instant::now();
-        let mut d = D::new(config(), t0);
-        let g = speak_id(&drain(&mut d));
-        queued(&mut d, t0, g, ms(1000));
+        let (mut d, t0, g) = greeting_queued(config(), Duration::ZERO);
         // the onset is given as the time the speech began (before the VAD confirmed it)
         d.handle(t0 + ms(500), Input::SpeechStarted);
         assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
-        d.handle(
-            t0 + ms(570),
-            Input::PlaybackStopped {
-                speech: Some(g),
-                played: ms(500),
-            },
-        );
-        let r = records(&drain(&mut d));
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].kind, TurnKind::Greeting);
-        assert_eq!(r[0].bot, "Hello");
-        assert!(r[0].interrupted);
-        assert_eq!(r[0].timings.barge_in_stop, Some(ms(70)));
+        let r = half_heard_greeting(&stopped(&mut d, t0 + ms(570), g, ms(500)));
+        assert_eq!(r.timings.barge_in_stop, Some(ms(70)));
     }
 
     #[test]
     fn without_barge_in_caller_speech_during_the_bot_is_ignored() {
-        let t0 = Instant::now();
-        let mut d = D::new(
+        let (mut d, t0, g) = greeting_queued(
             DialogueConfig {
                 barge_in: false,
                 ..config()
             },
-            t0,
+            Duration::ZERO,
         );
-        let g = speak_id(&drain(&mut d));
-        queued(&mut d, t0, g, ms(1000));
         d.handle(t0 + ms(200), Input::SpeechStarted);
-        d.handle(
-            t0 + ms(700),
-            Input::SpeechEnded {
-                audio: "x",
-                voice_ended: t0 + ms(500),
-            },
-        );
-        assert!(drain(&mut d).is_empty());
+        assert!(ended(&mut d, t0 + ms(700), "x", t0 + ms(500)).is_empty());
         d.handle(t0 + ms(1000), Input::PlaybackFinished { speech: g });
         assert_eq!(records(&drain(&mut d)).len(), 1);
         utterance(&mut d, t0 + ms(2000), "y");
@@ -2518,47 +2442,15 @@ mod tests {
         d.handle(t + ms(1400), Input::SpeechStarted);
         assert!(drain(&mut d).is_empty());
         assert!(transcript(&mut d, t + ms(1500), turn1, "I would like").is_empty());
-        d.handle(
-            t + ms(2500),
-            Input::SpeechEnded {
-                audio: "part2",
-                voice_ended: t + ms(2200),
-            },
-        );
-        let turn2 = match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, audio: "part2" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn2 = transcribes(&ended(&mut d, t + ms(2500), "part2", t + ms(2200)), "part2");
         let a = transcript(&mut d, t + ms(2700), turn2, "a pizza.");
-        assert_eq!(
-            a,
-            vec![Action::Reply {
-                turn: turn2,
-                user_text: "I would like a pizza.".into()
-            }]
-        );
+        assert_eq!(a, vec![reply(turn2, "I would like a pizza.")]);
         // caller goes on again while the LLM thinks: reply dropped, text carried
         d.handle(t + ms(2800), Input::SpeechStarted);
         assert_eq!(drain(&mut d), vec![Action::CancelReply { turn: turn2 }]);
-        d.handle(
-            t + ms(3800),
-            Input::SpeechEnded {
-                audio: "part3",
-                voice_ended: t + ms(3500),
-            },
-        );
-        let turn3 = match drain(&mut d).as_slice() {
-            [Action::Transcribe { turn, .. }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let turn3 = transcribes(&ended(&mut d, t + ms(3800), "part3", t + ms(3500)), "part3");
         let a = transcript(&mut d, t + ms(4000), turn3, "With cheese.");
-        assert_eq!(
-            a,
-            vec![Action::Reply {
-                turn: turn3,
-                user_text: "I would like a pizza. With cheese.".into()
-            }]
-        );
+        assert_eq!(a, vec![reply(turn3, "I would like a pizza. With cheese.")]);
     }
 
     #[test]
@@ -2567,27 +2459,12 @@ mod tests {
         let t = t0 + ms(2000);
         let turn1 = utterance(&mut d, t, "u1");
         d.handle(t + ms(1400), Input::SpeechStarted);
-        d.handle(
-            t + ms(1600),
-            Input::SpeechEnded {
-                audio: "u2",
-                voice_ended: t + ms(1500),
-            },
-        );
+        let a = ended(&mut d, t + ms(1600), "u2", t + ms(1500));
+        assert!(a.is_empty(), "one transcription at a time");
         d.handle(t + ms(1700), Input::SpeechStarted);
-        d.handle(
-            t + ms(1900),
-            Input::SpeechEnded {
-                audio: "u3",
-                voice_ended: t + ms(1800),
-            },
-        );
-        assert!(drain(&mut d).is_empty(), "one transcription at a time");
-        let a = transcript(&mut d, t + ms(2000), turn1, "one");
-        let turn3 = match a.as_slice() {
-            [Action::Transcribe { turn, audio: "u3" }] => *turn,
-            other => panic!("{other:?}"),
-        };
+        let a = ended(&mut d, t + ms(1900), "u3", t + ms(1800));
+        assert!(a.is_empty(), "one transcription at a time");
+        let turn3 = transcribes(&transcript(&mut d, t + ms(2000), turn1, "one"), "u3");
         let a = transcript(&mut d, t + ms(2300), turn3, "three");
         assert!(matches!(a.as_slice(), [Action::Reply { user_text, .. }] if user_text == "one three"));
         assert_eq!(d.summary.utterances_dropped, 1);
@@ -2598,15 +2475,7 @@ mod tests {
         let (mut d, t0) = greeted();
         let t = t0 + ms(2000);
         let turn = utterance(&mut d, t, "cough");
-        d.handle(
-            t + ms(1500),
-            Input::Transcript {
-                turn,
-                text: "Thank you.".into(),
-                no_speech_prob: 0.9,
-            },
-        );
-        assert!(drain(&mut d).is_empty());
+        assert!(transcript_with(&mut d, t + ms(1500), turn, "Thank you.", 0.9).is_empty());
         let turn = utterance(&mut d, t + ms(3000), "breath");
         assert!(transcript(&mut d, t + ms(4500), turn, " ... ").is_empty());
         let turn = utterance(&mut d, t + ms(6000), "speech");
@@ -2615,15 +2484,11 @@ mod tests {
         assert_eq!(d.summary.noise_ignored, 2);
 
         // min_words = 3: a two-word transcript is noise
-        let t0 = Instant::now();
-        let mut d = D::new(
-            DialogueConfig {
-                greeting: String::new(),
-                min_words: 3,
-                ..config()
-            },
-            t0,
-        );
+        let (mut d, t0) = call(DialogueConfig {
+            greeting: String::new(),
+            min_words: 3,
+            ..config()
+        });
         let turn = utterance(&mut d, t0, "a");
         assert!(transcript(&mut d, t0 + ms(1500), turn, "uh huh").is_empty());
         let turn = utterance(&mut d, t0 + ms(2000), "b");
@@ -2634,25 +2499,18 @@ mod tests {
     fn failed_transcription_is_recorded_and_reprompted_without_a_reply() {
         let (mut d, t0) = greeted();
         let turn = utterance(&mut d, t0 + ms(2000), "a");
-        d.handle(
-            t0 + ms(3500),
-            Input::TranscriptFailed {
-                turn,
-                error: "transcription timed out after 10 s".into(),
-            },
-        );
-        let a = drain(&mut d);
+        let error = "transcription timed out after 10 s";
+        let a = transcript_failed(&mut d, t0 + ms(3500), turn, error);
         assert!(!a.iter().any(|x| matches!(x, Action::Reply { .. })), "{a:?}");
-        let r = records(&a);
-        assert_eq!(r.len(), 1, "{a:?}");
-        assert_eq!(r[0].kind, TurnKind::TranscriptionFailed);
-        assert_eq!(r[0].error.as_deref(), Some("transcription timed out after 10 s"));
-        assert_eq!(r[0].user, None);
+        let r = only_record(&a);
+        assert_eq!(r.kind, TurnKind::TranscriptionFailed);
+        assert_eq!(r.error.as_deref(), Some(error));
+        assert_eq!(r.user, None);
         // voice ended at +3000, endpoint at +3300, failure at +3500
-        assert_eq!(r[0].at, ms(3000));
-        assert_eq!(r[0].timings.endpoint, Some(ms(300)));
-        assert_eq!(r[0].timings.stt, Some(ms(200)));
-        let v = serde_json::to_value(&r[0]).unwrap();
+        assert_eq!(r.at, ms(3000));
+        assert_eq!(r.timings.endpoint, Some(ms(300)));
+        assert_eq!(r.timings.stt, Some(ms(200)));
+        let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["kind"], "transcription_failed");
         assert_eq!(v["error"], "transcription timed out after 10 s");
         // the bot asks again; the re-prompt is its own turn once played
@@ -2673,35 +2531,17 @@ mod tests {
         let t = t0 + ms(6000);
         let turn = utterance(&mut d, t, "c");
         d.handle(t + ms(1400), Input::SpeechStarted);
-        d.handle(
-            t + ms(1500),
-            Input::TranscriptFailed {
-                turn,
-                error: "x".into(),
-            },
-        );
-        let a = drain(&mut d);
+        let a = transcript_failed(&mut d, t + ms(1500), turn, "x");
         assert_eq!(records(&a)[0].kind, TurnKind::TranscriptionFailed);
         assert!(spoken_texts(&a).is_empty());
-        let t0 = Instant::now();
-        let mut d = D::new(
-            DialogueConfig {
-                greeting: String::new(),
-                stt_failed_phrase: " ".into(),
-                ..config()
-            },
-            t0,
-        );
+        let (mut d, t0) = call(DialogueConfig {
+            greeting: String::new(),
+            stt_failed_phrase: " ".into(),
+            ..config()
+        });
         let turn = utterance(&mut d, t0, "a");
-        d.handle(
-            t0 + ms(1500),
-            Input::TranscriptFailed {
-                turn,
-                error: "x".into(),
-            },
-        );
-        let a = drain(&mut d);
-        assert_eq!(records(&a).len(), 1);
+        let a = transcript_failed(&mut d, t0 + ms(1500), turn, "x");
+        only_record(&a);
         assert!(spoken_texts(&a).is_empty());
     }
 
@@ -2763,10 +2603,8 @@ mod tests {
 
     #[test]
     fn max_call_duration_finishes_the_sentence_then_goodbye_then_bye() {
-        let (mut d, t0) = greeted();
+        let (mut d, t0, turn) = asked("Talk forever");
         let t = t0 + ms(2000);
-        let turn = utterance(&mut d, t, "a");
-        transcript(&mut d, t + ms(1500), turn, "Talk forever");
         let s1 = speak_id(&sentence(&mut d, t + ms(1600), turn, "Sure thing."));
         queued(&mut d, t + ms(1650), s1, ms(1000));
         let max = t0 + ms(600_000);
@@ -2784,10 +2622,9 @@ mod tests {
         assert!(drain(&mut d).is_empty());
         d.handle(max + ms(100), Input::PlaybackFinished { speech: s1 });
         let a = drain(&mut d);
-        let r = records(&a);
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].bot, "Sure thing.");
-        assert!(r[0].interrupted, "the reply was cut by the end of the call");
+        let r = only_record(&a);
+        assert_eq!(r.bot, "Sure thing.");
+        assert!(r.interrupted, "the reply was cut by the end of the call");
         assert!(!a.contains(&Action::HangUp));
         let a = play(&mut d, max + ms(100), g, ms(500));
         assert!(a.contains(&Action::HangUp));
@@ -2797,14 +2634,7 @@ mod tests {
     #[test]
     fn closing_grace_bounds_the_wait_for_playback() {
         let (mut d, t0) = greeted();
-        d.handle(
-            t0 + ms(2000),
-            Input::Shutdown {
-                phrase: "Shutting down.".into(),
-                grace: ms(300),
-            },
-        );
-        let a = drain(&mut d);
+        let a = shutdown(&mut d, t0 + ms(2000), "Shutting down.", ms(300));
         assert_eq!(spoken_texts(&a), vec!["Shutting down.".to_string()]);
         assert_eq!(d.poll_timeout(), Some(t0 + ms(2300)));
         // synthesis never finishes: BYE at the deadline anyway
@@ -2820,14 +2650,7 @@ mod tests {
     #[test]
     fn shutdown_with_empty_phrase_hangs_up_at_once() {
         let (mut d, t0) = greeted();
-        d.handle(
-            t0 + ms(1500),
-            Input::Shutdown {
-                phrase: String::new(),
-                grace: ms(300),
-            },
-        );
-        let a = drain(&mut d);
+        let a = shutdown(&mut d, t0 + ms(1500), "", ms(300));
         assert_eq!(a.first(), Some(&Action::HangUp));
         assert_eq!(summary(&a).reason, EndReason::Shutdown);
     }
@@ -2848,10 +2671,8 @@ mod tests {
 
     #[test]
     fn dtmf_hangup_action_interrupts_says_phrase_and_hangs_up() {
-        let (mut d, t0) = greeted();
+        let (mut d, t0, turn) = asked("Hello");
         let t = t0 + ms(2000);
-        let turn = utterance(&mut d, t, "a");
-        transcript(&mut d, t + ms(1500), turn, "Hello");
         let s1 = speak_id(&sentence(&mut d, t + ms(1600), turn, "Hi, I can help."));
         queued(&mut d, t + ms(1650), s1, ms(1000));
         d.handle(t + ms(1700), Input::Dtmf('0'));
@@ -2860,10 +2681,9 @@ mod tests {
         assert_eq!(a[1], Action::StopSpeaking);
         assert_eq!(spoken_texts(&a), vec!["Transferring you. Goodbye.".to_string()]);
         // the interrupted turn is recorded without the unheard sentence
-        let r = records(&a);
-        assert_eq!(r.len(), 1);
-        assert!(r[0].interrupted);
-        assert_eq!(r[0].bot, "");
+        let r = only_record(&a);
+        assert!(r.interrupted);
+        assert_eq!(r.bot, "");
         let g = speak_id(&a);
         let a = play(&mut d, t + ms(1800), g, ms(900));
         assert!(a.contains(&Action::HangUp));
@@ -2892,9 +2712,7 @@ mod tests {
 
     #[test]
     fn llm_failure_before_any_sentence_says_the_error_phrase() {
-        let (mut d, t0) = greeted();
-        let turn = utterance(&mut d, t0 + ms(2000), "a");
-        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        let (mut d, t0, turn) = asked("Hello");
         d.handle(
             t0 + ms(3600),
             Input::LlmFailed {
@@ -2914,9 +2732,7 @@ mod tests {
 
     #[test]
     fn failed_synthesis_is_skipped() {
-        let (mut d, t0) = greeted();
-        let turn = utterance(&mut d, t0 + ms(2000), "a");
-        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        let (mut d, t0, turn) = asked("Hello");
         let s1 = speak_id(&sentence(&mut d, t0 + ms(3600), turn, "One."));
         d.handle(t0 + ms(3610), Input::LlmDone { turn });
         d.handle(
@@ -2926,9 +2742,7 @@ mod tests {
                 error: "engine".into(),
             },
         );
-        let r = records(&drain(&mut d));
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].bot, "");
+        assert_eq!(only_record(&drain(&mut d)).bot, "");
     }
 
     fn hang_up_cancels(d: &mut D, at: Instant, expected: &[Act]) -> Vec<Act> {
@@ -2949,38 +2763,22 @@ mod tests {
 
     #[test]
     fn caller_hang_up_during_greeting_stops_playback() {
-        let t0 = Instant::now();
-        let mut d = D::new(config(), t0);
+        let (mut d, t0) = call(config());
         drain(&mut d);
         hang_up_cancels(&mut d, t0 + ms(200), &[Action::StopSpeaking]);
     }
 
     #[test]
     fn caller_hang_up_during_the_greeting_records_what_was_heard() {
-        let t0 = Instant::now();
-        let mut d = D::new(config(), t0);
-        let id = speak_id(&drain(&mut d));
-        queued(&mut d, t0 + ms(20), id, ms(1000));
+        let (mut d, t0, id) = greeting_queued(config(), ms(20));
         d.handle(t0 + ms(520), Input::CallerHungUp);
         assert_eq!(drain(&mut d), vec![Action::StopSpeaking]);
         assert!(!d.is_ended(), "waits for the driver to say how much was played");
         assert_eq!(d.poll_timeout(), Some(t0 + ms(520) + HANG_UP_STOP_WAIT));
         // other inputs are ignored meanwhile
         d.handle(t0 + ms(521), Input::SpeechStarted);
-        d.handle(
-            t0 + ms(522),
-            Input::PlaybackStopped {
-                speech: Some(id),
-                played: ms(500),
-            },
-        );
-        let a = drain(&mut d);
-        let r = records(&a);
-        assert_eq!(r.len(), 1, "{a:?}");
-        assert_eq!(r[0].kind, TurnKind::Greeting);
-        assert_eq!(r[0].bot, "Hello");
-        assert!(r[0].interrupted);
-        assert_eq!(r[0].timings.barge_in_stop, None);
+        let a = stopped(&mut d, t0 + ms(522), id, ms(500));
+        assert_eq!(half_heard_greeting(&a).timings.barge_in_stop, None);
         assert!(matches!(a.last(), Some(Action::CallEnded(_))));
         assert!(!a.contains(&Action::HangUp));
         assert_eq!(summary(&a).reason, EndReason::CallerHungUp);
@@ -2988,9 +2786,7 @@ mod tests {
         assert!(d.is_ended());
 
         // a driver that never answers: the call ends at the wait's end, unrecorded
-        let mut d = D::new(config(), t0);
-        let id = speak_id(&drain(&mut d));
-        queued(&mut d, t0, id, ms(1000));
+        let (mut d, t0, _) = greeting_queued(config(), Duration::ZERO);
         d.handle(t0 + ms(300), Input::CallerHungUp);
         drain(&mut d);
         d.handle_timeout(t0 + ms(350));
@@ -3003,9 +2799,7 @@ mod tests {
 
     #[test]
     fn shutdown_stops_the_current_speech_and_says_the_goodbye() {
-        let (mut d, t0) = greeted();
-        let turn = utterance(&mut d, t0 + ms(2000), "a");
-        transcript(&mut d, t0 + ms(3500), turn, "Tell me a story");
+        let (mut d, t0, turn) = asked("Tell me a story");
         let sentence = speak_id(&sentence(
             &mut d,
             t0 + ms(3600),
@@ -3013,14 +2807,7 @@ mod tests {
             "Once upon a time there was a bot.",
         ));
         queued(&mut d, t0 + ms(3610), sentence, ms(2000));
-        d.handle(
-            t0 + ms(4000),
-            Input::Shutdown {
-                phrase: "Goodbye.".into(),
-                grace: ms(300),
-            },
-        );
-        let a = drain(&mut d);
+        let a = shutdown(&mut d, t0 + ms(4000), "Goodbye.", ms(300));
         let stop = a
             .iter()
             .position(|x| *x == Action::StopSpeaking)
@@ -3032,9 +2819,7 @@ mod tests {
         assert!(stop < speak, "{a:?}");
         assert!(a.contains(&Action::CancelReply { turn }));
         assert_eq!(spoken_texts(&a), vec!["Goodbye.".to_string()]);
-        let r = records(&a);
-        assert_eq!(r.len(), 1);
-        assert!(r[0].interrupted);
+        assert!(only_record(&a).interrupted);
         let a = play(&mut d, t0 + ms(4010), speak_id(&a), ms(200));
         assert!(a.contains(&Action::HangUp));
         let s = summary(&a);
@@ -3054,29 +2839,17 @@ mod tests {
 
     #[test]
     fn caller_hang_up_during_llm_cancels_the_reply_and_records_the_turn() {
-        let (mut d, t0) = greeted();
-        let turn = utterance(&mut d, t0 + ms(2000), "a");
-        transcript(&mut d, t0 + ms(3500), turn, "Hello");
+        let (mut d, t0, turn) = asked("Hello");
         let a = hang_up_cancels(&mut d, t0 + ms(3600), &[Action::CancelReply { turn }]);
-        let r = records(&a);
-        assert_eq!(r.len(), 1);
-        assert!(r[0].interrupted);
-        assert_eq!(r[0].user.as_deref(), Some("Hello"));
+        let r = only_record(&a);
+        assert!(r.interrupted);
+        assert_eq!(r.user.as_deref(), Some("Hello"));
     }
 
     #[test]
     fn caller_hang_up_during_tts_cancels_reply_and_speech() {
-        let (mut d, t0) = greeted();
-        let turn = utterance(&mut d, t0 + ms(2000), "a");
-        transcript(&mut d, t0 + ms(3500), turn, "Hello");
-        d.handle(
-            t0 + ms(3600),
-            Input::LlmSentence {
-                turn,
-                text: "Hi.".into(),
-            },
-        );
-        drain(&mut d);
+        let (mut d, t0, turn) = asked("Hello");
+        sentence(&mut d, t0 + ms(3600), turn, "Hi.");
         hang_up_cancels(
             &mut d,
             t0 + ms(3650),
