@@ -109,11 +109,55 @@ pub(crate) struct Via<'s> {
 }
 
 impl<'s> Via<'s> {
-    /// Parses one Via value (`SIP/2.0/UDP host:port;branch=..;rport`): a byte scan
+    /// Parses one Via value (`SIP/2.0/UDP host:port;branch=..;rport`): one byte scan
     /// (SP and HT are the only white space SIP knows), no allocation.
     pub(crate) fn parse(value: &'s str) -> Option<Via<'s>> {
-        // One pass over `SIP/2.0/transport LWS sent-by [LWS ...]` up to the first `;`
-        // (what trimming the part before `;` and cutting it at white space gives).
+        let b = value.as_bytes();
+        let end_of_word = |c: u8| c == b';' || is_lws(c);
+        // `SIP/2.0/transport LWS sent-by`, leading white space skipped.
+        let p0 = skip_lws(b, 0);
+        if !b.get(p0..p0 + 8)?.eq_ignore_ascii_case(b"SIP/2.0/") {
+            return None;
+        }
+        let p1 = stop_at(b, p0 + 8, end_of_word);
+        // No white space after the protocol: nothing names the sent-by.
+        if !b.get(p1).copied().is_some_and(is_lws) {
+            return None;
+        }
+        let s0 = skip_lws(b, p1);
+        let s1 = stop_at(b, s0, end_of_word);
+        let (host, port) = split_host_port(value.get(s0..s1)?)?;
+        let mut via = Via {
+            host,
+            port,
+            ..Via::default()
+        };
+        // The parameters follow the first `;` after the sent-by.
+        let mut at = Some(stop_at(b, s1, |c| c == b';') + 1).filter(|&p| p <= b.len());
+        while let Some(p) = at {
+            // The name ends at `=` (a value follows) or `;` (none).
+            let e = stop_at(b, p, |c| c == b'=' || c == b';');
+            let (v, next) = if b.get(e) == Some(&b'=') {
+                let ve = stop_at(b, e + 1, |c| c == b';');
+                (Some(trim_lws(value.get(e + 1..ve)?)), ve)
+            } else {
+                (None, e)
+            };
+            at = Some(next + 1).filter(|&p| p <= b.len());
+            let k = trim_lws(value.get(p..e)?);
+            match k.len() {
+                6 if k.eq_ignore_ascii_case("branch") => via.branch = v,
+                5 if k.eq_ignore_ascii_case("rport") => via.rport = true,
+                8 if k.eq_ignore_ascii_case("received") => via.received = v,
+                _ => {}
+            }
+        }
+        Some(via)
+    }
+
+    /// The parser [`Via::parse`] replaced (a scan per part), kept to check it against.
+    #[cfg(test)]
+    fn parse_reference(value: &'s str) -> Option<Via<'s>> {
         let b = value.as_bytes();
         let run = |from: usize, lws: bool| {
             from + b
@@ -233,12 +277,28 @@ pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
 fn push_ip(out: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Dotted decimal written into one stack buffer, pushed once.
+            let mut buf = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
+                let mut put = |c: u8| {
+                    if let Some(slot) = buf.get_mut(n) {
+                        *slot = c;
+                        n += 1;
+                    }
+                };
                 if i > 0 {
-                    out.push('.');
+                    put(b'.');
                 }
-                push_decimal(out, octet.into());
+                if octet >= 100 {
+                    put(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    put(b'0' + octet / 10 % 10);
+                }
+                put(b'0' + octet % 10);
             }
+            out.push_str(std::str::from_utf8(buf.get(..n).unwrap_or_default()).unwrap_or_default());
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -263,11 +323,24 @@ pub(crate) fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
         .rposition(|b| b == b':')
         .map(|i| (s.get(..i), s.get(i + 1..)))
     {
-        Some((Some(h), Some(p))) => Some((h, Some(p.parse().ok()?))),
+        Some((Some(h), Some(p))) => Some((h, Some(parse_u16(p)?))),
         Some(_) => None,
         None if !s.is_empty() => Some((s, None)),
         None => None,
     }
+}
+
+/// `s.parse::<u16>()` (an optional `+`, then digits) without the generic parser.
+fn parse_u16(s: &str) -> Option<u16> {
+    let digits = s.strip_prefix('+').unwrap_or(s).as_bytes();
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u16, |n, &d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u16::from(d - b'0')))
+            .flatten()
+    })
 }
 
 /// Formats an address as a SIP host:port (`[v6]:port` for IPv6).
@@ -748,9 +821,28 @@ fn is_lws(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
+/// The index of the first byte at or after `from` that is not SIP white space (`b.len()`
+/// if none; `from` if it is past the end).
+fn skip_lws(b: &[u8], from: usize) -> usize {
+    stop_at(b, from, |c| !is_lws(c))
+}
+
+/// The index of the first byte at or after `from` for which `stop` holds (`b.len()` if
+/// none; `from` if it is past the end).
+fn stop_at(b: &[u8], from: usize, stop: impl Fn(u8) -> bool) -> usize {
+    match b.get(from..) {
+        Some(rest) => from + rest.iter().position(|&c| stop(c)).unwrap_or(rest.len()),
+        None => from,
+    }
+}
+
 /// `s` without leading and trailing SIP white space (SP, HT).
 fn trim_lws(s: &str) -> &str {
     let b = s.as_bytes();
+    // Most values have none: two compares.
+    if !b.first().copied().is_some_and(is_lws) && !b.last().copied().is_some_and(is_lws) {
+        return s;
+    }
     let start = b.iter().position(|&c| !is_lws(c)).unwrap_or(b.len());
     let end = b.iter().rposition(|&c| !is_lws(c)).map_or(start, |e| e + 1);
     s.get(start..end).unwrap_or_default()
@@ -1766,6 +1858,58 @@ mod tests {
                         format!("{:?}", parse_normalising(&b)),
                         "{:?}", String::from_utf8_lossy(&b)
                     );
+                }
+            }
+        }
+    }
+
+    mod via_fast_paths {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Bytes Via values are made of, white space and separators weighted in.
+        const VIA_ALPHABET: &[u8] = b" \t;=:,[]+.0159aA/SIPUDbrnchpotevi\xc3\xa9";
+
+        fn via_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("SIP/2.0/UDP ".to_string()),
+                Just("sip/2.0/tcp\t".to_string()),
+                Just(";branch=z9hG4bK1".to_string()),
+                Just(";rport".to_string()),
+                Just(";rport=5060".to_string()),
+                Just(";received=10.0.0.1".to_string()),
+                Just(" ; BRANCH = x ".to_string()),
+                Just("127.0.0.1:5060".to_string()),
+                Just("[::1]:5070".to_string()),
+                Just("host:+65535".to_string()),
+                Just("host:65536".to_string()),
+                proptest::collection::vec(proptest::sample::select(VIA_ALPHABET), 0..6)
+                    .prop_map(|v| String::from_utf8_lossy(&v).into_owned()),
+            ];
+            proptest::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(5000))]
+            /// The one-scan Via parser gives what the per-part one gave.
+            #[test]
+            fn via_parse_equals_reference(v in via_like()) {
+                prop_assert_eq!(Via::parse(&v), Via::parse_reference(&v), "{:?}", v);
+            }
+
+            /// `parse_u16` is `str::parse::<u16>`.
+            #[test]
+            fn parse_u16_equals_std(s in "[+-]?[0-9]{0,7}|[0-9a+ ]{0,4}") {
+                prop_assert_eq!(parse_u16(&s), s.parse::<u16>().ok(), "{:?}", s);
+            }
+
+            /// `push_ip` writes what `Display` does.
+            #[test]
+            fn push_ip_equals_display(a in any::<[u8; 4]>(), six in any::<[u16; 8]>()) {
+                for ip in [IpAddr::from(a), IpAddr::from(six)] {
+                    let mut s = String::new();
+                    push_ip(&mut s, ip);
+                    prop_assert_eq!(s, ip.to_string());
                 }
             }
         }
