@@ -545,6 +545,18 @@ mod tests {
         Duration::from_millis(v)
     }
 
+    /// The events of one utterance from `start` to `end` (not forced).
+    fn utterance(start: Duration, end: Duration) -> [VadEvent; 2] {
+        [
+            VadEvent::SpeechStart { at: start },
+            VadEvent::SpeechEnd {
+                start,
+                at: end,
+                forced: false,
+            },
+        ]
+    }
+
     fn script(parts: &[(f32, usize)]) -> Vec<f32> {
         parts
             .iter()
@@ -562,17 +574,7 @@ mod tests {
         // 10 idle, 20 speech, 5 quiet (shorter than hangover), 10 speech, 30 quiet.
         let s = script(&[(0.1, 10), (0.9, 20), (0.1, 5), (0.9, 10), (0.1, 30)]);
         let (ev, stats) = run(cfg, &s);
-        assert_eq!(
-            ev,
-            vec![
-                VadEvent::SpeechStart { at: ms(160) },
-                VadEvent::SpeechEnd {
-                    start: ms(160),
-                    at: ms(16 * 43),
-                    forced: false
-                }
-            ]
-        );
+        assert_eq!(ev, utterance(ms(160), ms(16 * 43)));
         assert_eq!(stats.utterances, 1);
     }
 
@@ -588,20 +590,11 @@ mod tests {
         assert_eq!(stats.rejected_short, 1);
         assert_eq!(
             ev,
-            vec![
-                VadEvent::SpeechStart { at: ms(16 * 23) },
-                VadEvent::SpeechEnd {
-                    start: ms(16 * 23),
-                    at: ms(16 * 29),
-                    forced: false
-                },
-                VadEvent::SpeechStart { at: ms(16 * 42) },
-                VadEvent::SpeechEnd {
-                    start: ms(16 * 42),
-                    at: ms(16 * 48),
-                    forced: false
-                },
+            [
+                utterance(ms(16 * 23), ms(16 * 29)),
+                utterance(ms(16 * 42), ms(16 * 48))
             ]
+            .concat()
         );
     }
 
@@ -615,17 +608,7 @@ mod tests {
         // 0.4 is below threshold (0.5) but at release (0.4).
         let s = script(&[(0.4, 5), (0.9, 3), (0.4, 20), (0.1, 10)]);
         let (ev, _) = run(cfg, &s);
-        assert_eq!(
-            ev,
-            vec![
-                VadEvent::SpeechStart { at: ms(80) },
-                VadEvent::SpeechEnd {
-                    start: ms(80),
-                    at: ms(16 * 26),
-                    forced: false
-                }
-            ]
-        );
+        assert_eq!(ev, utterance(ms(80), ms(16 * 26)));
     }
 
     #[test]
@@ -712,17 +695,7 @@ mod tests {
         assert_eq!(paused, Some(ms(16 * 20)));
         feed(&mut ep, 0.1, 5, &mut ev);
         assert_eq!(ep.paused_since(), None, "ended");
-        assert_eq!(
-            ev,
-            vec![
-                VadEvent::SpeechStart { at: ms(80) },
-                VadEvent::SpeechEnd {
-                    start: ms(80),
-                    at: paused.unwrap(),
-                    forced: false
-                }
-            ]
-        );
+        assert_eq!(ev, utterance(ms(80), paused.unwrap()));
     }
 
     #[test]

@@ -306,52 +306,53 @@ mod tests {
         assert!(matches!(w.write(&[1]), Err(AudioError::Finished)));
     }
 
+    /// Writes `samples` (interleaved) with hound: (channels, sample rate, bits per sample)
+    /// and `format`.
+    fn hound_wav<S: hound::Sample + Copy>(
+        path: &std::path::Path,
+        (channels, sample_rate, bits_per_sample): (u16, u32, u16),
+        sample_format: hound::SampleFormat,
+        samples: &[S],
+    ) {
+        let spec = hound::WavSpec {
+            channels,
+            sample_rate,
+            bits_per_sample,
+            sample_format,
+        };
+        let mut w = hound::WavWriter::create(path, spec).unwrap();
+        for &v in samples {
+            w.write_sample(v).unwrap();
+        }
+        w.finalize().unwrap();
+    }
+
     #[test]
     fn reader_accepts_other_formats_and_downmixes() {
         let dir = tmp();
         // 24-bit stereo at 44.1 kHz.
         let p = dir.path().join("24.wav");
-        let spec = hound::WavSpec {
-            channels: 2,
-            sample_rate: 44100,
-            bits_per_sample: 24,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&p, spec).unwrap();
-        for _ in 0..10 {
-            w.write_sample(1 << 22).unwrap(); // +0.5
-            w.write_sample(0).unwrap();
-        }
-        w.finalize().unwrap();
+        // left +0.5, right 0
+        hound_wav(
+            &p,
+            (2, 44100, 24),
+            hound::SampleFormat::Int,
+            &[1i32 << 22, 0].repeat(10),
+        );
         let f = read_wav(&p).unwrap();
         assert_eq!(f.sample_rate, 44100);
         assert_eq!(f.samples, vec![8192; 10]); // (0.5 + 0) / 2 = 0.25
         // 32-bit float mono, 8-bit mono.
         let p = dir.path().join("f.wav");
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 16000,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let mut w = hound::WavWriter::create(&p, spec).unwrap();
-        for v in [0.25f32, -1.5, 1.0] {
-            w.write_sample(v).unwrap();
-        }
-        w.finalize().unwrap();
+        hound_wav(
+            &p,
+            (1, 16000, 32),
+            hound::SampleFormat::Float,
+            &[0.25f32, -1.5, 1.0],
+        );
         assert_eq!(read_wav(&p).unwrap().samples, vec![8192, -32768, 32767]);
         let p = dir.path().join("8.wav");
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: 8000,
-            bits_per_sample: 8,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut w = hound::WavWriter::create(&p, spec).unwrap();
-        for v in [64i8, -128, 0] {
-            w.write_sample(v).unwrap();
-        }
-        w.finalize().unwrap();
+        hound_wav(&p, (1, 8000, 8), hound::SampleFormat::Int, &[64i8, -128, 0]);
         assert_eq!(read_wav(&p).unwrap().samples, vec![16384, -32768, 0]);
     }
 
