@@ -44,23 +44,6 @@ fn synthesize(text: &str) -> Result<AudioFrame, String> {
         .map_err(|e| e.to_string())
 }
 
-fn transcript_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .flat_map(|e| {
-                    std::fs::read_to_string(e.path())
-                        .unwrap_or_default()
-                        .lines()
-                        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn ms(v: &serde_json::Value) -> String {
     v.as_f64().map_or("-".into(), |m| format!("{m:.0} ms"))
 }
@@ -164,7 +147,7 @@ fn demo(args: &Args, model: &str, work: &std::path::Path) -> Result<(), String> 
     }
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
     println!("\n--- conversation (bot transcript) ---");
-    for l in transcript_lines(&work.join("transcripts")) {
+    for l in callbot::testing::transcript_lines(&work.join("transcripts")) {
         if l["type"] != "turn" {
             continue;
         }

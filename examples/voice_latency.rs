@@ -106,23 +106,6 @@ fn stats(name: &str, mut v: Vec<f64>) {
     );
 }
 
-/// Every JSON line of the transcript files in `dir` (turns, then the call summary).
-fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn loud(f: &callbot_rtp::ReceivedFrame) -> bool {
     f.audio.samples.iter().any(|s| s.unsigned_abs() > 300)
 }
@@ -587,7 +570,7 @@ fn run_mode(
     if !report.components.all_clean() {
         println!("  (components not all clean: {report:?})");
     }
-    let lines = transcript_lines(&transcripts);
+    let lines = callbot::testing::transcript_lines(&transcripts);
     llm.shutdown(Instant::now() + Duration::from_secs(1));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));

@@ -82,3 +82,15 @@ pub fn whisper_model() -> Option<std::path::PathBuf> {
     tools::missing("the Whisper model (set CALLBOT_WHISPER_MODEL)");
     None
 }
+
+/// [`whisper_model`], when every program of `programs` is found as well (each missing
+/// one is reported as by [`tools::require`]): a test that needs the model and some peers
+/// skips, or under `CALLBOT_REQUIRE_PEERS=1` fails, with one check.
+pub fn whisper_model_and(programs: &[&str]) -> Option<std::path::PathBuf> {
+    let model = whisper_model()?;
+    let mut found = true;
+    for program in programs {
+        found &= tools::require(program).is_some();
+    }
+    found.then_some(model)
+}

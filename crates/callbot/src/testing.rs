@@ -601,6 +601,27 @@ impl Synthesizer for HangingSynth {
     }
 }
 
+/// Every JSON line of every transcript file in `dir` (each call's turns, then its
+/// summary), files in name order; a missing directory, an unreadable file or a line
+/// that is not JSON gives nothing.
+pub fn transcript_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<std::path::PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Why [`dial`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {

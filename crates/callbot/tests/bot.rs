@@ -50,19 +50,7 @@ fn speech(dir: &std::path::Path, text: &str) -> Option<callbot_audio::AudioFrame
 }
 
 fn turns(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir(dir.join("transcripts")) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .flat_map(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    callbot::testing::transcript_lines(&dir.join("transcripts"))
 }
 
 #[test]
@@ -466,12 +454,9 @@ fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
 /// are reaped, and the bot's threads are back to their idle count.
 #[test]
 fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["sipp"]) else {
         return;
     };
-    if callbot_testkit::tools::require("sipp").is_none() {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-bot");
     let Some(audio) = speech(dir.path(), "Hello, I would like to know the opening hours.") else {
         return;
@@ -656,12 +641,9 @@ fn unregistered(e: &RegistrarEvent) -> bool {
 /// without registration (B's binding removed), then back to A (added).
 #[test]
 fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["kamailio"]) else {
         return;
     };
-    if callbot_testkit::tools::require("kamailio").is_none() {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-reconf");
     let a = Kamailio::start(&KamailioConfig::new(USER, PASSWORD)).unwrap();
     let b = Kamailio::start(&KamailioConfig::new(USER, PASSWORD)).unwrap();

@@ -160,7 +160,7 @@ fn heavy_e2e_dtmf_0_from_sipp_says_the_phrase_and_hangs_up() {
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
     println!("{report}");
 
-    let lines = common::transcript_lines(&transcripts);
+    let lines = callbot::testing::transcript_lines(&transcripts);
     for l in &lines {
         println!("{l}");
     }

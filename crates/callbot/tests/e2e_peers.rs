@@ -25,7 +25,7 @@ fn settings(dir: &Path, model: PathBuf) -> Settings {
 
 /// Every JSON line of every transcript file, in file order.
 fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
-    common::transcript_lines(&dir.join("transcripts"))
+    callbot::testing::transcript_lines(&dir.join("transcripts"))
 }
 
 /// Writes 8 kHz mono S16 `samples` as a WAV file.
@@ -41,8 +41,7 @@ fn silence_8k(secs: f64) -> Vec<i16> {
 /// sentence 3 as 8 kHz telephone speech; `None` (the test returns) when the model,
 /// baresip or espeak-ng is missing.
 fn sentence_for_baresip() -> Option<(PathBuf, callbot_testkit::TempDir, Vec<i16>)> {
-    let model = callbot_testkit::whisper_model()?;
-    callbot_testkit::tools::require("baresip")?;
+    let model = callbot_testkit::whisper_model_and(&["baresip"])?;
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     let sentence = speech::SENTENCES[3];
     let pcm = speech::espeak(sentence.text, sentence.voice)?;
@@ -107,14 +106,9 @@ fn transcribe_8k(stt: &mut WhisperTranscriber, samples: &[i16]) -> String {
 /// answers and its greeting reaches baresip; on shutdown the bot unregisters.
 #[test]
 fn heavy_e2e_registration_through_kamailio_then_a_routed_call() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["kamailio", "baresip"]) else {
         return;
     };
-    if callbot_testkit::tools::require("kamailio").is_none()
-        || callbot_testkit::tools::require("baresip").is_none()
-    {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     let (user, password) = ("callbot", "s3cret-pw");
     let kam = Kamailio::start(&KamailioConfig::new(user, password)).unwrap();
@@ -200,12 +194,9 @@ fn heavy_e2e_registration_through_kamailio_then_a_routed_call() {
 /// same channel, espeak-ng speech through 8 kHz G.711 read by tiny.en).
 #[test]
 fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["baresip"]) else {
         return;
     };
-    if callbot_testkit::tools::require("baresip").is_none() {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     // Two short sentences (about 2.5 s each): the bot gives Whisper 10 s per utterance
     // and on this shared 2-core machine (load 8-9) tiny.en needs 3.5-4.5 s for 2.5 s of
@@ -304,12 +295,9 @@ fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
 /// sentence (the BYE comes after the goodbye finished playing, not in the middle).
 #[test]
 fn heavy_e2e_silence_timeout_prompts_then_says_goodbye_and_hangs_up() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["baresip"]) else {
         return;
     };
-    if callbot_testkit::tools::require("baresip").is_none() {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     let wav = dir.path().join("caller.wav");
     write_8k(&wav, silence_8k(1.0));
@@ -589,12 +577,9 @@ fn heavy_e2e_barge_in_over_the_greeting() {
 /// goodbye, plays it to the end and then hangs up: baresip sees the bot's BYE.
 #[test]
 fn heavy_e2e_caller_goodbye_ends_the_call_politely() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["baresip"]) else {
         return;
     };
-    if callbot_testkit::tools::require("baresip").is_none() {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     let Some(pcm) = speech::espeak("Goodbye.", "en-us") else {
         return;

@@ -148,12 +148,9 @@ impl Listener {
 /// arrived whole, then the BYE, both within the deadline.
 #[test]
 fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["sipp"]) else {
         return;
     };
-    if callbot_testkit::tools::require("sipp").is_none() {
-        return;
-    }
     let dir = callbot_testkit::temp_dir("callbot-e2e");
     let n = 50;
     let mut s = settings(dir.path(), model, n + 1);

@@ -76,12 +76,9 @@ fn shutdown_with_no_registrar_returns_within_its_deadline() {
 /// at its deadline, saying the binding was not removed.
 #[test]
 fn heavy_e2e_shutdown_after_the_registrar_was_killed() {
-    let Some(model) = callbot_testkit::whisper_model() else {
+    let Some(model) = callbot_testkit::whisper_model_and(&["kamailio"]) else {
         return;
     };
-    if callbot_testkit::tools::require("kamailio").is_none() {
-        return;
-    }
     let kam = Kamailio::start(&KamailioConfig::new("callbot", "s3cret-pw")).unwrap();
     let mut bot = Bot::start(settings(model, kam.addr())).unwrap();
     let reg = kam.wait_event(Duration::from_secs(10), |e| {

@@ -52,11 +52,9 @@ fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
     // The re-prompt is written to the transcript once played (the fake media finishes
     // each playback at once).
     let written = |kind: &str| {
-        std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| {
-            std::fs::read_to_string(e.path())
-                .unwrap_or_default()
-                .contains(&format!("\"kind\":\"{kind}\""))
-        })
+        callbot::testing::transcript_lines(dir.path())
+            .iter()
+            .any(|l| l["kind"] == kind)
     };
     let t0 = Instant::now();
     while !written("reprompt") {

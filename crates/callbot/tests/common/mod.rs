@@ -1,7 +1,7 @@
 //! Settings shared by the end-to-end test files (each includes this with `mod common;`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use callbot::Settings;
 
@@ -25,25 +25,4 @@ pub(crate) fn loopback_settings(model: PathBuf, max_calls: usize) -> Settings {
     s.media.rtp_port_min = base;
     s.media.rtp_port_max = base + n - 1;
     s
-}
-
-/// Every JSON line of every transcript file in `dir`, files in name order (a missing
-/// directory: none).
-#[allow(dead_code)] // not every test file that includes this module needs it
-pub(crate) fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
