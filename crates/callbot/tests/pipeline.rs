@@ -371,6 +371,26 @@ fn hanging_call(
     (remote, control, thread)
 }
 
+/// Once the call's `stage` job (`what`) has `started`, and is not `cancelled` yet, the
+/// caller hangs up: the call's thread ends with the job `cancelled`. Prints hang-up ->
+/// call end.
+fn hang_up_during(
+    stage: &str,
+    what: &str,
+    (control, thread): (Sender<CallControl>, JoinHandle<CallOutcome>),
+    started: impl Fn() -> bool,
+    cancelled: impl Fn() -> bool,
+) -> CallOutcome {
+    wait_for(&format!("the {what}"), started);
+    assert!(!cancelled());
+    let t = Instant::now();
+    control.send(CallControl::CallerHungUp).unwrap();
+    let out = thread.join().unwrap();
+    println!("hang-up during {stage}: call ended in {:?}", t.elapsed());
+    assert!(cancelled(), "{what} cancelled");
+    out
+}
+
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let t0 = Instant::now();
     while !cond() {
@@ -396,13 +416,13 @@ fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
     );
     remote.frames(5000, 10);
     remote.frames(0, 5);
-    wait_for("the transcription", || stt.submitted() == 1);
-    assert!(!stt.all_stopped());
-    let t = Instant::now();
-    control.send(CallControl::CallerHungUp).unwrap();
-    thread.join().unwrap();
-    println!("hang-up during STT: call ended in {:?}", t.elapsed());
-    assert!(stt.all_stopped(), "transcription cancelled");
+    hang_up_during(
+        "STT",
+        "transcription",
+        (control, thread),
+        || stt.submitted() == 1,
+        || stt.all_stopped(),
+    );
 
     // LLM
     let llm = Arc::new(callbot::testing::HangingChat::default());
@@ -414,13 +434,13 @@ fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
     );
     remote.frames(5000, 10);
     remote.frames(0, 5);
-    wait_for("the reply", || llm.started() == 1);
-    assert!(!llm.all_cancelled());
-    let t = Instant::now();
-    control.send(CallControl::CallerHungUp).unwrap();
-    thread.join().unwrap();
-    println!("hang-up during LLM: call ended in {:?}", t.elapsed());
-    assert!(llm.all_cancelled(), "reply cancelled");
+    hang_up_during(
+        "LLM",
+        "reply",
+        (control, thread),
+        || llm.started() == 1,
+        || llm.all_cancelled(),
+    );
 
     // TTS (the greeting's synthesis never finishes)
     let tts = Arc::new(callbot::testing::HangingSynth::default());
@@ -430,12 +450,12 @@ fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
         tts.clone(),
         "Hello.",
     );
-    wait_for("the synthesis", || tts.started() == 1);
-    assert!(!tts.all_cancelled());
-    let t = Instant::now();
-    control.send(CallControl::CallerHungUp).unwrap();
-    let out = thread.join().unwrap();
-    println!("hang-up during TTS: call ended in {:?}", t.elapsed());
-    assert!(tts.all_cancelled(), "synthesis cancelled");
+    let out = hang_up_during(
+        "TTS",
+        "synthesis",
+        (control, thread),
+        || tts.started() == 1,
+        || tts.all_cancelled(),
+    );
     assert_eq!(out.summary.unwrap().reason, EndReason::CallerHungUp);
 }
