@@ -53,20 +53,13 @@ fn rtp(
     v
 }
 
+/// A version-2 packet with no marker, padding, extension or CSRC.
+fn plain(seq: u32, ts: u32, ssrc: u32, pt: u8, payload: &[u8]) -> Vec<u8> {
+    rtp(seq, ts, ssrc, pt, payload, false, 2, false, false, 0, &[])
+}
+
 fn good(seq: u32, ts: u32) -> Vec<u8> {
-    rtp(
-        seq,
-        ts,
-        SSRC_MAIN,
-        0,
-        &[0xFF; 160],
-        false,
-        2,
-        false,
-        false,
-        0,
-        &[],
-    )
+    plain(seq, ts, SSRC_MAIN, 0, &[0xFF; 160])
 }
 
 /// The 15 categories of rtp_garbage.py, in order.
@@ -184,102 +177,20 @@ fn categories() -> Vec<(&'static str, Vec<Vec<u8>>)> {
         [1400usize, 4000, 16000, 65000]
             .iter()
             .enumerate()
-            .map(|(i, &n)| {
-                rtp(
-                    seq + i as u32,
-                    ts + 160 * i as u32,
-                    SSRC_MAIN,
-                    0,
-                    &vec![0xFF; n],
-                    false,
-                    2,
-                    false,
-                    false,
-                    0,
-                    &[],
-                )
-            })
+            .map(|(i, &n)| plain(seq + i as u32, ts + 160 * i as u32, SSRC_MAIN, 0, &vec![0xFF; n]))
             .collect(),
     ));
     let mut ss: Vec<Vec<u8>> = (0..40)
-        .map(|i| {
-            rtp(
-                seq + i,
-                ts + 160 * i,
-                r.next() as u32,
-                0,
-                &ff,
-                false,
-                2,
-                false,
-                false,
-                0,
-                &[],
-            )
-        })
+        .map(|i| plain(seq + i, ts + 160 * i, r.next() as u32, 0, &ff))
         .collect();
-    ss.extend((0..25).map(|i| {
-        rtp(
-            5000 + i,
-            900_000 + 160 * i,
-            0xDEAD_BEEF,
-            0,
-            &ff,
-            false,
-            2,
-            false,
-            false,
-            0,
-            &[],
-        )
-    }));
+    ss.extend((0..25).map(|i| plain(5000 + i, 900_000 + 160 * i, 0xDEAD_BEEF, 0, &ff)));
     c.push(("ssrc", ss));
     let pts = [8u8, 18, 96, 127, 72, 73, 74, 75, 76, 13, 19];
     let mut pt: Vec<Vec<u8>> = (0..33)
-        .map(|i| {
-            rtp(
-                seq + i,
-                ts + 160 * i,
-                SSRC_MAIN,
-                pts[i as usize % 11],
-                &ff,
-                false,
-                2,
-                false,
-                false,
-                0,
-                &[],
-            )
-        })
+        .map(|i| plain(seq + i, ts + 160 * i, SSRC_MAIN, pts[i as usize % 11], &ff))
         .collect();
-    pt.extend((0..3).map(|i| {
-        rtp(
-            seq + 40 + i,
-            ts,
-            SSRC_MAIN,
-            101,
-            &[0x05, 0x8A][..i as usize],
-            false,
-            2,
-            false,
-            false,
-            0,
-            &[],
-        )
-    }));
-    pt.push(rtp(
-        seq + 50,
-        ts,
-        SSRC_MAIN,
-        101,
-        &[200, 0x8A, 0xFF, 0xFF],
-        false,
-        2,
-        false,
-        false,
-        0,
-        &[],
-    ));
+    pt.extend((0..3).map(|i| plain(seq + 40 + i, ts, SSRC_MAIN, 101, &[0x05, 0x8A][..i as usize])));
+    pt.push(plain(seq + 50, ts, SSRC_MAIN, 101, &[200, 0x8A, 0xFF, 0xFF]));
     c.push(("payload_type", pt));
     let mut s = Vec::new();
     let base = seq + 100;
