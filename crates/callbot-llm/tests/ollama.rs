@@ -16,6 +16,38 @@ fn chat(server: &OllamaServer) -> OllamaChat {
     OllamaChat::new(config(server)).unwrap()
 }
 
+/// A client of `server` whose default configuration `change` adjusts.
+fn chat_with(server: &OllamaServer, change: impl FnOnce(&mut OllamaConfig)) -> OllamaChat {
+    let mut cfg = config(server);
+    change(&mut cfg);
+    OllamaChat::new(cfg).unwrap()
+}
+
+/// Asks `chat` and checks that the reply fails with a timeout at `stage` within 2 s.
+fn times_out(chat: &OllamaChat, stage: TimeoutStage) {
+    let started = Instant::now();
+    let err = ask(chat, "hi").collect_text().unwrap_err();
+    assert_eq!(err, LlmError::Timeout { stage });
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// When the server saw the `n`th connection closed by the client before its reply's end
+/// (waits up to 2 s for it).
+fn early_disconnects(server: &OllamaServer, n: u64) -> Instant {
+    server
+        .wait_for_early_disconnects(n, Duration::from_secs(2))
+        .expect("the server saw the client disconnect")
+}
+
+/// Waits up to `within` for `chat` to have no reply in flight.
+fn no_reply_in_flight(chat: &OllamaChat, within: Duration) {
+    let until = Instant::now() + within;
+    while chat.in_flight() > 0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(chat.in_flight(), 0);
+}
+
 fn slow_script(tokens: usize, delay_ms: u64) -> Script {
     Script {
         reply: ReplyText::Fixed("word ".repeat(tokens)),
@@ -163,9 +195,9 @@ fn a_connection_dropped_mid_stream_is_reported() {
 #[test]
 fn an_unknown_model_is_model_not_found() {
     let server = OllamaServer::start(Script::default()).unwrap();
-    let mut cfg = config(&server);
-    cfg.model = "llama9:70b".into();
-    let chat = OllamaChat::new(cfg).unwrap();
+    let chat = chat_with(&server, |cfg| {
+        cfg.model = "llama9:70b".into();
+    });
     let err = ask(&chat, "hi").collect_text().unwrap_err();
     match err {
         LlmError::ModelNotFound(m) => assert!(m.contains("llama9:70b"), "{m}"),
@@ -207,31 +239,19 @@ fn a_slow_first_token_times_out_and_the_connection_is_dropped() {
         ..Script::default()
     })
     .unwrap();
-    let mut cfg = config(&server);
-    cfg.first_token_timeout = Duration::from_millis(200);
-    let chat = OllamaChat::new(cfg).unwrap();
-    let started = Instant::now();
-    let err = ask(&chat, "hi").collect_text().unwrap_err();
-    assert_eq!(
-        err,
-        LlmError::Timeout {
-            stage: TimeoutStage::FirstToken
-        }
-    );
-    assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(
-        server
-            .wait_for_early_disconnects(1, Duration::from_secs(2))
-            .is_some()
-    );
+    let chat = chat_with(&server, |cfg| {
+        cfg.first_token_timeout = Duration::from_millis(200);
+    });
+    times_out(&chat, TimeoutStage::FirstToken);
+    early_disconnects(&server, 1);
 }
 
 #[test]
 fn a_slow_reply_hits_the_total_timeout() {
     let server = OllamaServer::start(slow_script(100, 50)).unwrap();
-    let mut cfg = config(&server);
-    cfg.total_timeout = Duration::from_millis(300);
-    let chat = OllamaChat::new(cfg).unwrap();
+    let chat = chat_with(&server, |cfg| {
+        cfg.total_timeout = Duration::from_millis(300);
+    });
     let mut reply = ask(&chat, "hi");
     let mut deltas = 0;
     let end = loop {
@@ -259,9 +279,7 @@ fn cancel_drops_the_connection_at_once_and_the_next_reply_works() {
     first_delta(&mut reply);
     let cancelled_at = Instant::now();
     reply.cancel();
-    let seen = server
-        .wait_for_early_disconnects(1, Duration::from_secs(2))
-        .expect("the server saw the client disconnect");
+    let seen = early_disconnects(&server, 1);
     let latency = seen.saturating_duration_since(cancelled_at);
     // 200 tokens at 50 ms would take 10 s; the close is seen long before the next token.
     assert!(latency < Duration::from_millis(500), "{latency:?}");
@@ -284,16 +302,8 @@ fn dropping_a_reply_cancels_it() {
     let mut reply = ask(&chat, "hi");
     first_delta(&mut reply);
     drop(reply);
-    assert!(
-        server
-            .wait_for_early_disconnects(1, Duration::from_secs(2))
-            .is_some()
-    );
-    let until = Instant::now() + Duration::from_secs(2);
-    while chat.in_flight() > 0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert_eq!(chat.in_flight(), 0);
+    early_disconnects(&server, 1);
+    no_reply_in_flight(&chat, Duration::from_secs(2));
 }
 
 #[test]
@@ -312,11 +322,7 @@ fn shutdown_cancels_replies_in_flight_within_the_deadline() {
     assert_eq!(report.threads_left, 0);
     assert!(!report.timed_out && report.waited_for_threads);
     assert!(report.elapsed < Duration::from_secs(2));
-    assert!(
-        server
-            .wait_for_early_disconnects(2, Duration::from_secs(2))
-            .is_some()
-    );
+    early_disconnects(&server, 2);
     for reply in [&mut a, &mut b] {
         let end = std::iter::from_fn(|| reply.recv()).last();
         assert!(
@@ -335,9 +341,9 @@ fn shutdown_cancels_replies_in_flight_within_the_deadline() {
 fn a_slow_consumer_gets_every_delta_through_a_small_channel() {
     let text: String = (0..300).map(|i| format!("w{i} ")).collect();
     let server = OllamaServer::start(Script::reply(&text)).unwrap();
-    let mut cfg = config(&server);
-    cfg.channel_capacity = 2;
-    let chat = OllamaChat::new(cfg).unwrap();
+    let chat = chat_with(&server, |cfg| {
+        cfg.channel_capacity = 2;
+    });
     let mut reply = ask(&chat, "hi");
     std::thread::sleep(Duration::from_millis(100));
     assert!(reply.events().len() <= 2);
@@ -460,15 +466,7 @@ fn a_hanging_connect_hits_the_connect_timeout() {
     let mut cfg = OllamaConfig::new(&format!("http://{addr}"), "m");
     cfg.connect_timeout = Duration::from_millis(200);
     let chat = OllamaChat::new(cfg).unwrap();
-    let started = Instant::now();
-    let err = ask(&chat, "hi").collect_text().unwrap_err();
-    assert_eq!(
-        err,
-        LlmError::Timeout {
-            stage: TimeoutStage::Connect
-        }
-    );
-    assert!(started.elapsed() < Duration::from_secs(2));
+    times_out(&chat, TimeoutStage::Connect);
     drop(listener);
 }
 
@@ -611,19 +609,15 @@ fn shutdown_logs_the_lifecycle_line_once() {
 #[test]
 fn a_consumer_that_never_reads_gets_the_timeout_not_a_shutdown() {
     let server = OllamaServer::start(slow_script(50, 0)).unwrap();
-    let mut cfg = config(&server);
-    cfg.channel_capacity = 4;
-    cfg.total_timeout = Duration::from_millis(200);
-    let chat = OllamaChat::new(cfg).unwrap();
+    let chat = chat_with(&server, |cfg| {
+        cfg.channel_capacity = 4;
+        cfg.total_timeout = Duration::from_millis(200);
+    });
     let mut reply = ask(&chat, "hi");
     // Do not read until the task gave up (the total timeout, then 1 s of grace for the
     // final event).
-    let until = Instant::now() + Duration::from_secs(5);
     std::thread::sleep(Duration::from_millis(300));
-    while chat.in_flight() > 0 && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(chat.in_flight(), 0);
+    no_reply_in_flight(&chat, Duration::from_secs(5));
     assert_eq!(reply.events().len(), 4);
     let events: Vec<ReplyEvent> = std::iter::from_fn(|| reply.recv()).collect();
     assert_eq!(events.len(), 5, "{events:?}");
