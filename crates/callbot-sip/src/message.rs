@@ -378,14 +378,17 @@ const INDEXED: usize = 6;
 
 impl Kind {
     fn of(name: &[u8]) -> Kind {
-        let is = |canonical: &str| name.eq_ignore_ascii_case(canonical.as_bytes());
-        match name.len() {
-            2 if is("To") => Kind::To,
-            3 if is("Via") => Kind::Via,
-            4 if is("From") => Kind::From,
-            4 if is("CSeq") => Kind::CSeq,
-            7 if is("Call-ID") => Kind::CallId,
-            14 if is("Content-Length") => Kind::ContentLength,
+        // The canonical spelling compared whole first (a few word compares), any other
+        // case byte by byte; the length and first letter pick the one candidate.
+        let is =
+            |canonical: &str| name == canonical.as_bytes() || name.eq_ignore_ascii_case(canonical.as_bytes());
+        match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
+            (2, Some(b't')) if is("To") => Kind::To,
+            (3, Some(b'v')) if is("Via") => Kind::Via,
+            (4, Some(b'f')) if is("From") => Kind::From,
+            (4, Some(b'c')) if is("CSeq") => Kind::CSeq,
+            (7, Some(b'c')) if is("Call-ID") => Kind::CallId,
+            (14, Some(b'c')) if is("Content-Length") => Kind::ContentLength,
             _ => Kind::Other,
         }
     }
@@ -1202,10 +1205,8 @@ fn finish<'a>(
 ) -> Parsed<'a> {
     let echo = echo_parts(&headers);
     let is_request = !start_line.starts_with("SIP/");
-    let reject = |code: u16, reason: &'static str| -> Parsed<'a> {
-        let echo = echo.as_ref().filter(|_| is_request).map(|e| e.to_echo(&headers));
-        reject_with(echo, is_request, code, reason)
-    };
+    let reject =
+        |code: u16, reason: &'static str| reject_from(echo.as_ref(), &headers, is_request, code, reason);
     // Content-Length: checked here (rsip ignores it), or by the canonical scan.
     let content_length = match canonical {
         Some((_, checked)) => checked,
@@ -1220,46 +1221,17 @@ fn finish<'a>(
         None => rest,
     };
     // Single-valued headers must be single.
-    for (name, kind) in [
-        ("Call-ID", Kind::CallId),
-        ("From", Kind::From),
-        ("To", Kind::To),
-        ("CSeq", Kind::CSeq),
-    ] {
-        let Some(first) = headers.first(kind) else {
+    for kind in [Kind::CallId, Kind::From, Kind::To, Kind::CSeq] {
+        if headers.first(kind).is_none() {
             return reject(400, "missing mandatory header");
-        };
-        if headers.is_repeated(kind) && headers.get_all(name).any(|v| v != first) {
+        }
+        if headers.is_repeated(kind) && repeats_differ(&headers, kind) {
             return reject(400, "duplicate header with different values");
         }
     }
     // Start line checks before rsip (which cannot represent unknown methods).
-    if is_request {
-        let mut parts = start_line.split(' ');
-        let method = parts.next().unwrap_or_default();
-        let uri = parts.next().unwrap_or_default();
-        let version = parts.next().unwrap_or_default();
-        if method.is_empty() || !method.bytes().all(is_token_char) || uri.is_empty() || parts.next().is_some()
-        {
-            return reject(400, "malformed request line");
-        }
-        if !version.eq_ignore_ascii_case("SIP/2.0") {
-            return if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/")) {
-                reject(505, "unsupported SIP version")
-            } else {
-                reject(400, "malformed request line")
-            };
-        }
-        if method.parse::<rsip::Method>().is_err() {
-            return reject(501, "unknown method");
-        }
-        let scheme = uri.split(':').next().unwrap_or_default();
-        if !(scheme.eq_ignore_ascii_case("sip")
-            || scheme.eq_ignore_ascii_case("sips")
-            || scheme.eq_ignore_ascii_case("tel"))
-        {
-            return reject(416, "unsupported URI scheme");
-        }
+    if is_request && let Err((code, reason)) = check_request_line(start_line) {
+        return reject(code, reason);
     }
     if headers.first(Kind::Via).is_none() {
         return Parsed::Drop("no Via");
@@ -1353,6 +1325,67 @@ fn finish<'a>(
     }))
 }
 
+/// The answer to a message that fails a check: `code` for a request whose echo headers
+/// survived, a drop otherwise (out of line: the path every valid message takes stays
+/// small).
+#[cold]
+#[inline(never)]
+fn reject_from(
+    echo: Option<&EchoParts<'_>>,
+    headers: &Headers<'_>,
+    is_request: bool,
+    code: u16,
+    reason: &'static str,
+) -> Parsed<'static> {
+    let echo = echo.filter(|_| is_request).map(|e| e.to_echo(headers));
+    reject_with(echo, is_request, code, reason)
+}
+
+/// Whether a repeated single-valued header has a value other than its first one.
+#[cold]
+#[inline(never)]
+fn repeats_differ(headers: &Headers<'_>, kind: Kind) -> bool {
+    let first = headers.first(kind);
+    headers
+        .fields
+        .iter()
+        .filter(|f| f.kind == kind)
+        .any(|f| Some(headers.pair(f).1) != first)
+}
+
+/// The request line checks made before rsip parses it (rsip cannot represent unknown
+/// methods): the status and reason to answer with when one fails.
+#[inline(never)]
+fn check_request_line(start_line: &str) -> Result<(), (u16, &'static str)> {
+    let mut parts = start_line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let uri = parts.next().unwrap_or_default();
+    let version = parts.next().unwrap_or_default();
+    if method.is_empty() || !method.bytes().all(is_token_char) || uri.is_empty() || parts.next().is_some() {
+        return Err((400, "malformed request line"));
+    }
+    if !version.eq_ignore_ascii_case("SIP/2.0") {
+        return Err(
+            if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/")) {
+                (505, "unsupported SIP version")
+            } else {
+                (400, "malformed request line")
+            },
+        );
+    }
+    if method.parse::<rsip::Method>().is_err() {
+        return Err((501, "unknown method"));
+    }
+    let scheme = uri.split(':').next().unwrap_or_default();
+    if !(scheme.eq_ignore_ascii_case("sip")
+        || scheme.eq_ignore_ascii_case("sips")
+        || scheme.eq_ignore_ascii_case("tel"))
+    {
+        return Err((416, "unsupported URI scheme"));
+    }
+    Ok(())
+}
+
 /// A method name in upper case: the standard ones without allocating.
 fn upper_method(m: &str) -> Cow<'static, str> {
     const KNOWN: [&str; 14] = [
@@ -1441,7 +1474,11 @@ impl EchoParts<'_> {
 /// The echo headers and the parsed top Via, if all of them are present.
 fn echo_parts<'h>(headers: &'h Headers<'_>) -> Option<EchoParts<'h>> {
     // Only answer what can be routed back: the top Via must parse.
-    let top_value = headers.vias().next()?;
+    // The first part of the first Via header (of a later one when that has none).
+    let top_value = match headers.first(Kind::Via).and_then(|v| comma_parts(v).next()) {
+        Some(v) => v,
+        None => headers.vias().next()?,
+    };
     let cseq = headers.first(Kind::CSeq)?;
     let e = EchoParts {
         top_value,
