@@ -154,6 +154,23 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Waits up to `timeout` for `done` to give something, checking at every change.
+    fn wait_for<T>(&self, timeout: Duration, mut done: impl FnMut(&State) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if let Some(found) = done(&state) {
+                return Some(found);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 /// The local Ollama-protocol server. See the module docs.
@@ -250,40 +267,23 @@ impl OllamaServer {
     /// Waits until at least `n` chats disconnected early; returns the time of the n-th
     /// such disconnect seen in the log, or `None` after `timeout`.
     pub fn wait_for_early_disconnects(&self, n: u64, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        loop {
-            if state.early_disconnects >= n {
-                return state.chats.iter().filter_map(|c| c.disconnected_early_at).max();
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.shared
+            .wait_for(timeout, |state| {
+                (state.early_disconnects >= n)
+                    .then(|| state.chats.iter().filter_map(|c| c.disconnected_early_at).max())
+            })
+            .flatten()
     }
 
     /// Waits until the last chat is finished or disconnected; returns its log.
     pub fn wait_for_chat_end(&self, timeout: Duration) -> Option<ChatLog> {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        loop {
-            if let Some(last) = state.chats.back()
-                && (last.finished || last.disconnected_early_at.is_some())
-            {
-                return Some(last.clone());
-            }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.shared.wait_for(timeout, |state| {
+            state
+                .chats
+                .back()
+                .filter(|last| last.finished || last.disconnected_early_at.is_some())
+                .cloned()
+        })
     }
 
     /// Stops serving and joins the thread, waiting until `deadline`. Idempotent;
