@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     HarnessError, audio_seconds, ensure_loopback, free_sip_port_pair, host_uri, io_err, loopback, read_lossy,
-    require_tool, sox, tail,
+    require_tool, sox_to_8k_pcm16,
 };
 use crate::process::Child;
 
@@ -271,22 +271,7 @@ impl BaresipCall {
         let in_secs = audio_seconds(&self.in_wav)?;
         let pad = (self.hold.as_secs_f64() - in_secs).max(0.0) + 5.0;
         let src = dir.path().join("in.wav");
-        let pad_s = format!("{pad:.3}");
-        sox(&[
-            self.in_wav.as_os_str(),
-            "-r".as_ref(),
-            "8000".as_ref(),
-            "-c".as_ref(),
-            "1".as_ref(),
-            "-b".as_ref(),
-            "16".as_ref(),
-            "-e".as_ref(),
-            "signed-integer".as_ref(),
-            src.as_os_str(),
-            "pad".as_ref(),
-            "0".as_ref(),
-            pad_s.as_ref(),
-        ])?;
+        sox_to_8k_pcm16(&self.in_wav, &src, Some(pad))?;
         let setup_secs = self.setup_timeout.as_secs().max(1);
         write_config(
             dir.path(),
@@ -387,18 +372,7 @@ impl BaresipCall {
         if let Some(dec) = newest_dump(dir.path()) {
             received_seconds = audio_seconds(&dec).unwrap_or(0.0);
             if let Some(out) = &self.out_wav {
-                sox(&[
-                    dec.as_os_str(),
-                    "-r".as_ref(),
-                    "8000".as_ref(),
-                    "-c".as_ref(),
-                    "1".as_ref(),
-                    "-b".as_ref(),
-                    "16".as_ref(),
-                    "-e".as_ref(),
-                    "signed-integer".as_ref(),
-                    out.as_os_str(),
-                ])?;
+                sox_to_8k_pcm16(&dec, out, None)?;
                 received_audio = Some(out.clone());
             }
         }
@@ -483,22 +457,7 @@ impl BaresipAnswerer {
         let dir = crate::temp_dir("baresip-answer");
         let ip = loopback(ipv6);
         let src = dir.path().join("reply.wav");
-        let pad_s = format!("{:.3}", pad.as_secs_f64());
-        sox(&[
-            reply.as_os_str(),
-            "-r".as_ref(),
-            "8000".as_ref(),
-            "-c".as_ref(),
-            "1".as_ref(),
-            "-b".as_ref(),
-            "16".as_ref(),
-            "-e".as_ref(),
-            "signed-integer".as_ref(),
-            src.as_os_str(),
-            "pad".as_ref(),
-            "0".as_ref(),
-            pad_s.as_ref(),
-        ])?;
+        sox_to_8k_pcm16(reply, &src, Some(pad.as_secs_f64()))?;
         let port = free_sip_port_pair(ip);
         let addr = SocketAddr::new(ip, port);
         let snd = dir.path().join("recordings");
@@ -531,10 +490,7 @@ impl BaresipAnswerer {
             if text.contains("baresip is ready") {
                 if text.contains("SIP Transport failed") || text.contains("init failed") {
                     child.stop();
-                    return Err(HarnessError::StartFailed {
-                        peer: "baresip",
-                        log_tail: tail(&text, 15),
-                    });
+                    return Err(HarnessError::start_failed("baresip", &text));
                 }
                 break;
             }
@@ -542,10 +498,7 @@ impl BaresipAnswerer {
                 || t0.elapsed() > Duration::from_secs(10)
             {
                 child.stop();
-                return Err(HarnessError::StartFailed {
-                    peer: "baresip",
-                    log_tail: tail(&read_lossy(&log), 15),
-                });
+                return Err(HarnessError::start_failed("baresip", &read_lossy(&log)));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -615,6 +568,7 @@ impl BaresipAnswerer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::harness::tail;
 
     #[test]
     fn bye_response_from_trace() {

@@ -45,6 +45,16 @@ pub enum HarnessError {
     InvalidArgument(String),
 }
 
+impl HarnessError {
+    /// [`HarnessError::StartFailed`] for `peer`, with the last 15 lines of its `log`.
+    pub fn start_failed(peer: &'static str, log: &str) -> HarnessError {
+        HarnessError::StartFailed {
+            peer,
+            log_tail: tail(log, 15),
+        }
+    }
+}
+
 /// Wraps an I/O error with what was being done.
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let context = context.into();
@@ -148,6 +158,19 @@ pub fn sox(args: &[&std::ffi::OsStr]) -> Result<(), HarnessError> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }
+}
+
+/// Converts `input` with sox into `output`, a WAV of 8 kHz mono 16-bit PCM (what baresip
+/// plays and records), with `pad_secs` of silence appended when given.
+pub fn sox_to_8k_pcm16(input: &Path, output: &Path, pad_secs: Option<f64>) -> Result<(), HarnessError> {
+    let pad = pad_secs.map(|p| format!("{p:.3}"));
+    let mut args: Vec<&std::ffi::OsStr> = vec![input.as_os_str()];
+    args.extend(["-r", "8000", "-c", "1", "-b", "16", "-e", "signed-integer"].map(std::ffi::OsStr::new));
+    args.push(output.as_os_str());
+    if let Some(pad) = &pad {
+        args.extend(["pad", "0", pad.as_str()].map(std::ffi::OsStr::new));
+    }
+    sox(&args)
 }
 
 /// Duration of an audio file in seconds (`soxi -D`).

@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    HarnessError, host_uri, io_err, loopback, read_lossy, require_tool, tail, wait_udp_listening,
+    HarnessError, host_uri, io_err, loopback, read_lossy, require_tool, wait_udp_listening,
 };
 use crate::process::Child;
 
@@ -215,10 +215,10 @@ impl Kamailio {
             .output()
             .map_err(io_err("run kamailio -c"))?;
         if !check.status.success() {
-            return Err(HarnessError::StartFailed {
-                peer: "kamailio",
-                log_tail: tail(&String::from_utf8_lossy(&check.stderr), 15),
-            });
+            return Err(HarnessError::start_failed(
+                "kamailio",
+                &String::from_utf8_lossy(&check.stderr),
+            ));
         }
         let log = dir.path().join("kamailio.log");
         let mut cmd = Command::new(&kamailio);
@@ -234,10 +234,7 @@ impl Kamailio {
         let mut child = Child::spawn("kamailio", cmd, &log).map_err(io_err("spawn kamailio"))?;
         if !wait_udp_listening(addr, Duration::from_secs(10)) {
             child.stop();
-            return Err(HarnessError::StartFailed {
-                peer: "kamailio",
-                log_tail: tail(&read_lossy(&log), 15),
-            });
+            return Err(HarnessError::start_failed("kamailio", &read_lossy(&log)));
         }
         Ok(Kamailio {
             child,
