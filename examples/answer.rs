@@ -21,15 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use callbot_examples::{Args, init_logging};
+use callbot_examples::{Args, run_main};
 use callbot_sip::{CallId, SipConfig, SipEvent, SipUserAgent};
 
-fn main() {
-    init_logging();
-    if let Err(e) = run() {
-        eprintln!("answer: {e}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    run_main("answer", run)
 }
 
 fn run() -> Result<(), String> {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use callbot_audio::AudioFrame;
 use callbot_audio::g711::Law;
-use callbot_examples::{Args, init_logging};
+use callbot_examples::{Args, run_main};
 use callbot_rtp::{PlaybackId, RecordTo, RtpEvent, RtpSession, RtpSessionConfig};
 use callbot_sip::{AudioCodec, CallId, SipConfig, SipEvent, SipUserAgent};
 
@@ -37,12 +37,8 @@ struct Call {
     hung_up: bool,
 }
 
-fn main() {
-    init_logging();
-    if let Err(e) = run() {
-        eprintln!("answer_play: {e}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    run_main("answer_play", run)
 }
 
 fn run() -> Result<(), String> {

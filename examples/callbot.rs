@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use callbot::Settings;
 use callbot::settings::RegistrationSettings;
-use callbot_examples::{Args, init_logging};
+use callbot_examples::{Args, run_main};
 
 const KNOWN: &[&str] = &[
     "config",
@@ -136,12 +136,5 @@ fn run() -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("callbot: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("callbot", run)
 }

@@ -14,18 +14,11 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use callbot_examples::{Args, init_logging};
+use callbot_examples::{Args, run_main};
 use callbot_llm::{ChatModel, OllamaChat, OllamaConfig, ReplyEvent};
 
 fn main() -> ExitCode {
-    init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chat: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("chat", run)
 }
 
 fn run() -> Result<(), String> {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use callbot::Settings;
 use callbot_audio::AudioFrame;
 use callbot_audio::g711::Law;
-use callbot_examples::{Args, init_logging};
+use callbot_examples::{Args, run_main};
 use callbot_rtp::{RtpSession, RtpSessionConfig};
 use callbot_sip::{SipConfig, SipUserAgent};
 use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
@@ -202,12 +202,5 @@ fn demo(args: &Args, model: &str, work: &std::path::Path) -> Result<(), String> 
 }
 
 fn main() -> ExitCode {
-    init_logging();
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo_call: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("demo_call", run)
 }

@@ -90,6 +90,19 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// An example's `main`: sets up logging ([`init_logging`]), runs `run`, and on an error
+/// prints `NAME: ERROR` to stderr and exits with status 1.
+pub fn run_main(name: &str, run: impl FnOnce() -> Result<(), String>) -> std::process::ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Args;

@@ -55,12 +55,8 @@ const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const CALLER_JITTER: Duration = Duration::from_millis(20);
 const CALLER_JITTER_MAX: Duration = Duration::from_millis(100);
 
-fn main() {
-    callbot_examples::init_logging();
-    if let Err(e) = run() {
-        eprintln!("voice_latency: {e}");
-        std::process::exit(1);
-    }
+fn main() -> std::process::ExitCode {
+    callbot_examples::run_main("voice_latency", run)
 }
 
 struct Utterance {
