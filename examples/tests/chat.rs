@@ -2,12 +2,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Read;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use callbot_testkit::harness::example_bin;
 use callbot_testkit::ollama::{OllamaServer, Script};
 use callbot_testkit::process::Child;
+
+/// Runs `cmd` (the chat example, its log in `dir`) until it exits, within `timeout`:
+/// (exit status, stdout, log).
+fn run_chat(cmd: Command, dir: &std::path::Path, timeout: Duration) -> (ExitStatus, String, String) {
+    let log_path = dir.join("chat.log");
+    let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &log_path).unwrap();
+    let status = child.wait_timeout(timeout).unwrap().expect("chat exits");
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    (status, out, log)
+}
 
 #[test]
 fn chat_streams_replies_and_keeps_history() {
@@ -26,14 +38,7 @@ fn chat_streams_replies_and_keeps_history() {
         .arg(&chat)
         .arg(server.url())
         .arg(&input);
-    let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &dir.path().join("chat.log")).unwrap();
-    let status = child
-        .wait_timeout(Duration::from_secs(20))
-        .unwrap()
-        .expect("chat exits");
-    let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
-    let log = std::fs::read_to_string(dir.path().join("chat.log")).unwrap_or_default();
+    let (status, out, log) = run_chat(cmd, dir.path(), Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{out}\n{log}");
     assert_eq!(out, "Hello there.\nGrüß Gott, wie geht's?\n", "{log}");
     let last = server.last_chat().unwrap().request;
@@ -53,14 +58,7 @@ fn chat_reports_a_bad_url_without_panicking() {
     let dir = callbot_testkit::temp_dir("chat-example");
     let mut cmd = Command::new(chat);
     cmd.args(["--url", "localhost:11434", "--model", "m"]);
-    let (mut child, mut stdout) = Child::spawn_piped("chat", cmd, &dir.path().join("chat.log")).unwrap();
-    let status = child
-        .wait_timeout(Duration::from_secs(10))
-        .unwrap()
-        .expect("chat exits");
-    let mut out = String::new();
-    stdout.read_to_string(&mut out).unwrap();
+    let (status, _, log) = run_chat(cmd, dir.path(), Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
-    let log = std::fs::read_to_string(dir.path().join("chat.log")).unwrap();
     assert!(log.contains("invalid Ollama URL"), "{log}");
 }
