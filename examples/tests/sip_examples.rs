@@ -111,13 +111,19 @@ fn heavy_answer_example_hangs_up_on_baresip() {
     child.stop();
 }
 
-fn register(reg: &Kamailio, password: &str, hold: &str, log: &Path) -> Option<Child> {
+/// Runs the register example as `botuser` with `password` at `reg` (60 s expiry, held
+/// 1 s) until it exits, within 15 s: (its exit code, its output).
+fn register(reg: &Kamailio, password: &str) -> Option<(Option<i32>, String)> {
     let bin = example_bin("register")?;
+    let dir = callbot_testkit::temp_dir("register");
+    let log = dir.path().join("register.log");
     let mut cmd = Command::new(bin);
     cmd.args(["--server", &reg.addr().to_string()])
         .args(["--user", "botuser", "--password", password])
-        .args(["--expires", "60", "--hold", hold]);
-    Some(Child::spawn("register", cmd, log).unwrap())
+        .args(["--expires", "60", "--hold", "1"]);
+    let mut child = Child::spawn("register", cmd, &log).unwrap();
+    let status = child.wait_timeout(Duration::from_secs(15)).unwrap();
+    Some((status.and_then(|s| s.code()), read_lossy(&log)))
 }
 
 #[test]
@@ -126,14 +132,10 @@ fn heavy_register_example_against_kamailio() {
         return;
     }
     let reg = Kamailio::start(&KamailioConfig::new("botuser", "s3cret")).unwrap();
-    let dir = callbot_testkit::temp_dir("register-ok");
-    let log = dir.path().join("register.log");
-    let Some(mut child) = register(&reg, "s3cret", "1", &log) else {
+    let Some((code, text)) = register(&reg, "s3cret") else {
         return;
     };
-    let status = child.wait_timeout(Duration::from_secs(15)).unwrap();
-    let text = read_lossy(&log);
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{text}");
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.lines().any(|l| l == "registered expires=60"), "{text}");
     let shutdown = text.lines().find(|l| l.starts_with("shutdown ")).unwrap();
     assert!(shutdown.contains("unregistered=yes"), "{shutdown}");
@@ -157,14 +159,10 @@ fn heavy_register_example_wrong_password_exits_1() {
     let mut cfg = KamailioConfig::new("botuser", "s3cret");
     cfg.wrong_password_403 = true;
     let reg = Kamailio::start(&cfg).unwrap();
-    let dir = callbot_testkit::temp_dir("register-bad");
-    let log = dir.path().join("register.log");
-    let Some(mut child) = register(&reg, "WRONG", "1", &log) else {
+    let Some((code, text)) = register(&reg, "WRONG") else {
         return;
     };
-    let status = child.wait_timeout(Duration::from_secs(15)).unwrap();
-    let text = read_lossy(&log);
-    assert_eq!(status.and_then(|s| s.code()), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.lines().any(|l| l.starts_with("registration failed: ")),
         "{text}"
