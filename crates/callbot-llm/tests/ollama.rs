@@ -105,14 +105,53 @@ fn streams_a_reply_with_the_configured_request() {
 
 const TRICKY: &str = "Grüß Gott, hello. Ça va? Ünïcödé 😀 everywhere… 你好。Done.";
 
-#[test]
-fn a_character_split_across_network_chunks_arrives_intact() {
-    let server = OllamaServer::start(Script {
+/// The reply [`TRICKY`], its multi-byte characters split across network chunks.
+fn split_tricky_text() -> Script {
+    Script {
         reply: ReplyText::Fixed(TRICKY.into()),
         split_multibyte: true,
         ..Script::default()
+    }
+}
+
+/// The reply "One two three four", cut by an error line after two words.
+fn error_after_two_words() -> Script {
+    Script {
+        reply: ReplyText::Fixed("One two three four".into()),
+        error_after: Some((2, "CUDA error: out of memory".into())),
+        ..Script::default()
+    }
+}
+
+/// Asks `server` for a reply through ollama-rs's own stream: the text of its items, and
+/// how many of them were errors.
+fn ollama_rs_stream(server: &OllamaServer) -> (String, usize) {
+    use ollama_rs::generation::chat::ChatMessage;
+    use ollama_rs::generation::chat::request::ChatMessageRequest;
+    use tokio_stream::StreamExt as _;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ollama = ollama_rs::Ollama::try_new(server.url()).unwrap();
+        let request = ChatMessageRequest::new("test-model".into(), vec![ChatMessage::user("hi".into())]);
+        let mut stream = ollama.send_chat_messages_stream(request).await.unwrap();
+        let (mut text, mut errors) = (String::new(), 0);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(item) => text.push_str(&item.message.content),
+                Err(()) => errors += 1,
+            }
+        }
+        (text, errors)
     })
-    .unwrap();
+}
+
+#[test]
+fn a_character_split_across_network_chunks_arrives_intact() {
+    let server = OllamaServer::start(split_tricky_text()).unwrap();
     let chat = chat(&server);
     let mut history = chat.new_history();
     history.push_user("hi");
@@ -125,42 +164,15 @@ fn a_character_split_across_network_chunks_arrives_intact() {
 /// fail, ollama-rs fixed it and its stream could be used again.
 #[test]
 fn ollama_rs_own_stream_loses_split_characters() {
-    use ollama_rs::generation::chat::ChatMessage;
-    use ollama_rs::generation::chat::request::ChatMessageRequest;
-    use tokio_stream::StreamExt as _;
-
-    let server = OllamaServer::start(Script {
-        reply: ReplyText::Fixed(TRICKY.into()),
-        split_multibyte: true,
-        ..Script::default()
-    })
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let text = rt.block_on(async {
-        let ollama = ollama_rs::Ollama::try_new(server.url()).unwrap();
-        let request = ChatMessageRequest::new("test-model".into(), vec![ChatMessage::user("hi".into())]);
-        let mut stream = ollama.send_chat_messages_stream(request).await.unwrap();
-        let mut text = String::new();
-        while let Some(Ok(item)) = stream.next().await {
-            text.push_str(&item.message.content);
-        }
-        text
-    });
+    let server = OllamaServer::start(split_tricky_text()).unwrap();
+    let (text, _) = ollama_rs_stream(&server);
     assert_ne!(text, TRICKY);
     assert!(!text.contains("Grüß"), "{text}");
 }
 
 #[test]
 fn an_error_line_mid_stream_surfaces_as_a_server_error() {
-    let server = OllamaServer::start(Script {
-        reply: ReplyText::Fixed("One two three four".into()),
-        error_after: Some((2, "CUDA error: out of memory".into())),
-        ..Script::default()
-    })
-    .unwrap();
+    let server = OllamaServer::start(error_after_two_words()).unwrap();
     let chat = chat(&server);
     let mut reply = ask(&chat, "hi");
     let mut deltas = String::new();
@@ -542,33 +554,8 @@ fn concurrent_calls_share_one_handle() {
 /// the reply just looks shorter. Ours fails with `LlmError::Server` (test above).
 #[test]
 fn ollama_rs_own_stream_hides_error_lines() {
-    use ollama_rs::generation::chat::ChatMessage;
-    use ollama_rs::generation::chat::request::ChatMessageRequest;
-    use tokio_stream::StreamExt as _;
-
-    let server = OllamaServer::start(Script {
-        reply: ReplyText::Fixed("One two three four".into()),
-        error_after: Some((2, "CUDA error: out of memory".into())),
-        ..Script::default()
-    })
-    .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (text, errors) = rt.block_on(async {
-        let ollama = ollama_rs::Ollama::try_new(server.url()).unwrap();
-        let request = ChatMessageRequest::new("test-model".into(), vec![ChatMessage::user("hi".into())]);
-        let mut stream = ollama.send_chat_messages_stream(request).await.unwrap();
-        let (mut text, mut errors) = (String::new(), 0);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(item) => text.push_str(&item.message.content),
-                Err(()) => errors += 1,
-            }
-        }
-        (text, errors)
-    });
+    let server = OllamaServer::start(error_after_two_words()).unwrap();
+    let (text, errors) = ollama_rs_stream(&server);
     assert_eq!(text, "One two");
     assert_eq!(errors, 0);
 }
