@@ -712,15 +712,16 @@ async fn chat(
         return false;
     }
     let load = started.elapsed();
+    // The figures of the final line, as of when it is written.
+    let figures = || Figures {
+        total: started.elapsed(),
+        load,
+        prompt_tokens,
+        eval_count: toks.len() as u64,
+        eval: started.elapsed().saturating_sub(load),
+    };
     if !streamed {
-        let figures = Figures {
-            total: started.elapsed(),
-            load,
-            prompt_tokens,
-            eval_count: toks.len() as u64,
-            eval: started.elapsed().saturating_sub(load),
-        };
-        let body = final_line(&model, &text, &script.done_reason, &figures, false);
+        let body = final_line(&model, &text, &script.done_reason, &figures(), false);
         let ok = respond(write, 200, "application/json", body.as_bytes()).await;
         update(&|c: &mut ChatLog| c.finished = true);
         return ok;
@@ -767,16 +768,9 @@ async fn chat(
         early(shared);
         return false;
     }
-    let figures = Figures {
-        total: started.elapsed(),
-        load,
-        prompt_tokens,
-        eval_count: toks.len() as u64,
-        eval: started.elapsed().saturating_sub(load),
-    };
     let ok = write_line(
         write,
-        &final_line(&model, "", &script.done_reason, &figures, true),
+        &final_line(&model, "", &script.done_reason, &figures(), true),
         false,
     )
     .await
