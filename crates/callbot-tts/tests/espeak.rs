@@ -4,7 +4,10 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use callbot_tts::{EspeakConfig, EspeakSynthesizer, SynthesisEvent, Synthesizer, TtsError, VoiceOptions};
+use callbot_tts::{
+    AudioFrame, EspeakConfig, EspeakSynthesizer, SynthesisEvent, SynthesisJob, SynthesizedAudio, Synthesizer,
+    TtsError, VoiceOptions,
+};
 
 /// One engine per process: tests of this binary take turns when run by `cargo test`
 /// (nextest runs each in its own process anyway).
@@ -20,6 +23,16 @@ fn start(config: EspeakConfig) -> EspeakSynthesizer {
 
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(20)
+}
+
+/// `text` spoken by `engine` with `options`, whole.
+fn say(engine: &EspeakSynthesizer, text: &str, options: &VoiceOptions) -> SynthesizedAudio {
+    engine.synthesize(text, options).unwrap().collect(soon()).unwrap()
+}
+
+/// The next chunk of `job`'s audio (within 10 s).
+fn next_chunk(job: &mut SynthesisJob) -> AudioFrame {
+    job.recv_timeout(Duration::from_secs(10)).unwrap().unwrap()
 }
 
 const SENTENCE: &str = "The quick brown fox jumps over the lazy dog near the river.";
@@ -88,18 +101,18 @@ fn synthesizes_audible_speech_in_chunks_at_the_engine_rate() {
 fn rate_voice_and_volume_change_the_audio() {
     let _g = lock();
     let engine = start(EspeakConfig::default());
-    let say = |o: &VoiceOptions| engine.synthesize(SENTENCE, o).unwrap().collect(soon()).unwrap();
+    let sentence = |o: &VoiceOptions| say(&engine, SENTENCE, o);
     // espeak-ng's normal rate (the default options speak slower, at 140 wpm).
     let at_175 = VoiceOptions {
         rate_wpm: 175,
         ..Default::default()
     };
-    let normal = say(&at_175);
-    let fast = say(&VoiceOptions {
+    let normal = sentence(&at_175);
+    let fast = sentence(&VoiceOptions {
         rate_wpm: 350,
         ..at_175.clone()
     });
-    let slow = say(&VoiceOptions {
+    let slow = sentence(&VoiceOptions {
         rate_wpm: 100,
         ..at_175.clone()
     });
@@ -110,18 +123,18 @@ fn rate_voice_and_volume_change_the_audio() {
         normal.samples.len()
     );
     assert!(slow.samples.len() > normal.samples.len() * 3 / 2);
-    let quiet = say(&VoiceOptions {
+    let quiet = sentence(&VoiceOptions {
         volume: 30,
         ..at_175.clone()
     });
     assert!(rms(&quiet.samples) * 2.0 < rms(&normal.samples));
-    let other_voice = say(&VoiceOptions {
+    let other_voice = sentence(&VoiceOptions {
         voice: "en".into(),
         ..at_175.clone()
     });
     assert!(other_voice.samples != normal.samples);
     // Same text and options: the same speech (no state leaks between requests).
-    assert!(same_speech(&say(&at_175).samples, &normal.samples));
+    assert!(same_speech(&sentence(&at_175).samples, &normal.samples));
     // An unknown voice is a typed error and does not break the engine.
     let err = engine
         .synthesize(
@@ -135,7 +148,7 @@ fn rate_voice_and_volume_change_the_audio() {
         .collect(soon())
         .unwrap_err();
     assert_eq!(err, TtsError::VoiceNotFound("no-such-voice".into()));
-    assert!(same_speech(&say(&at_175).samples, &normal.samples));
+    assert!(same_speech(&sentence(&at_175).samples, &normal.samples));
 }
 
 #[test]
@@ -238,7 +251,7 @@ fn cancel_mid_synthesis_frees_the_worker() {
     });
     let o = engine.default_options();
     let mut job = engine.synthesize(&long_text(), &o).unwrap();
-    let first = job.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let first = next_chunk(&mut job);
     assert!(!first.samples.is_empty());
     std::thread::sleep(Duration::from_millis(50)); // let the worker fill the channel
     assert_eq!(job.events().len(), 2);
@@ -255,7 +268,7 @@ fn cancel_mid_synthesis_frees_the_worker() {
     assert_eq!(end, Err(TtsError::Cancelled));
     assert_eq!(after, 0, "{after} chunks after cancel");
     // The next request is served at once and completely.
-    let next = engine.synthesize(SENTENCE, &o).unwrap().collect(soon()).unwrap();
+    let next = say(&engine, SENTENCE, &o);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(next.duration() > Duration::from_secs(2));
     // A job cancelled while still queued never starts.
@@ -270,7 +283,7 @@ fn cancel_mid_synthesis_frees_the_worker() {
         queued.recv_timeout(Duration::from_secs(10)),
         Err(TtsError::Cancelled)
     );
-    let again = engine.synthesize(SENTENCE, &o).unwrap().collect(soon()).unwrap();
+    let again = say(&engine, SENTENCE, &o);
     assert!(same_speech(&again.samples, &next.samples));
 }
 
@@ -282,14 +295,14 @@ fn dropping_a_job_mid_stream_stops_it_and_the_next_works() {
         ..Default::default()
     });
     let o = engine.default_options();
-    let reference = engine.synthesize(SENTENCE, &o).unwrap().collect(soon()).unwrap();
+    let reference = say(&engine, SENTENCE, &o);
     for _ in 0..20 {
         let mut job = engine.synthesize(&long_text(), &o).unwrap();
         for _ in 0..3 {
-            job.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+            next_chunk(&mut job);
         }
         drop(job);
-        let next = engine.synthesize(SENTENCE, &o).unwrap().collect(soon()).unwrap();
+        let next = say(&engine, SENTENCE, &o);
         assert!(
             same_speech(&next.samples, &reference.samples),
             "{} vs {}",
@@ -313,7 +326,7 @@ fn a_stalled_consumer_loses_its_job_and_does_not_starve_others() {
     let o = engine.default_options();
     let mut stalled = engine.synthesize(&long_text(), &o).unwrap();
     let t = Instant::now();
-    let other = engine.synthesize(SENTENCE, &o).unwrap().collect(soon()).unwrap();
+    let other = say(&engine, SENTENCE, &o);
     assert!(t.elapsed() < Duration::from_secs(5));
     assert!(!other.samples.is_empty());
     let mut events = Vec::new();
@@ -337,7 +350,7 @@ fn a_full_request_queue_is_an_error_not_a_wait() {
     });
     let o = engine.default_options();
     let mut blocker = engine.synthesize(&long_text(), &o).unwrap();
-    blocker.recv_timeout(Duration::from_secs(10)).unwrap().unwrap(); // worker busy now
+    next_chunk(&mut blocker); // worker busy now
     let q1 = engine.synthesize(SENTENCE, &o).unwrap();
     let q2 = engine.synthesize(SENTENCE, &o).unwrap();
     let t = Instant::now();
@@ -361,7 +374,7 @@ fn shutdown_fails_queued_and_aborts_running_within_the_deadline() {
     });
     let o = engine.default_options();
     let mut running = engine.synthesize(&long_text(), &o).unwrap();
-    running.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    next_chunk(&mut running);
     std::thread::sleep(Duration::from_millis(50)); // the worker waits for room now
     let mut queued: Vec<_> = (0..3).map(|_| engine.synthesize(SENTENCE, &o).unwrap()).collect();
     let t = Instant::now();
@@ -395,10 +408,7 @@ fn many_concurrent_requests_from_several_threads() {
         "Goodbye and thank you for calling.",
     ];
     let o = engine.default_options();
-    let reference: Vec<Vec<i16>> = texts
-        .iter()
-        .map(|t| engine.synthesize(t, &o).unwrap().collect(soon()).unwrap().samples)
-        .collect();
+    let reference: Vec<Vec<i16>> = texts.iter().map(|t| say(&engine, t, &o).samples).collect();
     std::thread::scope(|s| {
         for worker in 0..6 {
             let client = engine.client();
