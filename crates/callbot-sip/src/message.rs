@@ -116,7 +116,7 @@ impl<'s> Via<'s> {
         let end_of_word = |c: u8| c == b';' || is_lws(c);
         // `SIP/2.0/transport LWS sent-by`, leading white space skipped.
         let p0 = skip_lws(b, 0);
-        if !b.get(p0..p0 + 8)?.eq_ignore_ascii_case(b"SIP/2.0/") {
+        if !eq_ci(b.get(p0..p0 + 8)?, b"SIP/2.0/") {
             return None;
         }
         let p1 = stop_at(b, p0 + 8, end_of_word);
@@ -144,11 +144,11 @@ impl<'s> Via<'s> {
                 (None, e)
             };
             at = Some(next + 1).filter(|&p| p <= b.len());
-            let k = trim_lws(value.get(p..e)?);
+            let k = trim_lws(value.get(p..e)?).as_bytes();
             match k.len() {
-                6 if k.eq_ignore_ascii_case("branch") => via.branch = v,
-                5 if k.eq_ignore_ascii_case("rport") => via.rport = true,
-                8 if k.eq_ignore_ascii_case("received") => via.received = v,
+                6 if eq_ci(k, b"branch") => via.branch = v,
+                5 if eq_ci(k, b"rport") => via.rport = true,
+                8 if eq_ci(k, b"received") => via.received = v,
                 _ => {}
             }
         }
@@ -380,8 +380,7 @@ impl Kind {
     fn of(name: &[u8]) -> Kind {
         // The canonical spelling compared whole first (a few word compares), any other
         // case byte by byte; the length and first letter pick the one candidate.
-        let is =
-            |canonical: &str| name == canonical.as_bytes() || name.eq_ignore_ascii_case(canonical.as_bytes());
+        let is = |canonical: &str| eq_ci(name, canonical.as_bytes());
         match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
             (2, Some(b't')) if is("To") => Kind::To,
             (3, Some(b'v')) if is("Via") => Kind::Via,
@@ -822,6 +821,12 @@ pub(crate) fn header_param<'v>(value: &'v str, name: &str) -> Option<&'v str> {
 /// SIP white space (SP, HT).
 fn is_lws(b: u8) -> bool {
     b == b' ' || b == b'\t'
+}
+
+/// `a.eq_ignore_ascii_case(b)`, the exact spelling `b` tried first (what SIP peers send,
+/// a word compare for a constant `b`).
+fn eq_ci(a: &[u8], b: &[u8]) -> bool {
+    a == b || a.eq_ignore_ascii_case(b)
 }
 
 /// The index of the first byte at or after `from` that is not SIP white space (`b.len()`
@@ -1357,14 +1362,14 @@ fn repeats_differ(headers: &Headers<'_>, kind: Kind) -> bool {
 /// methods): the status and reason to answer with when one fails.
 #[inline(never)]
 fn check_request_line(start_line: &str) -> Result<(), (u16, &'static str)> {
-    let mut parts = start_line.split(' ');
-    let method = parts.next().unwrap_or_default();
-    let uri = parts.next().unwrap_or_default();
-    let version = parts.next().unwrap_or_default();
-    if method.is_empty() || !method.bytes().all(is_token_char) || uri.is_empty() || parts.next().is_some() {
+    // `method SP uri SP version`, exactly two spaces.
+    let (method, rest) = cut(start_line, b' ');
+    let (uri, rest) = rest.map_or(("", None), |r| cut(r, b' '));
+    let (version, rest) = rest.map_or(("", None), |r| cut(r, b' '));
+    if method.is_empty() || !method.bytes().all(is_token_char) || uri.is_empty() || rest.is_some() {
         return Err((400, "malformed request line"));
     }
-    if !version.eq_ignore_ascii_case("SIP/2.0") {
+    if !eq_ci(version.as_bytes(), b"SIP/2.0") {
         return Err(
             if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/")) {
                 (505, "unsupported SIP version")
@@ -1373,10 +1378,12 @@ fn check_request_line(start_line: &str) -> Result<(), (u16, &'static str)> {
             },
         );
     }
-    if method.parse::<rsip::Method>().is_err() {
+    // The methods rsip knows (what `method.parse::<rsip::Method>()` accepts, a token
+    // having no white space for it to trim).
+    if known_method(method).is_none() {
         return Err((501, "unknown method"));
     }
-    let scheme = uri.split(':').next().unwrap_or_default();
+    let scheme = cut(uri, b':').0;
     if !(scheme.eq_ignore_ascii_case("sip")
         || scheme.eq_ignore_ascii_case("sips")
         || scheme.eq_ignore_ascii_case("tel"))
@@ -1386,29 +1393,39 @@ fn check_request_line(start_line: &str) -> Result<(), (u16, &'static str)> {
     Ok(())
 }
 
+/// The canonical (upper case) name of a method rsip knows, any case accepted.
+fn known_method(m: &str) -> Option<&'static str> {
+    KNOWN_METHODS
+        .iter()
+        .find(|k| k.len() == m.len() && k.eq_ignore_ascii_case(m))
+        .copied()
+}
+
 /// A method name in upper case: the standard ones without allocating.
 fn upper_method(m: &str) -> Cow<'static, str> {
-    const KNOWN: [&str; 14] = [
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "UPDATE",
-        "INFO",
-        "SUBSCRIBE",
-        "NOTIFY",
-        "REFER",
-        "MESSAGE",
-        "PUBLISH",
-    ];
-    match KNOWN.iter().find(|k| k.eq_ignore_ascii_case(m)) {
+    match known_method(m) {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(m.to_ascii_uppercase()),
     }
 }
+
+/// The methods rsip 0.4 knows, upper case.
+const KNOWN_METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+];
 
 /// The canonical head rsip parses on the normalising path: the start line, every
 /// header but Content-Length, then the Content-Length of the (cut) body.
@@ -1904,6 +1921,41 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// The request-line checks as they were (`str::split`, rsip's method parser).
+        fn check_request_line_reference(start_line: &str) -> Result<(), (u16, &'static str)> {
+            let mut parts = start_line.split(' ');
+            let method = parts.next().unwrap_or_default();
+            let uri = parts.next().unwrap_or_default();
+            let version = parts.next().unwrap_or_default();
+            if method.is_empty()
+                || !method.bytes().all(is_token_char)
+                || uri.is_empty()
+                || parts.next().is_some()
+            {
+                return Err((400, "malformed request line"));
+            }
+            if !version.eq_ignore_ascii_case("SIP/2.0") {
+                return Err(
+                    if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/")) {
+                        (505, "unsupported SIP version")
+                    } else {
+                        (400, "malformed request line")
+                    },
+                );
+            }
+            if method.parse::<rsip::Method>().is_err() {
+                return Err((501, "unknown method"));
+            }
+            let scheme = uri.split(':').next().unwrap_or_default();
+            if !["sip", "sips", "tel"]
+                .iter()
+                .any(|s| scheme.eq_ignore_ascii_case(s))
+            {
+                return Err((416, "unsupported URI scheme"));
+            }
+            Ok(())
+        }
+
         /// Bytes Via values are made of, white space and separators weighted in.
         const VIA_ALPHABET: &[u8] = b" \t;=:,[]+.0159aA/SIPUDbrnchpotevi\xc3\xa9";
 
@@ -1932,6 +1984,23 @@ mod tests {
             #[test]
             fn via_parse_equals_reference(v in via_like()) {
                 prop_assert_eq!(Via::parse(&v), Via::parse_reference(&v), "{:?}", v);
+            }
+
+            /// `known_method` accepts exactly the tokens rsip's `Method` parses.
+            #[test]
+            fn known_method_equals_rsip(
+                m in "(?i)(invite|ack|bye|cancel|options|register|prack|update|info|subscribe|notify|refer|message|publish)[a-z]?|[A-Za-z.!%*_+`'~-]{1,10}"
+            ) {
+                prop_assert_eq!(known_method(&m).is_some(), m.parse::<rsip::Method>().is_ok(), "{:?}", m);
+            }
+
+            /// The request-line checks give what they gave with `str::split` and
+            /// rsip's method parser.
+            #[test]
+            fn check_request_line_equals_reference(
+                line in "(?i)(INVITE|bye|FOO|in vite|)( ?)(sip|sips|tel|http|)(:?)(bot@h|)( ?)(SIP/2\\.0|sip/2.0|SIP/3.0|SIP/|x|)( ?[a-z]?)"
+            ) {
+                prop_assert_eq!(check_request_line(&line), check_request_line_reference(&line), "{:?}", line);
             }
 
             /// `parse_u16` is `str::parse::<u16>`.
