@@ -3,7 +3,7 @@
 //! reconfiguration with real registrars (two Kamailio instances) at the end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use callbot::bot::REGISTRATION_TIMEOUT;
@@ -15,20 +15,14 @@ use callbot_rtp::{RtpSession, RtpSessionConfig};
 use callbot_sip::{CallId, EndReason, SipConfig, SipEvent, SipHandle, SipUserAgent};
 use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 
-const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+mod common;
+
+use common::{LOOPBACK, turns};
 
 fn settings(dir: &std::path::Path, model: std::path::PathBuf) -> Settings {
-    let mut s = Settings::default();
-    s.sip.listen = SocketAddr::new(LOOPBACK, 0);
-    s.stt.model = model;
+    let mut s = common::loopback_settings(model, 4);
     s.stt.threads = 2;
-    s.llm.url = format!("http://127.0.0.1:{}", callbot_testkit::ports::free_udp_port());
-    s.llm.connect_timeout_secs = 0.3;
     s.dialogue.greeting = "Hello.".into();
-    s.dialogue.max_calls = 4;
-    let base = callbot_testkit::ports::free_udp_port_range(8);
-    s.media.rtp_port_min = base;
-    s.media.rtp_port_max = base + 7;
     s.transcripts.dir = Some(dir.join("transcripts"));
     s
 }
@@ -47,10 +41,6 @@ fn speech(dir: &std::path::Path, text: &str) -> Option<callbot_audio::AudioFrame
     assert!(ok);
     let audio = callbot_audio::wav::read_wav(&wav).unwrap();
     Some(callbot_audio::resample::resample_frame(&audio, 8000).unwrap())
-}
-
-fn turns(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    callbot::testing::transcript_lines(&dir.join("transcripts"))
 }
 
 #[test]
@@ -187,22 +177,8 @@ fn heavy_bot_shutdown_with_live_calls_sends_bye_to_each() {
     let mut calls = Vec::new();
     for _ in 0..n {
         let rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
-        calls.push(
-            caller
-                .call(
-                    &format!("sip:bot@{}", bot.sip_addr()),
-                    bot.sip_addr(),
-                    rtp.local_addr(),
-                )
-                .unwrap(),
-        );
+        calls.push(dial_bot(&caller, &rtp, &bot));
         sessions.push(rtp);
-    }
-    let mut answered = 0;
-    while answered < n {
-        if let SipEvent::CallAnswered { .. } = caller.events().recv_timeout(Duration::from_secs(5)).unwrap() {
-            answered += 1;
-        }
     }
     let t0 = Instant::now();
     while bot.live_calls() < n {
@@ -296,13 +272,7 @@ fn heavy_bot_barge_in_stops_the_greeting() {
     caller.hang_up(call).unwrap();
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
     assert!(report.components.all_clean());
-    let lines = turns(dir.path());
-    let greeting = lines
-        .iter()
-        .find(|l| l["kind"] == "greeting")
-        .expect("greeting turn");
-    assert_eq!(greeting["interrupted"], true, "{greeting}");
-    println!("greeting as heard: {}", greeting["bot"]);
+    common::assert_greeting_interrupted(&turns(dir.path()));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
@@ -323,18 +293,7 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
     let mut rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
     // bot idle + the caller's own SIP and RTP threads
     let idle_threads = callbot_testkit::resources::threads();
-    let call = caller
-        .call(
-            &format!("sip:bot@{}", bot.sip_addr()),
-            bot.sip_addr(),
-            rtp.local_addr(),
-        )
-        .unwrap();
-    loop {
-        if let SipEvent::CallAnswered { .. } = caller.events().recv_timeout(Duration::from_secs(5)).unwrap() {
-            break;
-        }
-    }
+    let call = dial_bot(&caller, &rtp, &bot);
     let cycles = 20;
     let started = Instant::now();
     for i in 0..cycles {

@@ -15,17 +15,13 @@ use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTrans
 use callbot_testkit::baresip::{BaresipCall, CallEnd};
 use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 use callbot_testkit::speech;
+use common::turns;
 
 fn settings(dir: &Path, model: PathBuf) -> Settings {
     let mut s = common::loopback_settings(model, 4);
     s.stt.threads = 2;
     s.transcripts.dir = Some(dir.join("transcripts"));
     s
-}
-
-/// Every JSON line of every transcript file, in file order.
-fn transcript_lines(dir: &Path) -> Vec<serde_json::Value> {
-    callbot::testing::transcript_lines(&dir.join("transcripts"))
 }
 
 /// Writes 8 kHz mono S16 `samples` as a WAV file.
@@ -165,9 +161,7 @@ fn heavy_e2e_registration_through_kamailio_then_a_routed_call() {
         "the greeting reached the caller ({loud} loud samples)"
     );
     assert!(
-        transcript_lines(dir.path())
-            .iter()
-            .any(|l| l["kind"] == "greeting"),
+        turns(dir.path()).iter().any(|l| l["kind"] == "greeting"),
         "the call has a transcript"
     );
 
@@ -248,7 +242,7 @@ fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
     assert!(report.components.all_clean(), "{report:?}");
 
     // What the bot heard, from the transcript file.
-    let lines = transcript_lines(dir.path());
+    let lines = turns(dir.path());
     let convo: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "conversation").collect();
     for l in &lines {
         println!("transcript: {l}");
@@ -334,7 +328,7 @@ fn heavy_e2e_silence_timeout_prompts_then_says_goodbye_and_hangs_up() {
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
 
-    let lines = transcript_lines(dir.path());
+    let lines = turns(dir.path());
     for l in &lines {
         println!("transcript: {l}");
     }
@@ -421,7 +415,7 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
         }
         let reaped = t0.elapsed();
         // This call's transcript: the file whose call line is the newest.
-        let lines: Vec<serde_json::Value> = transcript_lines(dir.path());
+        let lines: Vec<serde_json::Value> = turns(dir.path());
         let starts: Vec<usize> = lines
             .iter()
             .enumerate()
@@ -564,13 +558,7 @@ fn heavy_e2e_barge_in_over_the_greeting() {
         last_loud < 1.0,
         "the greeting went on {last_loud:.3} s into the caller's speech"
     );
-    let lines = transcript_lines(dir.path());
-    let greeting = lines
-        .iter()
-        .find(|l| l["kind"] == "greeting")
-        .expect("greeting turn");
-    assert_eq!(greeting["interrupted"], true, "{greeting}");
-    println!("greeting as heard: {}", greeting["bot"]);
+    common::assert_greeting_interrupted(&turns(dir.path()));
 }
 
 /// The caller says "Goodbye." (espeak-ng through baresip): the bot answers with its
@@ -605,7 +593,7 @@ fn heavy_e2e_caller_goodbye_ends_the_call_politely() {
     assert_eq!(result.ended_by, CallEnd::RemoteBye, "{}", result.log);
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
-    let lines = transcript_lines(dir.path());
+    let lines = turns(dir.path());
     println!("{lines:?}");
     let summary = lines.last().unwrap();
     assert_eq!(summary["reason"], "caller_goodbye", "{summary}");

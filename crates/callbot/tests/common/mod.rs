@@ -1,7 +1,7 @@
 //! Settings shared by the end-to-end test files (each includes this with `mod common;`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use callbot::Settings;
 
@@ -25,4 +25,22 @@ pub(crate) fn loopback_settings(model: PathBuf, max_calls: usize) -> Settings {
     s.media.rtp_port_min = base;
     s.media.rtp_port_max = base + n - 1;
     s
+}
+
+/// The transcript lines of a bot whose `transcripts.dir` is `dir/transcripts` (where
+/// the test files' settings put them).
+#[allow(dead_code)] // not every test file that includes this module needs it
+pub(crate) fn turns(dir: &Path) -> Vec<serde_json::Value> {
+    callbot::testing::transcript_lines(&dir.join("transcripts"))
+}
+
+/// Checks that the greeting's turn in `lines` was interrupted; prints what was heard of it.
+#[allow(dead_code)] // not every test file that includes this module needs it
+pub(crate) fn assert_greeting_interrupted(lines: &[serde_json::Value]) {
+    let greeting = lines
+        .iter()
+        .find(|l| l["kind"] == "greeting")
+        .expect("greeting turn");
+    assert_eq!(greeting["interrupted"], true, "{greeting}");
+    println!("greeting as heard: {}", greeting["bot"]);
 }
