@@ -404,6 +404,26 @@ pub fn instant_call_setup(
     }
 }
 
+/// Runs the call of `setup` on a thread named `name`, with [`FakeMedia`] (`auto_finish`
+/// as in [`FakeMedia::new`]) and an [`EnergyEndpointer`] (threshold 1000, 5 quiet
+/// frames): the test's side of the media, the call's control sender and its thread.
+pub fn spawn_fake_call(
+    name: &str,
+    setup: crate::call::CallSetup,
+    auto_finish: bool,
+) -> std::io::Result<(
+    FakeMediaRemote,
+    Sender<crate::call::CallControl>,
+    std::thread::JoinHandle<crate::call::CallOutcome>,
+)> {
+    let (media, remote) = FakeMedia::new(auto_finish);
+    let (control, control_rx) = crossbeam_channel::bounded(4);
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || crate::call::run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))?;
+    Ok((remote, control, thread))
+}
+
 /// A call with instant fakes on its own thread, to measure the pipeline's overhead
 /// per turn (used by the pipeline test and the `pipeline` criterion bench).
 #[derive(Debug)]

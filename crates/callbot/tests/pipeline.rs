@@ -7,12 +7,11 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use callbot::call::{CallControl, CallOutcome, CallSetup, run_call};
+use callbot::call::{CallControl, CallOutcome, CallSetup};
 use callbot::dialogue::{DialogueConfig, EndReason, TurnKind, TurnRecord};
 use callbot::settings::{DtmfAction, DtmfThen};
 use callbot::testing::{
-    EnergyEndpointer, FakeMedia, FakeMediaRemote, InstantChat, InstantSynth, InstantTranscriber,
-    instant_call_setup,
+    FakeMediaRemote, InstantChat, InstantSynth, InstantTranscriber, instant_call_setup, spawn_fake_call,
 };
 use crossbeam_channel::{Receiver, Sender};
 
@@ -43,8 +42,6 @@ fn start_with(
     dialogue: DialogueConfig,
     dir: Option<std::path::PathBuf>,
 ) -> Harness {
-    let (media, remote) = FakeMedia::new(auto_finish);
-    let (control, control_rx) = crossbeam_channel::bounded(4);
     let (turn_tx, turns) = crossbeam_channel::bounded(10_000);
     let chat = Arc::new(InstantChat::new(reply));
     let synth = Arc::new(synth);
@@ -55,10 +52,7 @@ fn start_with(
         turn_observer: Some(turn_tx),
         ..instant_call_setup("test-call@127.0.0.1", dialogue, texts, reply)
     };
-    let thread = std::thread::Builder::new()
-        .name("test-call".into())
-        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
-        .unwrap();
+    let (remote, control, thread) = spawn_fake_call("test-call", setup, auto_finish).unwrap();
     Harness {
         remote,
         control,
@@ -351,8 +345,6 @@ fn hanging_call(
     tts: Arc<dyn callbot_tts::Synthesizer>,
     greeting: &str,
 ) -> (FakeMediaRemote, Sender<CallControl>, JoinHandle<CallOutcome>) {
-    let (media, remote) = FakeMedia::new(true);
-    let (control, control_rx) = crossbeam_channel::bounded(4);
     let dialogue = DialogueConfig {
         greeting: greeting.into(),
         ..DialogueConfig::default()
@@ -364,11 +356,7 @@ fn hanging_call(
         tts,
         ..instant_call_setup("hang", dialogue, &[], "")
     };
-    let thread = std::thread::Builder::new()
-        .name("hang-call".into())
-        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
-        .unwrap();
-    (remote, control, thread)
+    spawn_fake_call("hang-call", setup, true).unwrap()
 }
 
 /// Once the call's `stage` job (`what`) has `started`, and is not `cancelled` yet, the

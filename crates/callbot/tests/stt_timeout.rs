@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callbot::call::{CallControl, CallSetup, run_call};
+use callbot::call::{CallControl, CallSetup};
 use callbot::dialogue::DialogueConfig;
-use callbot::testing::{EnergyEndpointer, FakeMedia, InstantChat, instant_call_setup};
+use callbot::testing::{InstantChat, instant_call_setup, spawn_fake_call};
 use callbot_stt::{
     JobCompletion, SttError, SttShutdownReport, Transcriber, TranscriptionJob, TranscriptionRequest,
     WhisperConfig, WhisperTranscriber, job_channel,
@@ -26,8 +26,6 @@ fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
     config.threads_per_job = 1;
     let stt = Arc::new(WhisperTranscriber::new(config).unwrap());
     let chat = Arc::new(InstantChat::new("You should not hear this."));
-    let (media, remote) = FakeMedia::new(true);
-    let (control, control_rx) = crossbeam_channel::bounded(4);
     let dialogue = DialogueConfig {
         greeting: String::new(),
         speculative_stt: false,
@@ -42,10 +40,7 @@ fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
         transcript_dir: Some(dir.path().to_path_buf()),
         ..instant_call_setup("stt-timeout", dialogue, &[], "")
     };
-    let thread = std::thread::Builder::new()
-        .name("stt-timeout-call".into())
-        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
-        .unwrap();
+    let (remote, control, thread) = spawn_fake_call("stt-timeout-call", setup, true).unwrap();
     // One utterance: 400 ms of loud audio, then silence past the endpoint.
     remote.frames(5000, 20);
     remote.frames(0, 10);
@@ -120,8 +115,6 @@ impl Transcriber for StuckTranscriber {
 fn a_transcription_the_engine_never_ends_is_given_up_at_its_deadline() {
     let stt = Arc::new(StuckTranscriber::default());
     let chat = Arc::new(InstantChat::new("You should not hear this."));
-    let (media, remote) = FakeMedia::new(true);
-    let (control, control_rx) = crossbeam_channel::bounded(4);
     let (turn_tx, turns) = crossbeam_channel::bounded(16);
     let dialogue = DialogueConfig {
         greeting: String::new(),
@@ -135,10 +128,7 @@ fn a_transcription_the_engine_never_ends_is_given_up_at_its_deadline() {
         turn_observer: Some(turn_tx),
         ..instant_call_setup("stt-stall", dialogue, &[], "")
     };
-    let thread = std::thread::Builder::new()
-        .name("stt-stall-call".into())
-        .spawn(move || run_call(setup, &media, EnergyEndpointer::new(1000, 5), &control_rx))
-        .unwrap();
+    let (remote, control, thread) = spawn_fake_call("stt-stall-call", setup, true).unwrap();
     remote.frames(5000, 20);
     remote.frames(0, 10);
     let t0 = Instant::now();
