@@ -518,33 +518,53 @@ impl Drop for PipelineRig {
     }
 }
 
+/// The producing ends of the jobs a hanging test double started and never finishes.
+#[derive(Debug)]
+struct HeldJobs<T>(Mutex<Vec<T>>);
+
+impl<T> Default for HeldJobs<T> {
+    fn default() -> Self {
+        HeldJobs(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> HeldJobs<T> {
+    fn hold(&self, job: T) {
+        if let Ok(mut j) = self.0.lock() {
+            j.push(job);
+        }
+    }
+    fn count(&self) -> usize {
+        self.0.lock().map(|j| j.len()).unwrap_or(0)
+    }
+    /// Whether every job held is `stopped` (false when the lock is poisoned).
+    fn all(&self, stopped: impl Fn(&T) -> bool) -> bool {
+        self.0.lock().map(|j| j.iter().all(stopped)).unwrap_or(false)
+    }
+}
+
 /// A transcriber whose jobs never finish: they stay pending until cancelled, so tests
 /// can check that a call cancels its transcription (see [`HangingTranscriber::all_stopped`]).
 #[derive(Debug, Default)]
 pub struct HangingTranscriber {
-    jobs: Mutex<Vec<callbot_stt::JobCompletion>>,
+    jobs: HeldJobs<callbot_stt::JobCompletion>,
 }
 
 impl HangingTranscriber {
     /// Jobs submitted.
     pub fn submitted(&self) -> usize {
-        self.jobs.lock().map(|j| j.len()).unwrap_or(0)
+        self.jobs.count()
     }
     /// Whether every submitted job was cancelled.
     pub fn all_stopped(&self) -> bool {
-        self.jobs
-            .lock()
-            .map(|j| j.iter().all(|c| c.is_stopped()))
-            .unwrap_or(false)
+        self.jobs.all(|c| c.is_stopped())
     }
 }
 
 impl Transcriber for HangingTranscriber {
     fn submit(&self, _request: TranscriptionRequest) -> Result<TranscriptionJob, SttError> {
         let (job, completion) = job_channel(Instant::now() + Duration::from_secs(3600));
-        if let Ok(mut j) = self.jobs.lock() {
-            j.push(completion);
-        }
+        self.jobs.hold(completion);
         Ok(job)
     }
     fn shutdown(&mut self, _deadline: Instant) -> SttShutdownReport {
@@ -555,20 +575,17 @@ impl Transcriber for HangingTranscriber {
 /// A chat model whose replies never produce anything until cancelled.
 #[derive(Debug, Default)]
 pub struct HangingChat {
-    replies: Mutex<Vec<callbot_llm::ReplySender>>,
+    replies: HeldJobs<callbot_llm::ReplySender>,
 }
 
 impl HangingChat {
     /// Replies started.
     pub fn started(&self) -> usize {
-        self.replies.lock().map(|r| r.len()).unwrap_or(0)
+        self.replies.count()
     }
     /// Whether every started reply was cancelled.
     pub fn all_cancelled(&self) -> bool {
-        self.replies
-            .lock()
-            .map(|r| r.iter().all(|s| s.is_cancelled()))
-            .unwrap_or(false)
+        self.replies.all(|s| s.is_cancelled())
     }
 }
 
@@ -578,9 +595,7 @@ impl ChatModel for HangingChat {
     }
     fn start_reply(&self, _history: &History) -> Result<Reply, LlmError> {
         let (tx, reply) = Reply::channel(4);
-        if let Ok(mut r) = self.replies.lock() {
-            r.push(tx);
-        }
+        self.replies.hold(tx);
         Ok(reply)
     }
     fn shutdown(&mut self, _deadline: Instant) -> LlmShutdownReport {
@@ -591,20 +606,17 @@ impl ChatModel for HangingChat {
 /// A synthesizer whose jobs never deliver audio until cancelled.
 #[derive(Debug, Default)]
 pub struct HangingSynth {
-    jobs: Mutex<Vec<callbot_tts::ChunkSender>>,
+    jobs: HeldJobs<callbot_tts::ChunkSender>,
 }
 
 impl HangingSynth {
     /// Jobs started.
     pub fn started(&self) -> usize {
-        self.jobs.lock().map(|j| j.len()).unwrap_or(0)
+        self.jobs.count()
     }
     /// Whether every job was cancelled.
     pub fn all_cancelled(&self) -> bool {
-        self.jobs
-            .lock()
-            .map(|j| j.iter().all(|s| s.is_cancelled()))
-            .unwrap_or(false)
+        self.jobs.all(|s| s.is_cancelled())
     }
 }
 
@@ -614,9 +626,7 @@ impl Synthesizer for HangingSynth {
     }
     fn synthesize(&self, _text: &str, _options: &VoiceOptions) -> Result<SynthesisJob, TtsError> {
         let (job, tx) = SynthesisJob::channel(8000, 4);
-        if let Ok(mut j) = self.jobs.lock() {
-            j.push(tx);
-        }
+        self.jobs.hold(tx);
         Ok(job)
     }
 }
