@@ -93,6 +93,11 @@ pub fn host_uri(ip: IpAddr) -> String {
     }
 }
 
+/// `sip:USER@HOST:PORT` for `addr` (see [`host_uri`]).
+pub fn sip_uri(user: &str, addr: SocketAddr) -> String {
+    format!("sip:{user}@{}:{}", host_uri(addr.ip()), addr.port())
+}
+
 /// True when something is bound to UDP `addr` (our bind fails).
 pub fn udp_port_busy(addr: SocketAddr) -> bool {
     UdpSocket::bind(addr).is_err()
@@ -115,6 +120,15 @@ pub fn wait_until(timeout: Duration, every: Duration, mut cond: impl FnMut() -> 
         }
         std::thread::sleep(every);
     }
+}
+
+/// For tests: waits up to `timeout` for `cond` (polled every 10 ms), and panics saying
+/// it timed out waiting for `what` if it never holds.
+pub fn wait_for(timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_until(timeout, Duration::from_millis(10), cond),
+        "timed out waiting for {what}"
+    );
 }
 
 /// A port on `ip` free for UDP and TCP, with `port + 1` also free for TCP (baresip binds

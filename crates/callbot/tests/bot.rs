@@ -17,6 +17,8 @@ use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 
 mod common;
 
+use callbot_testkit::harness::wait_for;
+
 use common::{LOOPBACK, turns};
 
 fn settings(dir: &std::path::Path, model: std::path::PathBuf) -> Settings {
@@ -64,11 +66,9 @@ fn heavy_bot_answers_a_real_call_in_echo_mode_and_shuts_down_cleanly() {
     let invite_at = Instant::now();
     let call = dial_bot(&caller, &rtp, &bot);
     println!("INVITE to answer: {:?}", invite_at.elapsed());
-    let t0 = Instant::now();
-    while bot.live_calls() != 1 {
-        assert!(t0.elapsed() < Duration::from_secs(2), "the bot has no live call");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(Duration::from_secs(2), "the bot's live call", || {
+        bot.live_calls() == 1
+    });
 
     // Let the greeting play, then ask.
     std::thread::sleep(Duration::from_millis(2500));
@@ -101,10 +101,9 @@ fn heavy_bot_answers_a_real_call_in_echo_mode_and_shuts_down_cleanly() {
     // The caller hangs up; the bot ends the call and frees it.
     caller.hang_up(call).unwrap();
     let t0 = Instant::now();
-    while bot.live_calls() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(3), "call not reaped");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(Duration::from_secs(3), "the call reaped", || {
+        bot.live_calls() == 0
+    });
     println!("caller BYE to call reaped: {:?}", t0.elapsed());
 
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
@@ -180,11 +179,7 @@ fn heavy_bot_shutdown_with_live_calls_sends_bye_to_each() {
         calls.push(dial_bot(&caller, &rtp, &bot));
         sessions.push(rtp);
     }
-    let t0 = Instant::now();
-    while bot.live_calls() < n {
-        assert!(t0.elapsed() < Duration::from_secs(2));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(Duration::from_secs(2), "the live calls", || bot.live_calls() >= n);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let report = bot.shutdown(Instant::now() + Duration::from_millis(500));
@@ -315,11 +310,9 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
     );
     // The call still works end to end: hang up, it is reaped.
     caller.hang_up(call).unwrap();
-    let t0 = Instant::now();
-    while bot.live_calls() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(3));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(Duration::from_secs(3), "the call reaped", || {
+        bot.live_calls() == 0
+    });
     // The Whisper pool the call held is shut down once it ended.
     std::thread::sleep(Duration::from_millis(300));
     let now = callbot_testkit::resources::threads();
@@ -445,11 +438,9 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
         );
         assert_eq!(stats.failed, 0, "{}", stats.errors);
         assert_eq!(stats.successful, u64::from(n));
-        let t0 = Instant::now();
-        while bot.live_calls() > 0 {
-            assert!(t0.elapsed() < Duration::from_secs(5), "calls not reaped");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(Duration::from_secs(5), "the calls reaped", || {
+            bot.live_calls() == 0
+        });
         // A transcription cancelled when its call ended (speculative ones start at
         // every pause) may still be aborting in the Whisper worker, with whisper.cpp's
         // compute thread: allow it the STT abort bound to finish.
@@ -563,14 +554,6 @@ impl Caller {
     }
 }
 
-fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn registration(k: &Kamailio, password: &str) -> RegistrationSettings {
     RegistrationSettings {
         server: k.addr().to_string(),
@@ -625,7 +608,7 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
 
     // 1. Wrong password at B, with a new Whisper pool built for the same attempt:
     //    refused, the new pool shut down again, nothing changes.
-    wait_until(Duration::from_secs(3), "the first call reaped", || {
+    wait_for(Duration::from_secs(3), "the first call reaped", || {
         bot.live_calls() == 0
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -680,7 +663,7 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
 
     // 3. B for real, with a call through A live across the swap.
     let held = caller.answered(&a.user_uri(USER), a.addr());
-    wait_until(Duration::from_secs(3), "the held call", || bot.live_calls() == 1);
+    wait_for(Duration::from_secs(3), "the held call", || bot.live_calls() == 1);
     next.sip.registration = Some(registration(&b, PASSWORD));
     let t = Instant::now();
     let r = bot.reconfigure(next.clone()).unwrap();
@@ -693,7 +676,7 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
         load().trim()
     );
     assert_eq!(expires, 120);
-    wait_until(Duration::from_secs(3), "B's binding in its log", || {
+    wait_for(Duration::from_secs(3), "B's binding in its log", || {
         count(&b, reg_ok) == 1
     });
     assert!(
@@ -704,14 +687,14 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
     assert!(matches!(via_a(), Outcome::Refused(404)), "A's binding is gone");
     let c = caller.answered(&b.user_uri(USER), b.addr());
     // The bot counts a call once its thread runs, just after the 200.
-    wait_until(
+    wait_for(
         Duration::from_secs(3),
         "the call through A still up beside the new one",
         || bot.live_calls() == 2,
     );
     caller.hang_up(c);
     caller.hang_up(held);
-    wait_until(Duration::from_secs(3), "calls reaped", || bot.live_calls() == 0);
+    wait_for(Duration::from_secs(3), "calls reaped", || bot.live_calls() == 0);
 
     // 4. No registration: B's binding removed.
     let mut none = next.clone();
@@ -735,7 +718,7 @@ fn heavy_reconfigure_registration_swaps_bindings_between_two_kamailio_registrars
         "{r:?}"
     );
     // Kamailio logs the binding just after its 200 OK: wait for the line.
-    wait_until(Duration::from_secs(3), "A's second binding in its log", || {
+    wait_for(Duration::from_secs(3), "A's second binding in its log", || {
         count(&a, reg_ok) == 2
     });
     let c = caller.answered(&a.user_uri(USER), a.addr());
@@ -772,7 +755,7 @@ fn heavy_reconfigure_max_calls_live_slow_build_does_not_hold_up_calls_echo_reeva
     next.dialogue.max_calls = 1;
     bot.reconfigure(next.clone()).unwrap();
     let c1 = caller.answered(&uri, bot.sip_addr());
-    wait_until(Duration::from_secs(3), "1 live call", || bot.live_calls() == 1);
+    wait_for(Duration::from_secs(3), "1 live call", || bot.live_calls() == 1);
     match caller.call(&uri, bot.sip_addr()) {
         Outcome::Refused(486) => {}
         other => panic!("over max_calls: {other:?}"),
@@ -782,7 +765,7 @@ fn heavy_reconfigure_max_calls_live_slow_build_does_not_hold_up_calls_echo_reeva
     let c2 = caller.answered(&uri, bot.sip_addr());
     caller.hang_up(c1);
     caller.hang_up(c2);
-    wait_until(Duration::from_secs(3), "calls reaped", || bot.live_calls() == 0);
+    wait_for(Duration::from_secs(3), "calls reaped", || bot.live_calls() == 0);
 
     // A slow build: the LLM probe hangs for connect_timeout_secs.
     let hanging = TcpListener::bind("127.0.0.1:0").unwrap();

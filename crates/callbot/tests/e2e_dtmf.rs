@@ -152,11 +152,9 @@ fn heavy_e2e_dtmf_0_from_sipp_says_the_phrase_and_hangs_up() {
     assert!(byes >= 1, "SIPp received no BYE:\n{messages}");
 
     // The call thread ends right after its BYE; the bot reaps it at once.
-    let t0 = Instant::now();
-    while bot.live_calls() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(2), "the call did not end");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    callbot_testkit::harness::wait_for(Duration::from_secs(2), "the call to end", || {
+        bot.live_calls() == 0
+    });
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
     println!("{report}");
 

@@ -13,6 +13,7 @@ use callbot::{Bot, Settings};
 use callbot_audio::AudioFrame;
 use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
 use callbot_testkit::baresip::{BaresipCall, CallEnd};
+use callbot_testkit::harness::wait_for;
 use callbot_testkit::kamailio::{Kamailio, KamailioConfig, RegistrarEvent};
 use callbot_testkit::speech;
 use common::turns;
@@ -233,11 +234,9 @@ fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
     );
     assert!(result.answered, "{}", result.log);
     assert_eq!(result.ended_by, CallEnd::LocalHangup);
-    let t0 = Instant::now();
-    while bot.live_calls() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(3), "call not reaped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(3), "the call reaped", || {
+        bot.live_calls() == 0
+    });
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
 
@@ -320,11 +319,9 @@ fn heavy_e2e_silence_timeout_prompts_then_says_goodbye_and_hangs_up() {
         lasted > Duration::from_secs(5) && lasted < Duration::from_secs(15),
         "hung up after {lasted:?} (silence timeout 5 s + goodbye)"
     );
-    let t0 = Instant::now();
-    while bot.live_calls() > 0 {
-        assert!(t0.elapsed() < Duration::from_secs(2), "call not reaped");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(Duration::from_secs(2), "the call reaped", || {
+        bot.live_calls() == 0
+    });
     let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
     assert!(report.components.all_clean(), "{report:?}");
 
@@ -409,10 +406,11 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
             result.bye_response
         );
         let t0 = Instant::now();
-        while bot.live_calls() > 0 {
-            assert!(t0.elapsed() < Duration::from_secs(1), "{stage}: call not ended");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(
+            Duration::from_secs(1),
+            &format!("{stage}: the call to end"),
+            || bot.live_calls() == 0,
+        );
         let reaped = t0.elapsed();
         // This call's transcript: the file whose call line is the newest.
         let lines: Vec<serde_json::Value> = turns(dir.path());

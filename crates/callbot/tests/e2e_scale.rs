@@ -6,6 +6,8 @@
 
 mod common;
 
+use callbot_testkit::harness::wait_for;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,14 +45,6 @@ fn assert_ports_free(sip: SocketAddr, min: u16, max: u16) {
         .filter(|p| UdpSocket::bind(SocketAddr::new(LOOPBACK, *p)).is_err())
         .collect();
     assert!(busy.is_empty(), "RTP ports still bound: {busy:?}");
-}
-
-fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Our own call beside SIPp's: a SIP UA and a bare UDP socket as its RTP port, read by
@@ -187,7 +181,7 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
         .spawn(move || uac.run())
         .unwrap();
 
-    wait_until(Duration::from_secs(20), "51 live calls", || {
+    wait_for(Duration::from_secs(20), "51 live calls", || {
         bot.live_calls() == n + 1
     });
     // Let every greeting play to its end.
@@ -267,7 +261,7 @@ fn heavy_e2e_shutdown_with_50_live_sipp_calls() {
     );
     assert!(stats.errors.contains("BYE"), "{}", stats.errors);
 
-    wait_until(Duration::from_secs(2), "threads joined", || {
+    wait_for(Duration::from_secs(2), "threads joined", || {
         threads() <= threads_before
     });
     let threads_after = threads();
@@ -414,7 +408,7 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
     let (c, i) = caller.call(addr);
     assert!(caller.hears_audio(i, Duration::from_secs(5)), "warm-up greeting");
     caller.hang_up(c, i);
-    wait_until(Duration::from_secs(3), "warm-up call reaped", || {
+    wait_for(Duration::from_secs(3), "warm-up call reaped", || {
         bot.live_calls() == 0
     });
     std::thread::sleep(Duration::from_millis(200));
@@ -422,7 +416,7 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
 
     // Two calls held through all the rounds.
     let held: Vec<(CallId, usize)> = (0..2).map(|_| caller.call(addr)).collect();
-    wait_until(Duration::from_secs(2), "2 live calls", || bot.live_calls() == 2);
+    wait_for(Duration::from_secs(2), "2 live calls", || bot.live_calls() == 2);
 
     let started = Instant::now();
     let mut whisper_reloads = 0;
@@ -538,11 +532,11 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
     for (c, i) in held.into_iter().rev() {
         caller.hang_up(c, i);
     }
-    wait_until(Duration::from_secs(3), "calls reaped", || bot.live_calls() == 0);
+    wait_for(Duration::from_secs(3), "calls reaped", || bot.live_calls() == 0);
     // A transcription cancelled by a hang-up may still be inside whisper.cpp's encoder
     // pass (it checks the abort flag only between passes), holding its worker for up to
     // a second or two on a loaded machine: wait (bounded) for the count to come back.
-    wait_until(Duration::from_secs(10), "threads back to baseline", || {
+    wait_for(Duration::from_secs(10), "threads back to baseline", || {
         threads() == t_base
     });
     std::thread::sleep(Duration::from_millis(300));

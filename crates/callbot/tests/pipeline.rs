@@ -369,7 +369,7 @@ fn hang_up_during(
     started: impl Fn() -> bool,
     cancelled: impl Fn() -> bool,
 ) -> CallOutcome {
-    wait_for(&format!("the {what}"), started);
+    callbot_testkit::harness::wait_for(Duration::from_secs(5), &format!("the {what}"), started);
     assert!(!cancelled());
     let t = Instant::now();
     control.send(CallControl::CallerHungUp).unwrap();
@@ -377,17 +377,6 @@ fn hang_up_during(
     println!("hang-up during {stage}: call ended in {:?}", t.elapsed());
     assert!(cancelled(), "{what} cancelled");
     out
-}
-
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// The caller hangs up while each stage is busy: the stage's job is cancelled (the
