@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{
     HarnessError, audio_seconds, ensure_loopback, free_sip_port_pair, host_uri, io_err, loopback, read_lossy,
-    require_tool, sox_to_8k_pcm16,
+    require_tool, sip_uri, sox_to_8k_pcm16,
 };
 use crate::process::Child;
 
@@ -254,12 +254,7 @@ impl BaresipCall {
 
     /// The Request-URI dialled.
     pub fn uri(&self) -> String {
-        format!(
-            "sip:{}@{}:{}",
-            self.callee_user,
-            host_uri(self.target.ip()),
-            self.target.port()
-        )
+        sip_uri(&self.callee_user, self.target)
     }
 
     /// Places the call and follows it to its end (bounded by setup timeout + hold + 30 s).
@@ -517,7 +512,7 @@ impl BaresipAnswerer {
 
     /// `sip:USER@addr`.
     pub fn uri(&self, user: &str) -> String {
-        format!("sip:{user}@{}:{}", host_uri(self.addr.ip()), self.addr.port())
+        sip_uri(user, self.addr)
     }
 
     /// baresip's log so far (with the SIP trace).

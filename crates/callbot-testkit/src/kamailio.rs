@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    HarnessError, host_uri, io_err, loopback, read_lossy, require_tool, wait_udp_listening,
+    HarnessError, host_uri, io_err, loopback, read_lossy, require_tool, sip_uri, wait_udp_listening,
 };
 use crate::process::Child;
 
@@ -251,7 +251,7 @@ impl Kamailio {
 
     /// `sip:USER@HOST:PORT` for calls routed through the registrar.
     pub fn user_uri(&self, user: &str) -> String {
-        format!("sip:{user}@{}:{}", host_uri(self.addr.ip()), self.addr.port())
+        sip_uri(user, self.addr)
     }
 
     /// The full log so far.
