@@ -1081,7 +1081,7 @@ impl UserAgentCore {
         code: u16,
         msg: Box<SipMsg<'a>>,
     ) -> Option<Incoming<'a>> {
-        let Some(branch) = msg.top_via().branch else {
+        let Some(branch) = msg.top_via_branch() else {
             self.stats.dropped += 1;
             return None;
         };
@@ -1118,7 +1118,10 @@ impl UserAgentCore {
         if fresh && code >= 200 && !needs_ack {
             tx.completed(None);
         }
-        self.schedule_client(&branch);
+        // The next timer, scheduled from this lookup.
+        if let Some(d) = tx.next_deadline() {
+            self.timer_heap.push(d, TimerKey::Client(tx.key.clone()));
+        }
         if !fresh {
             // Retransmitted final: INVITE non-2xx gets its ACK again, 2xx re-ACKed by the TU.
             if was_completed && invite_tx {
@@ -1343,8 +1346,16 @@ impl UserAgentCore {
         owner: TxOwner,
     ) {
         let request = bytes.clone().into_boxed_slice();
-        let tx = ClientTx::new(now, invite, request, dest, owner, &self.cfg.timers);
-        self.client_tx.insert(ClientKey::from(branch.as_str()), tx);
+        let tx = ClientTx::new(
+            now,
+            invite,
+            request,
+            dest,
+            owner,
+            ClientKey::from(branch.as_str()),
+            &self.cfg.timers,
+        );
+        self.client_tx.insert(tx.key.clone(), tx);
         self.schedule_client(&branch);
         self.send(dest, bytes);
     }

@@ -458,7 +458,7 @@ impl<'a> Headers<'a> {
     /// The first value of an indexed kind (None for [`Kind::Other`]).
     fn first(&self, kind: Kind) -> Option<&str> {
         let index = self.first.get(kind.slot()?).copied().flatten()?;
-        Some(self.pair(self.fields.get(index)?).1)
+        Some(self.value_of(self.fields.get(index)?))
     }
 
     /// Whether a header of this kind occurs more than once.
@@ -485,10 +485,17 @@ impl<'a> Headers<'a> {
     }
 
     fn pair(&self, f: &Field) -> (&str, &str) {
-        (
-            self.text.get(f.name.0..f.name.1).unwrap_or_default(),
-            self.text.get(f.value.0..f.value.1).unwrap_or_default(),
-        )
+        (self.name_of(f), self.value_of(f))
+    }
+
+    #[inline]
+    fn name_of(&self, f: &Field) -> &str {
+        self.text.get(f.name.0..f.name.1).unwrap_or_default()
+    }
+
+    #[inline]
+    fn value_of(&self, f: &Field) -> &str {
+        self.text.get(f.value.0..f.value.1).unwrap_or_default()
     }
 
     /// Every header as (name, value), in order.
@@ -501,10 +508,10 @@ impl<'a> Headers<'a> {
         let kind = Kind::of(name.as_bytes());
         self.fields
             .iter()
-            .filter(move |f| f.kind == kind)
-            .map(|f| self.pair(f))
-            .filter(move |(n, _)| kind != Kind::Other || n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .filter(move |f| {
+                f.kind == kind && (kind != Kind::Other || self.name_of(f).eq_ignore_ascii_case(name))
+            })
+            .map(|f| self.value_of(f))
     }
 
     /// The first value of a header (case-insensitive name).
@@ -515,10 +522,8 @@ impl<'a> Headers<'a> {
         }
         self.fields
             .iter()
-            .filter(|f| f.kind == kind)
-            .map(|f| self.pair(f))
-            .find(|(n, _)| kind != Kind::Other || n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+            .find(|f| f.kind == kind && self.name_of(f).eq_ignore_ascii_case(name))
+            .map(|f| self.value_of(f))
     }
 }
 
@@ -665,6 +670,11 @@ impl<'a> SipMsg<'a> {
             rport: v.rport,
             received: v.received.map(|s| self.headers.at(s)),
         }
+    }
+
+    /// The top Via's branch (what a response is matched by).
+    pub(crate) fn top_via_branch(&self) -> Option<&str> {
+        self.top_via.branch.map(|s| self.headers.at(s))
     }
 
     /// Stamps the top Via that responses echo with where the request came from
@@ -856,6 +866,17 @@ fn trim_lws(s: &str) -> &str {
     s.get(start..end).unwrap_or_default()
 }
 
+/// `s.trim()`: returns at once when `s` starts and ends with a printable ASCII byte
+/// other than space (every header value of a canonical message).
+fn trim_unicode(s: &str) -> &str {
+    let graphic = |b: Option<&u8>| b.is_some_and(u8::is_ascii_graphic);
+    if graphic(s.as_bytes().first()) && graphic(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
 /// Splits `s` at its first `sep` (an ASCII byte): what precedes it and, if it occurs,
 /// what follows it.
 fn cut(s: &str, sep: u8) -> (&str, Option<&str>) {
@@ -916,7 +937,7 @@ impl<'v> Iterator for CommaParts<'v> {
             let value = self.rest?;
             if !value.contains(',') {
                 self.rest = None;
-                let part = value.trim();
+                let part = trim_unicode(value);
                 return (!part.is_empty()).then_some(part);
             }
             // Quotes and brackets are closed at every comma that splits.
@@ -946,7 +967,7 @@ impl<'v> Iterator for CommaParts<'v> {
                     value
                 }
             };
-            let part = part.trim();
+            let part = trim_unicode(part);
             if !part.is_empty() {
                 return Some(part);
             }
@@ -1355,7 +1376,7 @@ fn repeats_differ(headers: &Headers<'_>, kind: Kind) -> bool {
         .fields
         .iter()
         .filter(|f| f.kind == kind)
-        .any(|f| Some(headers.pair(f).1) != first)
+        .any(|f| Some(headers.value_of(f)) != first)
 }
 
 /// The request line checks made before rsip parses it (rsip cannot represent unknown
@@ -2001,6 +2022,12 @@ mod tests {
                 line in "(?i)(INVITE|bye|FOO|in vite|)( ?)(sip|sips|tel|http|)(:?)(bot@h|)( ?)(SIP/2\\.0|sip/2.0|SIP/3.0|SIP/|x|)( ?[a-z]?)"
             ) {
                 prop_assert_eq!(check_request_line(&line), check_request_line_reference(&line), "{:?}", line);
+            }
+
+            /// `trim_unicode` is `str::trim`.
+            #[test]
+            fn trim_unicode_equals_trim(s in "[ \t\r\n\u{a0}\u{3000}a,]{0,6}|\\PC{0,6}") {
+                prop_assert_eq!(trim_unicode(&s), s.trim());
             }
 
             /// `parse_u16` is `str::parse::<u16>`.

@@ -316,6 +316,9 @@ pub(crate) struct ClientTx {
     timeout_at: Option<Instant>,
     /// Who to tell about responses.
     pub(crate) owner: crate::core::TxOwner,
+    /// Its key in the client table (a response schedules the next timer with it: no
+    /// second lookup).
+    pub(crate) key: ClientKey,
 }
 
 impl ClientTx {
@@ -325,6 +328,7 @@ impl ClientTx {
         request: Box<[u8]>,
         dest: SocketAddr,
         owner: crate::core::TxOwner,
+        key: ClientKey,
         timers: &Timers,
     ) -> ClientTx {
         ClientTx {
@@ -337,6 +341,7 @@ impl ClientTx {
             interval: timers.t1,
             timeout_at: Some(now + timers.t64()),
             owner,
+            key,
         }
     }
 
@@ -482,9 +487,10 @@ mod tests {
                 Box::default(),
                 dest,
                 crate::core::TxOwner::Register,
+                ClientKey::from(k.as_str()),
                 &timers,
             );
-            table.insert(ClientKey::from(k.as_str()), tx);
+            table.insert(tx.key.clone(), tx);
         }
         assert!(keys.iter().all(|k| table.contains_key(k.as_str())));
         assert!(!table.contains_key("z9hG4bK00001000"));
