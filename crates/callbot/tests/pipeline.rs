@@ -13,6 +13,7 @@ use callbot::settings::{DtmfAction, DtmfThen};
 use callbot::testing::{
     FakeMediaRemote, InstantChat, InstantSynth, InstantTranscriber, instant_call_setup, spawn_fake_call,
 };
+use callbot_testkit::harness::wait_for;
 use crossbeam_channel::{Receiver, Sender};
 
 struct Harness {
@@ -171,11 +172,9 @@ fn barge_in_stops_playback_and_history_keeps_only_what_was_heard() {
     );
     speak(&h);
     // wait until both sentences are queued in the media (never finished: auto_finish off)
-    let t0 = Instant::now();
-    while h.remote.plays().len() < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(Duration::from_secs(5), "both sentences queued", || {
+        h.remote.plays().len() >= 2
+    });
     let first = h.remote.plays()[0].id;
     h.remote.finish(first, true);
     std::thread::sleep(Duration::from_millis(20));
@@ -186,11 +185,9 @@ fn barge_in_stops_playback_and_history_keeps_only_what_was_heard() {
     assert_eq!(t.bot, "Once upon a time.");
     assert_eq!(h.remote.stops().len(), 1);
     // the interrupting utterance is answered with the cut history
-    let t0 = Instant::now();
-    while h.chat.started.load(Ordering::SeqCst) < 2 {
-        assert!(t0.elapsed() < Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for(Duration::from_secs(5), "the second reply", || {
+        h.chat.started.load(Ordering::SeqCst) >= 2
+    });
     let prompt = h.chat.last_prompt.lock().unwrap().clone();
     assert_eq!(prompt[2], "Assistant: Once upon a time.");
     assert_eq!(prompt[3], "User: Stop");
@@ -369,7 +366,7 @@ fn hang_up_during(
     started: impl Fn() -> bool,
     cancelled: impl Fn() -> bool,
 ) -> CallOutcome {
-    callbot_testkit::harness::wait_for(Duration::from_secs(5), &format!("the {what}"), started);
+    wait_for(Duration::from_secs(5), &format!("the {what}"), started);
     assert!(!cancelled());
     let t = Instant::now();
     control.send(CallControl::CallerHungUp).unwrap();

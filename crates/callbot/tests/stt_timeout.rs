@@ -51,11 +51,7 @@ fn timed_out_transcription_is_recorded_with_its_error_and_reprompted() {
             .iter()
             .any(|l| l["kind"] == kind)
     };
-    let t0 = Instant::now();
-    while !written("reprompt") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no re-prompt");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    callbot_testkit::harness::wait_for(Duration::from_secs(10), "the re-prompt", || written("reprompt"));
     assert_eq!(remote.plays().len(), 1, "the re-prompt only");
     control.send(CallControl::CallerHungUp).unwrap();
     let outcome = thread.join().unwrap();
