@@ -29,6 +29,23 @@ fn settings(dir: &std::path::Path, model: std::path::PathBuf) -> Settings {
     s
 }
 
+/// What a test of a spoken call needs: the Whisper model (and the `programs`), a temp
+/// dir, and `text` spoken into an 8 kHz frame (see [`speech`]). `None` (skip) when any
+/// is missing.
+fn model_and_speech(
+    programs: &[&str],
+    text: &str,
+) -> Option<(
+    std::path::PathBuf,
+    callbot_testkit::TempDir,
+    callbot_audio::AudioFrame,
+)> {
+    let model = callbot_testkit::whisper_model_and(programs)?;
+    let dir = callbot_testkit::temp_dir("callbot-bot");
+    let audio = speech(dir.path(), text)?;
+    Some((model, dir, audio))
+}
+
 /// espeak-ng (the program) speaks `text` into an 8 kHz frame.
 fn speech(dir: &std::path::Path, text: &str) -> Option<callbot_audio::AudioFrame> {
     let espeak = callbot_testkit::tools::require("espeak-ng")?;
@@ -47,11 +64,7 @@ fn speech(dir: &std::path::Path, text: &str) -> Option<callbot_audio::AudioFrame
 
 #[test]
 fn heavy_bot_answers_a_real_call_in_echo_mode_and_shuts_down_cleanly() {
-    let Some(model) = callbot_testkit::whisper_model() else {
-        return;
-    };
-    let dir = callbot_testkit::temp_dir("callbot-bot");
-    let Some(question) = speech(dir.path(), "What is the weather like today?") else {
+    let Some((model, dir, question)) = model_and_speech(&[], "What is the weather like today?") else {
         return;
     };
 
@@ -217,11 +230,7 @@ fn heavy_bot_shutdown_with_live_calls_sends_bye_to_each() {
 /// (it includes the caller's own jitter buffer, so it over-estimates).
 #[test]
 fn heavy_bot_barge_in_stops_the_greeting() {
-    let Some(model) = callbot_testkit::whisper_model() else {
-        return;
-    };
-    let dir = callbot_testkit::temp_dir("callbot-bot");
-    let Some(question) = speech(dir.path(), "Sorry to interrupt, what time is it?") else {
+    let Some((model, dir, question)) = model_and_speech(&[], "Sorry to interrupt, what time is it?") else {
         return;
     };
     let onset_offset = question
@@ -331,11 +340,7 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
 /// 100 ms: several turns on one call; prints p50/p95 of each stage from the transcript.
 #[test]
 fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
-    let Some(model) = callbot_testkit::whisper_model() else {
-        return;
-    };
-    let dir = callbot_testkit::temp_dir("callbot-bot");
-    let Some(question) = speech(dir.path(), "What is the capital of France?") else {
+    let Some((model, dir, question)) = model_and_speech(&[], "What is the capital of France?") else {
         return;
     };
     let mut script = callbot_testkit::ollama::Script::reply("Paris is the capital of France.");
@@ -401,11 +406,9 @@ fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
 /// are reaped, and the bot's threads are back to their idle count.
 #[test]
 fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
-    let Some(model) = callbot_testkit::whisper_model_and(&["sipp"]) else {
-        return;
-    };
-    let dir = callbot_testkit::temp_dir("callbot-bot");
-    let Some(audio) = speech(dir.path(), "Hello, I would like to know the opening hours.") else {
+    let Some((model, dir, audio)) =
+        model_and_speech(&["sipp"], "Hello, I would like to know the opening hours.")
+    else {
         return;
     };
     let wav = dir.path().join("caller8k.wav");
