@@ -71,9 +71,9 @@ fn next_turn(h: &Harness) -> TurnRecord {
 }
 
 /// One utterance: 10 loud frames, then 5 quiet ones (the endpointer's hangover).
-fn speak(h: &Harness) {
-    h.remote.frames(5000, 10);
-    h.remote.frames(0, 5);
+fn speak(remote: &FakeMediaRemote) {
+    remote.frames(5000, 10);
+    remote.frames(0, 5);
 }
 
 fn dialogue() -> DialogueConfig {
@@ -95,12 +95,12 @@ fn greeting_turns_history_and_transcript_file() {
     );
     let g = next_turn(&h);
     assert_eq!(g.kind, TurnKind::Greeting);
-    speak(&h);
+    speak(&h.remote);
     let t1 = next_turn(&h);
     assert_eq!(t1.user.as_deref(), Some("What time is it?"));
     assert_eq!(t1.bot, "It is noon. Anything else?");
     assert!(t1.timings.stt.is_some() && t1.timings.voice_to_voice.is_some());
-    speak(&h);
+    speak(&h.remote);
     let t2 = next_turn(&h);
     assert_eq!(t2.user.as_deref(), Some("And tomorrow?"));
     // the second request carried the first turn as history
@@ -148,7 +148,7 @@ fn the_synthesizers_leading_silence_is_not_played() {
     };
     let h = start_with(synth, &["Hi."], "Sure.", true, dialogue(), None);
     next_turn(&h);
-    speak(&h);
+    speak(&h.remote);
     next_turn(&h);
     // "Hello there." and "Sure.": 10 ms per character, 50 ms of silence before each,
     // played with only the 2 ms lead-in kept
@@ -170,7 +170,7 @@ fn barge_in_stops_playback_and_history_keeps_only_what_was_heard() {
         },
         None,
     );
-    speak(&h);
+    speak(&h.remote);
     // wait until both sentences are queued in the media (never finished: auto_finish off)
     wait_for(Duration::from_secs(5), "both sentences queued", || {
         h.remote.plays().len() >= 2
@@ -179,7 +179,7 @@ fn barge_in_stops_playback_and_history_keeps_only_what_was_heard() {
     h.remote.finish(first, true);
     std::thread::sleep(Duration::from_millis(20));
     // the caller talks over the second sentence
-    speak(&h);
+    speak(&h.remote);
     let t = next_turn(&h);
     assert!(t.interrupted);
     assert_eq!(t.bot, "Once upon a time.");
@@ -251,7 +251,7 @@ fn noise_is_not_answered() {
         },
         None,
     );
-    speak(&h);
+    speak(&h.remote);
     std::thread::sleep(Duration::from_millis(50));
     h.control.send(CallControl::CallerHungUp).unwrap();
     let out = h.thread.join().unwrap();
@@ -388,8 +388,7 @@ fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
         Arc::new(InstantSynth::default()),
         "",
     );
-    remote.frames(5000, 10);
-    remote.frames(0, 5);
+    speak(&remote);
     hang_up_during(
         "STT",
         "transcription",
@@ -406,8 +405,7 @@ fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
         Arc::new(InstantSynth::default()),
         "",
     );
-    remote.frames(5000, 10);
-    remote.frames(0, 5);
+    speak(&remote);
     hang_up_during(
         "LLM",
         "reply",
