@@ -708,3 +708,36 @@ pub fn dial(
     )?;
     Ok((call, media))
 }
+
+/// Why [`hang_up`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HangUpError {
+    /// The SIP user agent refused the hang-up (an unknown call, a stopped agent).
+    #[error("SIP: {0}")]
+    Sip(#[from] callbot_sip::SipError),
+    /// The call's end was not reported within the timeout (or the event channel closed).
+    #[error("the call did not end within {0:?}")]
+    NotEnded(Duration),
+}
+
+/// The counterpart of [`dial`]: hangs up `call` on `ua` and waits up to `timeout` for
+/// the user agent to report its end. Events of other calls that arrive meanwhile are
+/// handed to `other_event`.
+pub fn hang_up(
+    ua: &callbot_sip::SipHandle,
+    call: callbot_sip::CallId,
+    timeout: Duration,
+    mut other_event: impl FnMut(callbot_sip::SipEvent),
+) -> Result<(), HangUpError> {
+    use callbot_sip::SipEvent;
+    ua.hang_up(call)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ua.events().recv_timeout(left) {
+            Ok(SipEvent::CallEnded { call: c, .. }) if c == call => return Ok(()),
+            Ok(other) => other_event(other),
+            Err(_) => return Err(HangUpError::NotEnded(timeout)),
+        }
+    }
+}

@@ -538,17 +538,8 @@ impl Caller {
     }
 
     fn hang_up(&self, call: CallId) {
-        self.ua.hang_up(call).unwrap();
-        let end = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < end {
-            if let Ok(SipEvent::CallEnded { call: c, .. }) =
-                self.ua.events().recv_timeout(Duration::from_millis(100))
-                && c == call
-            {
-                return;
-            }
-        }
-        panic!("{call} did not end");
+        callbot::testing::hang_up(&self.ua, call, Duration::from_secs(5), |_| {})
+            .unwrap_or_else(|e| panic!("{call}: {e}"));
     }
 }
 
@@ -830,12 +821,10 @@ fn heavy_reconfigure_max_calls_live_slow_build_does_not_hold_up_calls_echo_reeva
 /// Calls `bot` from `caller`, waits for the answer and points `rtp` at the bot's media;
 /// panics if any call ends meanwhile.
 fn dial_bot(caller: &callbot_sip::SipHandle, rtp: &RtpSession, bot: &Bot) -> callbot_sip::CallId {
-    let uri = format!("sip:bot@{}", bot.sip_addr());
-    callbot::testing::dial(caller, rtp, &uri, bot.sip_addr(), Duration::from_secs(5), |e| {
-        if let SipEvent::CallEnded { reason, .. } = e {
-            panic!("call ended: {reason:?}");
-        }
-    })
-    .unwrap()
-    .0
+    common::dial(
+        caller,
+        rtp,
+        &format!("sip:bot@{}", bot.sip_addr()),
+        bot.sip_addr(),
+    )
 }

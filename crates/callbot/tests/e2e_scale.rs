@@ -297,12 +297,7 @@ impl Caller {
     /// [`Caller::call`] to `uri`, sending the INVITE to `dest` (a registrar routes it).
     fn call_via(&mut self, uri: &str, dest: SocketAddr) -> (CallId, usize) {
         let rtp = RtpSession::start(RtpSessionConfig::new(LOOPBACK, Law::Ulaw, None)).unwrap();
-        let (call, _) = callbot::testing::dial(&self.ua, &rtp, uri, dest, Duration::from_secs(5), |e| {
-            if let SipEvent::CallEnded { call: c, reason } = e {
-                panic!("call {c:?} ended: {reason:?}");
-            }
-        })
-        .unwrap();
+        let call = common::dial(&self.ua, &rtp, uri, dest);
         self.rtp.push(rtp);
         (call, self.rtp.len() - 1)
     }
@@ -321,16 +316,12 @@ impl Caller {
     }
 
     fn hang_up(&mut self, call: CallId, idx: usize) {
-        self.ua.hang_up(call).unwrap();
-        let t0 = Instant::now();
-        loop {
-            match self.ua.events().recv_timeout(Duration::from_secs(3)) {
-                Ok(SipEvent::CallEnded { call: c, .. }) if c == call => break,
-                Ok(SipEvent::CallEnded { call: c, reason }) => panic!("call {c:?} ended: {reason:?}"),
-                Ok(_) => {}
-                Err(e) => panic!("hang-up not confirmed after {:?}: {e}", t0.elapsed()),
+        callbot::testing::hang_up(&self.ua, call, Duration::from_secs(3), |e| {
+            if let SipEvent::CallEnded { call: c, reason } = e {
+                panic!("call {c:?} ended: {reason:?}");
             }
-        }
+        })
+        .unwrap();
         let mut rtp = self.rtp.remove(idx);
         rtp.shutdown(Instant::now() + Duration::from_secs(1));
     }

@@ -44,3 +44,22 @@ pub(crate) fn assert_greeting_interrupted(lines: &[serde_json::Value]) {
     assert_eq!(greeting["interrupted"], true, "{greeting}");
     println!("greeting as heard: {}", greeting["bot"]);
 }
+
+/// Calls `uri` from `ua` (the INVITE goes to `dest`) offering `rtp`, with
+/// [`callbot::testing::dial`] (5 s for the answer): the call. Panics if the call fails
+/// or any call ends meanwhile.
+#[allow(dead_code)] // not every test file that includes this module needs it
+pub(crate) fn dial(
+    ua: &callbot_sip::SipHandle,
+    rtp: &callbot_rtp::RtpSession,
+    uri: &str,
+    dest: SocketAddr,
+) -> callbot_sip::CallId {
+    callbot::testing::dial(ua, rtp, uri, dest, std::time::Duration::from_secs(5), |e| {
+        if let callbot_sip::SipEvent::CallEnded { call, reason } = e {
+            panic!("call {call} ended: {reason:?}");
+        }
+    })
+    .unwrap_or_else(|e| panic!("call to {uri} via {dest}: {e}"))
+    .0
+}
