@@ -699,16 +699,22 @@ impl UserAgentCore {
         if method == Method::Ack {
             return Some(Incoming::Ack { key, msg });
         }
-        if let Some(tx) = self.server_tx.get(&key) {
-            self.stats.retransmissions_absorbed += 1;
-            if let Some(resp) = tx.last_response().map(<[u8]>::to_vec) {
-                let d = tx.dest;
-                self.send(d, resp);
-            }
-            return None;
-        }
         let invite = method == Method::Invite;
-        self.server_tx.insert(key.clone(), ServerTx::new(invite, dest));
+        // One search: a retransmission finds its transaction, a new request takes the slot.
+        match self.server_tx.entry(key.clone()) {
+            std::collections::btree_map::Entry::Occupied(tx) => {
+                self.stats.retransmissions_absorbed += 1;
+                let tx = tx.get();
+                if let Some(resp) = tx.last_response().map(<[u8]>::to_vec) {
+                    let d = tx.dest;
+                    self.send(d, resp);
+                }
+                return None;
+            }
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(ServerTx::new(invite, dest));
+            }
+        }
         // RFC 3261 8.2.2.3: Require with extensions we do not support.
         if method != Method::Cancel {
             let unsupported: Vec<String> = msg
@@ -771,23 +777,32 @@ impl UserAgentCore {
             None => None,
         };
         // Borrowed: no header value is copied for the answer (the Server header included).
-        let extra: Vec<(&str, &str)> = extra
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .chain([("Server", self.cfg.user_agent.as_str())])
-            .collect();
-        let bytes = message::build_response(code, msg, tag, &extra, body);
+        let server = ("Server", self.cfg.user_agent.as_str());
+        let bytes = if extra.is_empty() {
+            message::build_response(code, msg, tag, &[server], body)
+        } else {
+            let extra: Vec<(&str, &str)> = extra
+                .iter()
+                .map(|(n, v)| (*n, v.as_str()))
+                .chain([server])
+                .collect();
+            message::build_response(code, msg, tag, &extra, body)
+        };
         self.respond_bytes(now, key, code, bytes);
     }
 
     fn respond_bytes(&mut self, now: Instant, key: &ServerKey, code: u16, bytes: Vec<u8>) {
         let timers = self.cfg.timers;
-        if let Some(tx) = self.server_tx.get_mut(key) {
-            tx.send_response(now, code, bytes.clone().into_boxed_slice(), &timers);
-            let d = tx.dest;
-            self.send(d, bytes);
-            self.schedule_server(key);
+        let Some(tx) = self.server_tx.get_mut(key) else {
+            return;
+        };
+        tx.send_response(now, code, bytes.clone().into_boxed_slice(), &timers);
+        let d = tx.dest;
+        // The next timer, scheduled from this lookup (what schedule_server does).
+        if let Some(at) = tx.next_deadline() {
+            self.timer_heap.push(at, TimerKey::Server(key.clone()));
         }
+        self.send(d, bytes);
     }
 
     fn handle_ack(&mut self, now: Instant, key: &ServerKey, msg: &SipMsg) {

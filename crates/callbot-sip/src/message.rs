@@ -132,23 +132,26 @@ impl<'s> Via<'s> {
             port,
             ..Via::default()
         };
-        // The parameters follow the first `;` after the sent-by.
-        let mut at = Some(stop_at(b, s1, |c| c == b';') + 1).filter(|&p| p <= b.len());
-        while let Some(p) = at {
+        // The parameters, `name[=value]` each, follow the first `;` after the sent-by:
+        // `i` is at the `;` before the next one (at the end when there is none).
+        let mut i = stop_at(b, s1, |c| c == b';');
+        while i < b.len() {
+            let p = i + 1;
             // The name ends at `=` (a value follows) or `;` (none).
             let e = stop_at(b, p, |c| c == b'=' || c == b';');
-            let (v, next) = if b.get(e) == Some(&b'=') {
-                let ve = stop_at(b, e + 1, |c| c == b';');
-                (Some(trim_lws(value.get(e + 1..ve)?)), ve)
+            let ve = if b.get(e) == Some(&b'=') {
+                stop_at(b, e + 1, |c| c == b';')
             } else {
-                (None, e)
+                e
             };
-            at = Some(next + 1).filter(|&p| p <= b.len());
-            let k = trim_lws(value.get(p..e)?).as_bytes();
+            i = ve;
+            // Sliced only for the parameters kept (every cut is at an ASCII byte).
+            let v = || (ve > e).then(|| value.get(e + 1..ve).map(trim_lws)).flatten();
+            let k = trim_lws_bytes(b.get(p..e).unwrap_or_default());
             match k.len() {
-                6 if eq_ci(k, b"branch") => via.branch = v,
+                6 if eq_ci(k, b"branch") => via.branch = v(),
                 5 if eq_ci(k, b"rport") => via.rport = true,
-                8 if eq_ci(k, b"received") => via.received = v,
+                8 if eq_ci(k, b"received") => via.received = v(),
                 _ => {}
             }
         }
@@ -225,22 +228,34 @@ impl<'s> Via<'s> {
 pub(crate) fn stamped_top_via(top: &str, via: &Via, from: SocketAddr) -> Option<String> {
     if via.rport {
         let mut out = String::with_capacity(top.len() + 48);
-        let is_rport = |p: &str| {
-            trim_lws(p)
-                .get(..5)
-                .is_some_and(|k| k.eq_ignore_ascii_case("rport"))
-        };
-        let (mut rest, mut first) = (Some(top), true);
-        while let Some(r) = rest {
-            let (p, next) = cut(r, b';');
-            rest = next;
-            if !is_rport(p) {
+        // The `;`-separated parts of `top` but those starting with `rport`, joined by `;`:
+        // each run of kept parts is copied whole (one copy when `rport` is the last).
+        let b = top.as_bytes();
+        let is_rport = |p: &[u8]| trim_lws_bytes(p).get(..5).is_some_and(|k| eq_ci(k, b"rport"));
+        let mut run: Option<(usize, usize)> = None;
+        let mut first = true;
+        let mut flush = |out: &mut String, run: Option<(usize, usize)>| {
+            if let Some((s, e)) = run {
                 if !std::mem::take(&mut first) {
                     out.push(';');
                 }
-                out.push_str(p);
+                out.push_str(top.get(s..e).unwrap_or_default());
             }
+        };
+        let mut start = 0;
+        loop {
+            let end = stop_at(b, start, |c| c == b';');
+            if is_rport(b.get(start..end).unwrap_or_default()) {
+                flush(&mut out, run.take());
+            } else {
+                run = Some((run.map_or(start, |(s, _)| s), end));
+            }
+            if end >= b.len() {
+                break;
+            }
+            start = end + 1;
         }
+        flush(&mut out, run);
         out.push_str(";received=");
         push_ip(&mut out, from.ip());
         out.push_str(";rport=");
@@ -852,6 +867,13 @@ fn stop_at(b: &[u8], from: usize, stop: impl Fn(u8) -> bool) -> usize {
         Some(rest) => from + rest.iter().position(|&c| stop(c)).unwrap_or(rest.len()),
         None => from,
     }
+}
+
+/// [`trim_lws`] on bytes.
+fn trim_lws_bytes(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|&c| !is_lws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| !is_lws(c)).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
 }
 
 /// `s` without leading and trailing SIP white space (SP, HT).
@@ -1942,6 +1964,25 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// `stamped_top_via` as it was (a push per kept part).
+        fn stamped_top_via_reference(top: &str, via: &Via, from: SocketAddr) -> Option<String> {
+            if !via.rport {
+                return stamped_top_via(top, via, from);
+            }
+            let is_rport = |p: &str| {
+                trim_lws(p)
+                    .get(..5)
+                    .is_some_and(|k| k.eq_ignore_ascii_case("rport"))
+            };
+            let kept: Vec<&str> = top.split(';').filter(|p| !is_rport(p)).collect();
+            Some(format!(
+                "{};received={};rport={}",
+                kept.join(";"),
+                from.ip(),
+                from.port()
+            ))
+        }
+
         /// The request-line checks as they were (`str::split`, rsip's method parser).
         fn check_request_line_reference(start_line: &str) -> Result<(), (u16, &'static str)> {
             let mut parts = start_line.split(' ');
@@ -2028,6 +2069,17 @@ mod tests {
             #[test]
             fn trim_unicode_equals_trim(s in "[ \t\r\n\u{a0}\u{3000}a,]{0,6}|\\PC{0,6}") {
                 prop_assert_eq!(trim_unicode(&s), s.trim());
+            }
+
+            /// The top Via stamped by runs of kept parameters is what the part-by-part
+            /// join gave.
+            #[test]
+            fn stamped_top_via_equals_reference(v in via_like(), port in any::<u16>(), v6 in any::<bool>()) {
+                let ip: IpAddr = if v6 { "2001:db8::7".parse().unwrap() } else { [10, 0, 0, 1].into() };
+                let from = SocketAddr::new(ip, port);
+                if let Some(via) = Via::parse(&v) {
+                    prop_assert_eq!(stamped_top_via(&v, &via, from), stamped_top_via_reference(&v, &via, from), "{:?}", v);
+                }
             }
 
             /// `parse_u16` is `str::parse::<u16>`.
