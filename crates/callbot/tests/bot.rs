@@ -42,24 +42,18 @@ fn model_and_speech(
 )> {
     let model = callbot_testkit::whisper_model_and(programs)?;
     let dir = callbot_testkit::temp_dir("callbot-bot");
-    let audio = speech(dir.path(), text)?;
+    let audio = speech(text)?;
     Some((model, dir, audio))
 }
 
-/// espeak-ng (the program) speaks `text` into an 8 kHz frame.
-fn speech(dir: &std::path::Path, text: &str) -> Option<callbot_audio::AudioFrame> {
-    let espeak = callbot_testkit::tools::require("espeak-ng")?;
-    let wav = dir.join("caller.wav");
-    let ok = std::process::Command::new(espeak)
-        .args(["-v", "en-us", "-s", "150", "-w"])
-        .arg(&wav)
-        .arg(text)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let audio = callbot_audio::wav::read_wav(&wav).unwrap();
-    Some(callbot_audio::resample::resample_frame(&audio, 8000).unwrap())
+/// espeak-ng (the program, en-us at 150 words a minute) speaks `text` into an 8 kHz frame.
+fn speech(text: &str) -> Option<callbot_audio::AudioFrame> {
+    use callbot_testkit::speech::{ESPEAK_RATE, espeak_with};
+    let pcm = espeak_with(text, "en-us", 150)?;
+    Some(
+        callbot_audio::resample::resample_frame(&callbot_audio::AudioFrame::new(ESPEAK_RATE, pcm), 8000)
+            .unwrap(),
+    )
 }
 
 #[test]
