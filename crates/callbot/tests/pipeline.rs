@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use callbot::call::{CallControl, CallOutcome, CallSetup};
 use callbot::dialogue::{DialogueConfig, EndReason, TurnKind, TurnRecord};
 use callbot::settings::{DtmfAction, DtmfThen};
-use callbot::testing::{
-    FakeMediaRemote, InstantChat, InstantSynth, InstantTranscriber, instant_call_setup, spawn_fake_call,
-};
+use callbot::testing::{FakeMediaRemote, InstantChat, InstantSynth, instant_call_setup, spawn_fake_call};
 use callbot_testkit::harness::wait_for;
 use crossbeam_channel::{Receiver, Sender};
 
@@ -336,43 +334,57 @@ fn caller_hang_up_ends_the_call_promptly() {
     assert_eq!(h.remote.stops().len(), 1, "greeting playback stopped");
 }
 
-fn hanging_call(
-    stt: Arc<dyn callbot_stt::Transcriber>,
-    llm: Arc<dyn callbot_llm::ChatModel>,
-    tts: Arc<dyn callbot_tts::Synthesizer>,
-    greeting: &str,
-) -> (FakeMediaRemote, Sender<CallControl>, JoinHandle<CallOutcome>) {
+/// The layer whose job never finishes in a [`hang_up_during`] call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Busy {
+    Stt,
+    Llm,
+    Tts,
+}
+
+/// A call whose `busy` layer never finishes its job (the others answer at once): once
+/// that job started (after one caller utterance, or with the greeting for TTS) and is
+/// not cancelled yet, the caller hangs up; the call's thread ends with the job
+/// cancelled. Prints hang-up -> call end.
+fn hang_up_during(busy: Busy) -> CallOutcome {
+    let stt = Arc::new(callbot::testing::HangingTranscriber::default());
+    let llm = Arc::new(callbot::testing::HangingChat::default());
+    let tts = Arc::new(callbot::testing::HangingSynth::default());
+    let (stage, what, greeting) = match busy {
+        Busy::Stt => ("STT", "transcription", ""),
+        Busy::Llm => ("LLM", "reply", ""),
+        Busy::Tts => ("TTS", "synthesis", "Hello."),
+    };
+    // The busy layer's jobs: (started, all cancelled).
+    let jobs = || match busy {
+        Busy::Stt => (stt.submitted(), stt.all_stopped()),
+        Busy::Llm => (llm.started(), llm.all_cancelled()),
+        Busy::Tts => (tts.started(), tts.all_cancelled()),
+    };
     let dialogue = DialogueConfig {
         greeting: greeting.into(),
         ..DialogueConfig::default()
     };
-    let setup = CallSetup {
-        stt,
+    let mut setup = CallSetup {
         stt_timeout: Duration::from_secs(3600),
-        llm,
-        tts,
-        ..instant_call_setup("hang", dialogue, &[], "")
+        ..instant_call_setup("hang", dialogue, &["hello"], "x")
     };
-    spawn_fake_call("hang-call", setup, true).unwrap()
-}
-
-/// Once the call's `stage` job (`what`) has `started`, and is not `cancelled` yet, the
-/// caller hangs up: the call's thread ends with the job `cancelled`. Prints hang-up ->
-/// call end.
-fn hang_up_during(
-    stage: &str,
-    what: &str,
-    (control, thread): (Sender<CallControl>, JoinHandle<CallOutcome>),
-    started: impl Fn() -> bool,
-    cancelled: impl Fn() -> bool,
-) -> CallOutcome {
-    wait_for(Duration::from_secs(5), &format!("the {what}"), started);
-    assert!(!cancelled());
+    match busy {
+        Busy::Stt => setup.stt = stt.clone(),
+        Busy::Llm => setup.llm = llm.clone(),
+        Busy::Tts => setup.tts = tts.clone(),
+    }
+    let (remote, control, thread) = spawn_fake_call("hang-call", setup, true).unwrap();
+    if busy != Busy::Tts {
+        speak(&remote);
+    }
+    wait_for(Duration::from_secs(5), &format!("the {what}"), || jobs().0 == 1);
+    assert!(!jobs().1);
     let t = Instant::now();
     control.send(CallControl::CallerHungUp).unwrap();
     let out = thread.join().unwrap();
     println!("hang-up during {stage}: call ended in {:?}", t.elapsed());
-    assert!(cancelled(), "{what} cancelled");
+    assert!(jobs().1, "{what} cancelled");
     out
 }
 
@@ -380,54 +392,8 @@ fn hang_up_during(
 /// layer sees it) and the call's thread ends. Prints hang-up -> call end per stage.
 #[test]
 fn caller_hang_up_in_each_stage_cancels_that_stage_job() {
-    // STT
-    let stt = Arc::new(callbot::testing::HangingTranscriber::default());
-    let (remote, control, thread) = hanging_call(
-        stt.clone(),
-        Arc::new(InstantChat::new("x")),
-        Arc::new(InstantSynth::default()),
-        "",
-    );
-    speak(&remote);
-    hang_up_during(
-        "STT",
-        "transcription",
-        (control, thread),
-        || stt.submitted() == 1,
-        || stt.all_stopped(),
-    );
-
-    // LLM
-    let llm = Arc::new(callbot::testing::HangingChat::default());
-    let (remote, control, thread) = hanging_call(
-        Arc::new(InstantTranscriber::new(&["hello"])),
-        llm.clone(),
-        Arc::new(InstantSynth::default()),
-        "",
-    );
-    speak(&remote);
-    hang_up_during(
-        "LLM",
-        "reply",
-        (control, thread),
-        || llm.started() == 1,
-        || llm.all_cancelled(),
-    );
-
-    // TTS (the greeting's synthesis never finishes)
-    let tts = Arc::new(callbot::testing::HangingSynth::default());
-    let (_remote, control, thread) = hanging_call(
-        Arc::new(InstantTranscriber::new(&["hello"])),
-        Arc::new(InstantChat::new("x")),
-        tts.clone(),
-        "Hello.",
-    );
-    let out = hang_up_during(
-        "TTS",
-        "synthesis",
-        (control, thread),
-        || tts.started() == 1,
-        || tts.all_cancelled(),
-    );
+    hang_up_during(Busy::Stt);
+    hang_up_during(Busy::Llm);
+    let out = hang_up_during(Busy::Tts);
     assert_eq!(out.summary.unwrap().reason, EndReason::CallerHungUp);
 }
