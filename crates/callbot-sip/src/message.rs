@@ -113,7 +113,7 @@ impl<'s> Via<'s> {
     /// (SP and HT are the only white space SIP knows), no allocation.
     pub(crate) fn parse(value: &'s str) -> Option<Via<'s>> {
         let b = value.as_bytes();
-        let end_of_word = |c: u8| c == b';' || is_lws(c);
+        let end_of_word = [b';', b' ', b'\t'];
         // `SIP/2.0/transport LWS sent-by`, leading white space skipped.
         let p0 = skip_lws(b, 0);
         if !eq_ci(b.get(p0..p0 + 8)?, b"SIP/2.0/") {
@@ -134,13 +134,13 @@ impl<'s> Via<'s> {
         };
         // The parameters, `name[=value]` each, follow the first `;` after the sent-by:
         // `i` is at the `;` before the next one (at the end when there is none).
-        let mut i = stop_at(b, s1, |c| c == b';');
+        let mut i = stop_at(b, s1, [b';']);
         while i < b.len() {
             let p = i + 1;
             // The name ends at `=` (a value follows) or `;` (none).
-            let e = stop_at(b, p, |c| c == b'=' || c == b';');
+            let e = stop_at(b, p, [b'=', b';']);
             let ve = if b.get(e) == Some(&b'=') {
-                stop_at(b, e + 1, |c| c == b';')
+                stop_at(b, e + 1, [b';'])
             } else {
                 e
             };
@@ -244,7 +244,7 @@ pub(crate) fn stamped_top_via(top: &str, via: &Via, from: SocketAddr) -> Option<
         };
         let mut start = 0;
         loop {
-            let end = stop_at(b, start, |c| c == b';');
+            let end = stop_at(b, start, [b';']);
             if is_rport(b.get(start..end).unwrap_or_default()) {
                 flush(&mut out, run.take());
             } else {
@@ -857,16 +857,40 @@ fn eq_ci(a: &[u8], b: &[u8]) -> bool {
 /// The index of the first byte at or after `from` that is not SIP white space (`b.len()`
 /// if none; `from` if it is past the end).
 fn skip_lws(b: &[u8], from: usize) -> usize {
-    stop_at(b, from, |c| !is_lws(c))
-}
-
-/// The index of the first byte at or after `from` for which `stop` holds (`b.len()` if
-/// none; `from` if it is past the end).
-fn stop_at(b: &[u8], from: usize, stop: impl Fn(u8) -> bool) -> usize {
     match b.get(from..) {
-        Some(rest) => from + rest.iter().position(|&c| stop(c)).unwrap_or(rest.len()),
+        Some(rest) => from + rest.iter().position(|&c| !is_lws(c)).unwrap_or(rest.len()),
         None => from,
     }
+}
+
+/// The index of the first byte at or after `from` that is one of `set` (`b.len()` if
+/// none; `from` if it is past the end): eight bytes at a time.
+fn stop_at<const N: usize>(b: &[u8], from: usize, set: [u8; N]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let Some(rest) = b.get(from..) else {
+        return from;
+    };
+    let mut chunks = rest.chunks_exact(8);
+    let mut at = from;
+    for chunk in &mut chunks {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let x = u64::from_le_bytes(word);
+        // A high bit per byte equal to one of `set`: exact at the lowest such byte,
+        // which is the one taken.
+        let hits = set.iter().fold(0, |m, &c| {
+            let y = x ^ (ONES * u64::from(c));
+            m | (y.wrapping_sub(ONES) & !y & HIGH)
+        });
+        if hits != 0 {
+            return at + (hits.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let tail = chunks.remainder();
+    at + tail.iter().position(|c| set.contains(c)).unwrap_or(tail.len())
 }
 
 /// [`trim_lws`] on bytes.
@@ -2080,6 +2104,18 @@ mod tests {
                 if let Some(via) = Via::parse(&v) {
                     prop_assert_eq!(stamped_top_via(&v, &via, from), stamped_top_via_reference(&v, &via, from), "{:?}", v);
                 }
+            }
+
+            /// `stop_at` (eight bytes at a time) finds what a byte-by-byte search finds.
+            #[test]
+            fn stop_at_equals_position(
+                b in proptest::collection::vec(proptest::sample::select(b";= \t\x80\xbb\xff\x00a;".to_vec()), 0..40),
+                from in 0usize..45,
+            ) {
+                let slow = |set: &[u8]| b.get(from..).map_or(from, |r| from + r.iter().position(|c| set.contains(c)).unwrap_or(r.len()));
+                prop_assert_eq!(stop_at(&b, from, [b';']), slow(b";"));
+                prop_assert_eq!(stop_at(&b, from, [b'=', b';']), slow(b"=;"));
+                prop_assert_eq!(stop_at(&b, from, [b';', b' ', b'\t']), slow(b"; \t"));
             }
 
             /// `parse_u16` is `str::parse::<u16>`.
