@@ -163,8 +163,7 @@ fn heavy_bot_start_failure_names_the_setting_and_reconfigure_rolls_back() {
         2,
         "old Whisper pool and echo LLM shut down at once (no live call)"
     );
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
 }
 
 /// Shutdown with live calls: each caller gets BYE, every thread is joined, bounded.
@@ -268,8 +267,7 @@ fn heavy_bot_barge_in_stops_the_greeting() {
         "the greeting was not stopped: {delay:?}"
     );
     caller.hang_up(call).unwrap();
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
-    assert!(report.components.all_clean());
+    common::shut_down_clean(&mut bot, Duration::from_secs(2));
     common::assert_greeting_interrupted(&turns(dir.path()));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
@@ -324,8 +322,7 @@ fn heavy_bot_reconfigure_during_a_live_call_alternating_valid_and_invalid() {
         now <= idle_threads + 1,
         "threads back to baseline: {idle_threads} -> {now}"
     );
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
 }
@@ -389,8 +386,7 @@ fn heavy_bot_voice_to_voice_with_a_100ms_llm() {
         stat(key);
     }
     println!("heard: {}", convo[0]["user"]);
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
-    assert!(report.components.all_clean());
+    common::shut_down_clean(&mut bot, Duration::from_secs(2));
     llm.shutdown(Instant::now() + Duration::from_secs(1));
     rtp.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown(Instant::now() + Duration::from_secs(1));
@@ -464,8 +460,7 @@ fn heavy_bot_takes_20_concurrent_sipp_calls_with_rtp() {
         fds.iter().all(|f| *f == fds[0]),
         "file descriptors back to the same count"
     );
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
 }
 
 // ------------------------------------------------------------ reconfiguration
@@ -807,8 +802,7 @@ fn heavy_reconfigure_max_calls_live_slow_build_does_not_hold_up_calls_echo_reeva
     assert_eq!(e.field, "sip.listen");
     assert!(e.reason.contains("restart"), "{e}");
 
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
     llm.shutdown(Instant::now() + Duration::from_secs(1));
 }
 

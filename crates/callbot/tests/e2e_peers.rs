@@ -237,8 +237,7 @@ fn heavy_e2e_baresip_speech_transcript_and_recorded_reply_match() {
     wait_for(Duration::from_secs(3), "the call reaped", || {
         bot.live_calls() == 0
     });
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
 
     // What the bot heard, from the transcript file.
     let lines = turns(dir.path());
@@ -322,8 +321,7 @@ fn heavy_e2e_silence_timeout_prompts_then_says_goodbye_and_hangs_up() {
     wait_for(Duration::from_secs(2), "the call reaped", || {
         bot.live_calls() == 0
     });
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
 
     let lines = turns(dir.path());
     for l in &lines {
@@ -500,8 +498,7 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
 
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(threads(), threads_idle, "threads back to idle");
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
     llm.shutdown(Instant::now() + Duration::from_secs(1));
 }
 
@@ -532,8 +529,7 @@ fn heavy_e2e_barge_in_over_the_greeting() {
         .run()
         .unwrap();
     assert!(result.answered, "{}", result.log);
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
 
     let heard = callbot_audio::wav::read_wav(&out).unwrap();
     let at = |t: f64| ((t * 8000.0) as usize).min(heard.samples.len());
@@ -589,8 +585,7 @@ fn heavy_e2e_caller_goodbye_ends_the_call_politely() {
     );
     assert!(result.answered, "{}", result.log);
     assert_eq!(result.ended_by, CallEnd::RemoteBye, "{}", result.log);
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
     let lines = turns(dir.path());
     println!("{lines:?}");
     let summary = lines.last().unwrap();

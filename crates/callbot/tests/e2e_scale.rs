@@ -546,8 +546,7 @@ fn heavy_e2e_100_reconfigurations_during_live_calls() {
     // fully release). 16 MB catches one leaked model or ~300 KB per call or rebuild.
     assert!(rss - rss_base < 16 * 1024, "RSS grew {} KB", rss - rss_base);
 
-    let report = bot.shutdown(Instant::now() + Duration::from_secs(3));
-    assert!(report.components.all_clean(), "{report:?}");
+    common::shut_down_clean(&mut bot, Duration::from_secs(3));
     llm.shutdown(Instant::now() + Duration::from_secs(1));
     caller.shutdown();
 }

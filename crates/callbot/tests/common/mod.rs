@@ -63,3 +63,14 @@ pub(crate) fn dial(
     .unwrap_or_else(|e| panic!("call to {uri} via {dest}: {e}"))
     .0
 }
+
+/// Shuts `bot` down within `within` and checks that every component stopped cleanly.
+#[allow(dead_code)] // not every test file that includes this module needs it
+pub(crate) fn shut_down_clean(
+    bot: &mut callbot::Bot,
+    within: std::time::Duration,
+) -> callbot::bot::BotShutdownReport {
+    let report = bot.shutdown(std::time::Instant::now() + within);
+    assert!(report.components.all_clean(), "{report:?}");
+    report
+}
