@@ -1053,7 +1053,8 @@ fn is_value_char(b: u8) -> bool {
 }
 
 /// Length of the leading run of [`is_value_char`] bytes: eight at a time while none of
-/// them is a control character (HT included), DEL or above, then byte by byte.
+/// them is a control character (HT included), DEL or above, then byte by byte from the
+/// first that is.
 fn value_run(bytes: &[u8]) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -1063,10 +1064,14 @@ fn value_run(bytes: &[u8]) -> usize {
             break;
         };
         let x = u64::from_le_bytes(word);
-        // A byte below 0x20; a byte above 0x7e (both exact for "is there one").
+        // A byte below 0x20; a byte above 0x7e (both exact at the lowest such byte:
+        // borrows and carries only reach the bytes above it).
         let below = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
         let above = (x.wrapping_add(ONES) | x) & HIGH;
-        if below | above != 0 {
+        let stop = below | above;
+        if stop != 0 {
+            // The byte by byte scan goes on from the first flagged byte (an HT is one).
+            n += (stop.trailing_zeros() / 8) as usize;
             break;
         }
         n += 8;
@@ -1292,8 +1297,11 @@ fn finish<'a>(
         Some(len) => rest.get(..len).unwrap_or_default(),
         None => rest,
     };
-    // Single-valued headers must be single.
-    for kind in [Kind::CallId, Kind::From, Kind::To, Kind::CSeq] {
+    // Single-valued headers must be single (present, and non-empty, when the echo
+    // headers are: then only a repeated one needs a look).
+    const SINGLE: [Kind; 4] = [Kind::CallId, Kind::From, Kind::To, Kind::CSeq];
+    let repeated = SINGLE.iter().any(|&k| headers.is_repeated(k));
+    for kind in SINGLE.into_iter().filter(|_| echo.is_none() || repeated) {
         if headers.first(kind).is_none() {
             return reject(400, "missing mandatory header");
         }
