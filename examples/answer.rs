@@ -17,8 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use callbot_examples::{Args, run_main};
@@ -38,10 +37,7 @@ fn run() -> Result<(), String> {
     let max_calls: usize = args.parsed_or("max-calls", 100)?;
     let hold = Duration::from_secs_f64(args.parsed_or("hold", 10.0f64)?.max(0.0));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
-    }
+    let stop = callbot_examples::signal_flag(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     // One socket stands for every call's RTP address; what arrives there is discarded
     // by the kernel once its buffer is full.
     let rtp_sink =

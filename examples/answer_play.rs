@@ -20,8 +20,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use callbot_audio::AudioFrame;
@@ -62,10 +61,7 @@ fn run() -> Result<(), String> {
     };
     tracing::info!(seconds = reply.samples.len() as f64 / 8000.0, "reply loaded");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
-    }
+    let stop = callbot_examples::signal_flag(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
 
     let mut sip = SipUserAgent::start(SipConfig::new(listen)).map_err(|e| e.to_string())?;
     println!("LISTENING {}", sip.local_addr());

@@ -18,8 +18,7 @@
 //! gracefully (live calls hear the shutdown phrase and get BYE) and exit 0.
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use callbot::Settings;
@@ -93,13 +92,8 @@ fn run() -> Result<(), String> {
         return Ok(());
     }
 
-    let hup = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
-        .map_err(|e| format!("signal handler: {e}"))?;
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("signal handler: {e}"))?;
-    }
+    let hup = callbot_examples::signal_flag(&[signal_hook::consts::SIGHUP])?;
+    let stop = callbot_examples::signal_flag(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
 
     let mut bot = callbot::Bot::start(settings).map_err(|e| e.to_string())?;
     println!(

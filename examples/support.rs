@@ -90,6 +90,16 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// A flag that is set when any of `signals` (e.g. `signal_hook::consts::SIGINT`)
+/// arrives, so an example can stop cleanly.
+pub fn signal_flag(signals: &[i32]) -> Result<std::sync::Arc<std::sync::atomic::AtomicBool>, String> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for &sig in signals {
+        signal_hook::flag::register(sig, flag.clone()).map_err(|e| format!("signal handler: {e}"))?;
+    }
+    Ok(flag)
+}
+
 /// An example's `main`: sets up logging ([`init_logging`]), runs `run`, and on an error
 /// prints `NAME: ERROR` to stderr and exits with status 1.
 pub fn run_main(name: &str, run: impl FnOnce() -> Result<(), String>) -> std::process::ExitCode {
