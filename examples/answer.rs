@@ -30,10 +30,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<(), String> {
     let args = Args::parse(&[])?;
     args.reject_unknown(&["listen", "max-calls", "hold"])?;
-    let listen: SocketAddr = args
-        .required("listen")?
-        .parse()
-        .map_err(|e| format!("--listen: {e}"))?;
+    let listen: SocketAddr = args.required_parsed("listen")?;
     let max_calls: usize = args.parsed_or("max-calls", 100)?;
     let hold = Duration::from_secs_f64(args.parsed_or("hold", 10.0f64)?.max(0.0));
 

@@ -43,10 +43,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<(), String> {
     let args = Args::parse(&[])?;
     args.reject_unknown(&["listen", "play", "record-dir", "max-calls"])?;
-    let listen: SocketAddr = args
-        .required("listen")?
-        .parse()
-        .map_err(|e| format!("--listen: {e}"))?;
+    let listen: SocketAddr = args.required_parsed("listen")?;
     let play = PathBuf::from(args.required("play")?);
     let record_dir = PathBuf::from(args.required("record-dir")?);
     let max_calls: usize = args.parsed_or("max-calls", 0)?;

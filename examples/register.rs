@@ -37,10 +37,7 @@ fn main() {
 fn run() -> Result<i32, String> {
     let args = Args::parse(&[])?;
     args.reject_unknown(&["server", "user", "password", "expires", "hold"])?;
-    let server: SocketAddr = args
-        .required("server")?
-        .parse()
-        .map_err(|e| format!("--server: {e}"))?;
+    let server: SocketAddr = args.required_parsed("server")?;
     let user = args.required("user")?.to_string();
     let password = args.required("password")?.to_string();
     let expires: u32 = args.parsed_or("expires", 3600)?;

@@ -55,6 +55,16 @@ impl Args {
         self.get(name).ok_or_else(|| format!("missing --{name}"))
     }
 
+    /// A required flag parsed as `T` (the error names the flag and says why it did not
+    /// parse).
+    pub fn required_parsed<T>(&self, name: &str) -> Result<T, String>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.required(name)?.parse().map_err(|e| format!("--{name}: {e}"))
+    }
+
     /// A flag parsed as `T`, or `default` when absent.
     pub fn parsed_or<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
         match self.get(name) {
@@ -141,5 +151,15 @@ mod tests {
         assert!(a.reject_unknown(&["listen"]).is_err());
         assert!(Args::parse_from(["--listen".to_string()], &[]).is_err());
         assert!(a.parsed_or::<u32>("listen", 0).is_err());
+        let listen: std::net::SocketAddr = a.required_parsed("listen").unwrap();
+        assert_eq!(listen.port(), 5060);
+        assert_eq!(
+            a.required_parsed::<u32>("listen"),
+            Err("--listen: invalid digit found in string".to_string())
+        );
+        assert_eq!(
+            a.required_parsed::<u32>("port"),
+            Err("missing --port".to_string())
+        );
     }
 }
