@@ -82,9 +82,7 @@ fn streams_a_reply_with_the_configured_request() {
         num_ctx: Some(2048),
     };
     let mut chat = OllamaChat::new(cfg).unwrap();
-    let mut history = chat.new_history();
-    history.push_user("Hello there. How are you?");
-    let (text, stats) = chat.start_reply(&history).unwrap().collect_text().unwrap();
+    let (text, stats) = ask(&chat, "Hello there. How are you?").collect_text().unwrap();
     assert_eq!(text, "Hello there. How are you?");
     assert_eq!(stats.done_reason.as_deref(), Some("stop"));
     assert_eq!(stats.eval_count, Some(5));
@@ -153,9 +151,7 @@ fn ollama_rs_stream(server: &OllamaServer) -> (String, usize) {
 fn a_character_split_across_network_chunks_arrives_intact() {
     let server = OllamaServer::start(split_tricky_text()).unwrap();
     let chat = chat(&server);
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let (text, _) = chat.start_reply(&history).unwrap().collect_text().unwrap();
+    let (text, _) = ask(&chat, "hi").collect_text().unwrap();
     assert_eq!(text, TRICKY);
 }
 
@@ -415,9 +411,7 @@ fn heavy_1000_chats_on_one_handle_keep_rss_and_threads_flat() {
     let chat = chat(&server);
     let run = |n: usize| {
         for i in 0..n {
-            let mut history = chat.new_history();
-            history.push_user(&format!("question {i}"));
-            let reply = chat.start_reply(&history).unwrap();
+            let reply = ask(&chat, &format!("question {i}"));
             if i % 10 == 9 {
                 // Some replies are cancelled after their first delta (barge-in).
                 let mut reply = reply;
@@ -490,16 +484,14 @@ fn an_http_error_status_is_a_server_error_with_its_message() {
     })
     .unwrap();
     let chat = chat(&server);
-    let mut history = chat.new_history();
-    history.push_user("hi");
-    let err = chat.start_reply(&history).unwrap().collect_text().unwrap_err();
+    let err = ask(&chat, "hi").collect_text().unwrap_err();
     assert_eq!(
         err,
         LlmError::Server("HTTP 500: llama runner process has terminated".into())
     );
     // The handle is still usable after errors.
     server.set_script(Script::default());
-    let (text, _) = chat.start_reply(&history).unwrap().collect_text().unwrap();
+    let (text, _) = ask(&chat, "hi").collect_text().unwrap();
     assert_eq!(text, "hi");
 }
 
