@@ -15,7 +15,7 @@
 //! - whisper state creation (`whisper_init_state`), and the mel / encoder / decoder split
 //!   of one job;
 //! - a direct whisper-rs call per variant (threads, flash attention, a reused state,
-//!   timestamps, temperature fallback): median wall time, CPU time of the process per job
+//!   timestamps, temperature fallback, beam search): median wall time, CPU time of the process per job
 //!   (all threads; spinning counts) and WER, since a faster variant is only worth having
 //!   at the same WER;
 //! - the same utterances through `WhisperTranscriber` (utterance end to text).
@@ -69,6 +69,8 @@ struct Variant {
     /// the handle's worker does between jobs). A reused state's results depend on earlier
     /// jobs (the temperature fallback's random generator lives in the state).
     reuse_state: bool,
+    /// Beam search with this many beams instead of greedy decoding.
+    beam: Option<i32>,
 }
 
 const fn variant(name: &'static str, flash: bool, threads: i32) -> Variant {
@@ -79,6 +81,7 @@ const fn variant(name: &'static str, flash: bool, threads: i32) -> Variant {
         no_timestamps: false,
         no_fallback: false,
         reuse_state: false,
+        beam: None,
     }
 }
 
@@ -99,6 +102,14 @@ const VARIANTS: &[Variant] = &[
         no_fallback: true,
         ..variant("no temp. fallback (2 thr)", false, THREADS)
     },
+    Variant {
+        beam: Some(5),
+        ..variant("beam search 5 (2 thr)", false, THREADS)
+    },
+    Variant {
+        beam: Some(3),
+        ..variant("beam search 3 (2 thr)", false, THREADS)
+    },
 ];
 
 /// CPU time of this process so far (all threads, also the ones that have ended).
@@ -116,7 +127,13 @@ fn cpu_time() -> Duration {
 
 fn params(v: &Variant, audio_ctx: u16) -> FullParams<'static, 'static> {
     // The handle's settings (print_realtime and print_special are off by default).
-    let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+    let mut p = FullParams::new(match v.beam {
+        Some(beam_size) => SamplingStrategy::BeamSearch {
+            beam_size,
+            patience: -1.0,
+        },
+        None => SamplingStrategy::Greedy { best_of: 1 },
+    });
     p.set_no_timestamps(v.no_timestamps);
     p.set_n_threads(v.threads);
     p.set_audio_ctx(i32::from(audio_ctx));

@@ -13,6 +13,8 @@
 //! - [`SENTENCES`]: a fixed list of 12 phone-bot sentences over five espeak voices.
 //! - [`accuracy_set`]: every sentence by every voice of [`ACCURACY_VOICES`], spoken at
 //!   [`ACCURACY_WPM`] (a natural phone rate), for word error rates.
+//! - [`REFERENCE_SENTENCES`]: the six sentences behind the Whisper model's reference word
+//!   error rate (`../shared/models/README.md`), to check the pipeline against it.
 //! - [`wer`]: word errors (Levenshtein over words) after [`normalize`]: Whisper's English
 //!   normaliser rules (case, punctuation, contractions, fillers, spelling), numbers spelled out.
 //! - [`labelled_in_noise`]: utterances placed at known offsets in white noise, with the
@@ -91,6 +93,25 @@ pub const SENTENCES: &[TestSentence] = &[
         voice: "en-gb-scotland",
         text: "Is there a doctor available on Saturday afternoon?",
     },
+];
+
+/// espeak-ng's own default speaking rate (`-s`, words per minute), which the model README's
+/// reference measurement used.
+pub const ESPEAK_DEFAULT_WPM: u32 = 175;
+
+/// The six sentences of the Whisper model's reference measurement
+/// (`../shared/models/README.md`, "Verification"): spoken by espeak-ng `-v en-us` at
+/// [`ESPEAK_DEFAULT_WPM`], tiny.en (greedy, language en, full 30 s window) scores 4/73 words
+/// wrong on them (5.5 % with the README's normaliser: lowercase, no punctuation, digits as
+/// words; 5/73 with [`wer`], which reads "you're" as "you are") and 20/73 (27.4 %) through
+/// the telephone band. Same audio, same figure: a check of the pipeline, not of the test set.
+pub const REFERENCE_SENTENCES: &[&str] = &[
+    "Hello, I would like to book a table for two tomorrow at seven.",
+    "Could you please tell me your opening hours on Sunday?",
+    "My name is John Smith and I need to cancel my reservation for Friday evening.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Yes, that works for me. Thank you very much, goodbye.",
+    "Hello, I would like to book a table for two people tomorrow evening at seven, please.",
 ];
 
 /// The espeak-ng voices of the accuracy set ([`accuracy_set`]): American, British
