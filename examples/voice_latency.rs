@@ -43,7 +43,7 @@ use callbot_audio::AudioFrame;
 use callbot_audio::g711::Law;
 use callbot_rtp::packet::{Classified, classify};
 use callbot_rtp::{RtpSession, RtpSessionConfig};
-use callbot_sip::{SipConfig, SipEvent, SipUserAgent};
+use callbot_sip::{SipConfig, SipUserAgent};
 use callbot_testkit::speech;
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -467,20 +467,16 @@ fn run_mode(
         grow_hold: 100,
     });
     let mut rtp = RtpSession::start(cfg).map_err(|e| e.to_string())?;
-    let call = caller
-        .call(
-            &format!("sip:bot@{}", bot.sip_addr()),
-            bot.sip_addr(),
-            relay.bot_side,
-        )
-        .map_err(|e| e.to_string())?;
-    let media = loop {
-        match caller.events().recv_timeout(Duration::from_secs(5)) {
-            Ok(SipEvent::CallAnswered { media, .. }) => break media,
-            Ok(_) => {}
-            Err(e) => return Err(format!("no answer: {e}")),
-        }
-    };
+    // The bot is offered the relay's address: its audio goes through the relay.
+    let (call, media) = callbot::testing::place_call(
+        &caller,
+        &format!("sip:bot@{}", bot.sip_addr()),
+        bot.sip_addr(),
+        relay.bot_side,
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .map_err(|e| e.to_string())?;
     relay.set_bot(media.remote_rtp);
     rtp.retarget(
         Some(relay.caller_side),

@@ -656,7 +656,7 @@ pub fn transcript_lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Why [`dial`] failed.
+/// Why [`dial`] or [`place_call`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     /// The SIP user agent refused to place the call.
@@ -673,6 +673,34 @@ pub enum DialError {
     NoAnswer(Duration),
 }
 
+/// Places a call from `ua` to `uri` (the INVITE goes to `dest`) offering `offer` as the
+/// caller's RTP address, and waits up to `timeout` for the answer: the call and the media
+/// the callee answered with. Events of other calls (and provisional ones of this call)
+/// that arrive meanwhile are handed to `other_event`. [`dial`] does this for an
+/// [`callbot_rtp::RtpSession`] and points it at the answer; this is for a caller whose
+/// media is something else (a bare socket, a relay).
+pub fn place_call(
+    ua: &callbot_sip::SipHandle,
+    uri: &str,
+    dest: std::net::SocketAddr,
+    offer: std::net::SocketAddr,
+    timeout: Duration,
+    mut other_event: impl FnMut(callbot_sip::SipEvent),
+) -> Result<(callbot_sip::CallId, callbot_sip::NegotiatedMedia), DialError> {
+    use callbot_sip::SipEvent;
+    let call = ua.call(uri, dest, offer)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ua.events().recv_timeout(left) {
+            Ok(SipEvent::CallAnswered { call: c, media }) if c == call => return Ok((call, media)),
+            Ok(SipEvent::CallEnded { call: c, reason }) if c == call => return Err(DialError::Ended(reason)),
+            Ok(other) => other_event(other),
+            Err(_) => return Err(DialError::NoAnswer(timeout)),
+        }
+    }
+}
+
 /// A caller for tests, examples and benches: places a call from `ua` to `uri` (the
 /// INVITE goes to `dest`) offering `rtp`'s local address, waits up to `timeout` for the
 /// answer, and points `rtp` at the media the callee answered with (its address, codec,
@@ -686,20 +714,9 @@ pub fn dial(
     uri: &str,
     dest: std::net::SocketAddr,
     timeout: Duration,
-    mut other_event: impl FnMut(callbot_sip::SipEvent),
+    other_event: impl FnMut(callbot_sip::SipEvent),
 ) -> Result<(callbot_sip::CallId, callbot_sip::NegotiatedMedia), DialError> {
-    use callbot_sip::SipEvent;
-    let call = ua.call(uri, dest, rtp.local_addr())?;
-    let deadline = Instant::now() + timeout;
-    let media = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match ua.events().recv_timeout(left) {
-            Ok(SipEvent::CallAnswered { call: c, media }) if c == call => break media,
-            Ok(SipEvent::CallEnded { call: c, reason }) if c == call => return Err(DialError::Ended(reason)),
-            Ok(other) => other_event(other),
-            Err(_) => return Err(DialError::NoAnswer(timeout)),
-        }
-    };
+    let (call, media) = place_call(ua, uri, dest, rtp.local_addr(), timeout, other_event)?;
     let law = match media.codec {
         callbot_sip::AudioCodec::Pcmu => callbot_audio::g711::Law::Ulaw,
         callbot_sip::AudioCodec::Pcma => callbot_audio::g711::Law::Alaw,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use callbot::bot::REGISTRATION_TIMEOUT;
 use callbot::components::RegistrationChange;
 use callbot::settings::RegistrationSettings;
+use callbot::testing::DialError;
 use callbot::{Bot, Settings};
 use callbot_audio::g711::Law;
 use callbot_rtp::{RtpSession, RtpSessionConfig};
@@ -499,22 +500,12 @@ impl Caller {
     /// Calls `uri` by sending the INVITE to `dest` and waits for the outcome.
     fn call(&self, uri: &str, dest: SocketAddr) -> Outcome {
         let t0 = Instant::now();
-        let call = self.ua.call(uri, dest, self.rtp.local_addr().unwrap()).unwrap();
-        loop {
-            match self.ua.events().recv_timeout(Duration::from_secs(10)) {
-                Ok(SipEvent::CallAnswered { call: c, .. }) if c == call => {
-                    return Outcome::Answered(call, t0.elapsed());
-                }
-                Ok(SipEvent::CallEnded {
-                    call: c,
-                    reason: EndReason::Refused { code, .. },
-                }) if c == call => return Outcome::Refused(code),
-                Ok(SipEvent::CallEnded { call: c, reason }) if c == call => {
-                    return Outcome::Failed(reason.to_string());
-                }
-                Ok(_) => {}
-                Err(e) => return Outcome::Failed(format!("no outcome: {e}")),
-            }
+        let offer = self.rtp.local_addr().unwrap();
+        match callbot::testing::place_call(&self.ua, uri, dest, offer, Duration::from_secs(10), |_| {}) {
+            Ok((call, _)) => Outcome::Answered(call, t0.elapsed()),
+            Err(DialError::Ended(EndReason::Refused { code, .. })) => Outcome::Refused(code),
+            Err(DialError::Ended(reason)) => Outcome::Failed(reason.to_string()),
+            Err(e) => Outcome::Failed(format!("no outcome: {e}")),
         }
     }
 

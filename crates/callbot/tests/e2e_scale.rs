@@ -72,17 +72,14 @@ impl Listener {
     fn call(bot: SocketAddr) -> Listener {
         let rtp = UdpSocket::bind(SocketAddr::new(LOOPBACK, 0)).unwrap();
         let ua = SipUserAgent::start(SipConfig::new(SocketAddr::new(LOOPBACK, 0))).unwrap();
-        let call = ua
-            .call(&format!("sip:listener@{bot}"), bot, rtp.local_addr().unwrap())
-            .unwrap();
-        loop {
-            match ua.events().recv_timeout(Duration::from_secs(5)) {
-                Ok(SipEvent::CallAnswered { call: c, .. }) if c == call => break,
-                Ok(SipEvent::CallEnded { reason, .. }) => panic!("listener call ended: {reason:?}"),
-                Ok(_) => {}
-                Err(e) => panic!("listener call not answered: {e}"),
+        let uri = format!("sip:listener@{bot}");
+        let offer = rtp.local_addr().unwrap();
+        let (call, _) = callbot::testing::place_call(&ua, &uri, bot, offer, Duration::from_secs(5), |e| {
+            if let SipEvent::CallEnded { reason, .. } = e {
+                panic!("listener call ended: {reason:?}");
             }
-        }
+        })
+        .unwrap_or_else(|e| panic!("listener call not answered: {e}"));
         Listener { ua, rtp, call }
     }
 
