@@ -12,8 +12,9 @@
 //!   traits and answer synchronously inside the call that starts the job.
 //! - [`spawn_fake_call`] runs a call of a [`crate::call::CallSetup`] (see
 //!   [`instant_call_setup`]) with [`FakeMedia`] on its own thread.
-//! - For tests of the whole bot: [`dial`] and [`hang_up`] place and end a real call from
-//!   a test's SIP user agent; [`transcript_lines`] reads the transcript files.
+//! - For tests of the whole bot: [`dial`] (or [`place_call`], when the caller's media is
+//!   not an RTP session) and [`hang_up`] place and end a real call from a test's SIP
+//!   user agent; [`transcript_lines`] reads the transcript files.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
