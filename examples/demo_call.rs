@@ -140,11 +140,10 @@ fn demo(args: &Args, model: &str, work: &std::path::Path) -> Result<(), String> 
         .map_or_else(|| work.join("bot-answer.wav"), std::path::PathBuf::from);
     callbot_audio::wav::write_wav(&wav, &AudioFrame::new(8000, heard.clone())).map_err(|e| e.to_string())?;
 
-    // The bot's side, from its transcript.
-    let t0 = Instant::now();
-    while bot.live_calls() > 0 && t0.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The bot's side, from its transcript (once the call is reaped, or after 3 s).
+    callbot_testkit::harness::wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
+        bot.live_calls() == 0
+    });
     let report = bot.shutdown(Instant::now() + Duration::from_secs(2));
     println!("\n--- conversation (bot transcript) ---");
     for l in callbot::testing::transcript_lines(&work.join("transcripts")) {
