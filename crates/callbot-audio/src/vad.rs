@@ -541,6 +541,13 @@ mod tests {
         (events, ep.stats())
     }
 
+    /// Feeds `n` frames scored `score` to the state machine.
+    fn feed(ep: &mut Endpointer, score: f32, n: usize, events: &mut Vec<VadEvent>) {
+        for _ in 0..n {
+            ep.on_frame(score, events);
+        }
+    }
+
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
@@ -639,27 +646,19 @@ mod tests {
         let mut ep = Endpointer::new(16000, VadConfig::default()).unwrap();
         let mut events = Vec::new();
         // Two seconds of steady "half-speech" noise (0.55), then real speech (0.95).
-        for _ in 0..125 {
-            ep.on_frame(0.55, &mut events);
-        }
+        feed(&mut ep, 0.55, 125, &mut events);
         assert!(events.is_empty(), "{events:?}");
         assert!((ep.noise_floor() - 0.55).abs() < 1e-3);
         let (t, r) = ep.thresholds();
         assert!((t - 0.85).abs() < 1e-3 && (r - 0.75).abs() < 1e-3, "{t} {r}");
-        for _ in 0..20 {
-            ep.on_frame(0.95, &mut events);
-        }
+        feed(&mut ep, 0.95, 20, &mut events);
         assert_eq!(events, vec![VadEvent::SpeechStart { at: ms(16 * 125) }]);
         // In quiet conditions the configured thresholds apply unchanged.
         let mut ep = Endpointer::new(16000, VadConfig::default()).unwrap();
-        for _ in 0..100 {
-            ep.on_frame(0.1, &mut events);
-        }
+        feed(&mut ep, 0.1, 100, &mut events);
         assert_eq!(ep.thresholds(), (0.5, 0.4));
         // The floor is capped so speech can always get through.
-        for _ in 0..200 {
-            ep.on_frame(0.99, &mut events);
-        }
+        feed(&mut ep, 0.99, 200, &mut events);
         assert!(ep.thresholds().0 <= 0.9 + 1e-6);
     }
 
@@ -673,11 +672,6 @@ mod tests {
         };
         let mut ep = Endpointer::new(16000, cfg).unwrap();
         let mut ev = Vec::new();
-        let feed = |ep: &mut Endpointer, s: f32, n: usize, ev: &mut Vec<VadEvent>| {
-            for _ in 0..n {
-                ep.on_frame(s, ev);
-            }
-        };
         feed(&mut ep, 0.1, 5, &mut ev);
         assert_eq!(ep.paused_since(), None, "idle");
         feed(&mut ep, 0.9, 2, &mut ev);
@@ -730,9 +724,7 @@ mod tests {
         };
         let mut ep = Endpointer::new(16000, cfg).unwrap();
         let mut ev = Vec::new();
-        for _ in 0..3 {
-            ep.on_frame(0.9, &mut ev);
-        }
+        feed(&mut ep, 0.9, 3, &mut ev);
         assert!(ev.is_empty());
         ep.set_min_speech(ms(48));
         assert_eq!(ep.config().min_speech, ms(48));
