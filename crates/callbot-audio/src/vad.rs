@@ -521,12 +521,7 @@ mod tests {
 
     /// Drives the state machine with scripted scores (no audio), one per 16 ms frame.
     fn run(config: VadConfig, scores: &[f32]) -> (Vec<VadEvent>, VadStats) {
-        // The state machine alone: fixed thresholds.
-        let config = VadConfig {
-            noise_margin: None,
-            ..config
-        };
-        let mut ep = Endpointer::new(16000, config).unwrap();
+        let mut ep = fixed(config);
         let mut events = Vec::new();
         for &s in scores {
             ep.on_frame(s, &mut events);
@@ -539,6 +534,18 @@ mod tests {
             });
         }
         (events, ep.stats())
+    }
+
+    /// The state machine alone (16 kHz): `config` with fixed thresholds (no noise margin).
+    fn fixed(config: VadConfig) -> Endpointer {
+        Endpointer::new(
+            16000,
+            VadConfig {
+                noise_margin: None,
+                ..config
+            },
+        )
+        .unwrap()
     }
 
     /// Feeds `n` frames scored `score` to the state machine.
@@ -664,13 +671,11 @@ mod tests {
 
     #[test]
     fn paused_since_reports_the_hangover_and_clears_on_resume() {
-        let cfg = VadConfig {
+        let mut ep = fixed(VadConfig {
             min_speech: ms(48), // 3 frames
             hangover: ms(160),  // 10 frames
-            noise_margin: None,
             ..VadConfig::default()
-        };
-        let mut ep = Endpointer::new(16000, cfg).unwrap();
+        });
         let mut ev = Vec::new();
         feed(&mut ep, 0.1, 5, &mut ev);
         assert_eq!(ep.paused_since(), None, "idle");
@@ -717,12 +722,10 @@ mod tests {
 
     #[test]
     fn set_min_speech_applies_from_the_next_frame() {
-        let cfg = VadConfig {
+        let mut ep = fixed(VadConfig {
             min_speech: ms(160), // 10 frames
-            noise_margin: None,
             ..VadConfig::default()
-        };
-        let mut ep = Endpointer::new(16000, cfg).unwrap();
+        });
         let mut ev = Vec::new();
         feed(&mut ep, 0.9, 3, &mut ev);
         assert!(ev.is_empty());
