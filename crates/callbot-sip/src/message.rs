@@ -351,11 +351,18 @@ fn parse_u16(s: &str) -> Option<u16> {
     if digits.is_empty() {
         return None;
     }
-    digits.iter().try_fold(0u16, |n, &d| {
-        d.is_ascii_digit()
-            .then(|| n.checked_mul(10)?.checked_add(u16::from(d - b'0')))
-            .flatten()
-    })
+    let mut n: u32 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        // Never above 655,359: no overflow.
+        n = n * 10 + u32::from(d - b'0');
+        if n > u32::from(u16::MAX) {
+            return None;
+        }
+    }
+    u16::try_from(n).ok()
 }
 
 /// Formats an address as a SIP host:port (`[v6]:port` for IPv6).
@@ -895,6 +902,9 @@ fn stop_at<const N: usize>(b: &[u8], from: usize, set: [u8; N]) -> usize {
 
 /// [`trim_lws`] on bytes.
 fn trim_lws_bytes(b: &[u8]) -> &[u8] {
+    if !b.first().copied().is_some_and(is_lws) && !b.last().copied().is_some_and(is_lws) {
+        return b;
+    }
     let start = b.iter().position(|&c| !is_lws(c)).unwrap_or(b.len());
     let end = b.iter().rposition(|&c| !is_lws(c)).map_or(start, |e| e + 1);
     b.get(start..end).unwrap_or_default()
