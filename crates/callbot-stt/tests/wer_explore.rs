@@ -122,19 +122,7 @@ fn plain_words(text: &str) -> Vec<String> {
 
 fn plain_wer(reference: &str, hypothesis: &str) -> (usize, usize) {
     let r = plain_words(reference);
-    let h = plain_words(hypothesis);
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    let mut cur = vec![0; h.len() + 1];
-    for (i, rw) in r.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, hw) in h.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(rw != hw))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    (prev[h.len()], r.len())
+    (speech::word_errors(&r, &plain_words(hypothesis)), r.len())
 }
 
 struct Clip {

@@ -383,18 +383,24 @@ pub fn labelled_in_noise(
 /// [`normalize`]. WER is `errors / reference_words`.
 pub fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
     let r = normalize(reference);
-    let h = normalize(hypothesis);
-    let mut prev: Vec<usize> = (0..=h.len()).collect();
-    let mut cur = vec![0; h.len() + 1];
-    for (i, rw) in r.iter().enumerate() {
+    (word_errors(&r, &normalize(hypothesis)), r.len())
+}
+
+/// Substitutions + insertions + deletions that turn the words `reference` into `hypothesis`
+/// (word-level Levenshtein distance), for word error rates with another normaliser than
+/// [`normalize`].
+pub fn word_errors<W: PartialEq>(reference: &[W], hypothesis: &[W]) -> usize {
+    let mut prev: Vec<usize> = (0..=hypothesis.len()).collect();
+    let mut cur = vec![0; hypothesis.len() + 1];
+    for (i, rw) in reference.iter().enumerate() {
         cur[0] = i + 1;
-        for (j, hw) in h.iter().enumerate() {
+        for (j, hw) in hypothesis.iter().enumerate() {
             let sub = prev[j] + usize::from(rw != hw);
             cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
         }
         std::mem::swap(&mut prev, &mut cur);
     }
-    (prev[h.len()], r.len())
+    prev[hypothesis.len()]
 }
 
 /// The words of `text` as [`wer`] compares them, following the rules of Whisper's
