@@ -1111,10 +1111,8 @@ impl UserAgentCore {
             self.reack(&msg);
             return None;
         };
-        if !msg
-            .cseq_method()
-            .eq_ignore_ascii_case(if tx.invite { "INVITE" } else { method_of(tx.owner) })
-        {
+        // (The CSeq method is upper case already: the exact compare decides.)
+        if msg.cseq_method() != if tx.invite { "INVITE" } else { method_of(tx.owner) } {
             self.stats.dropped += 1;
             return None;
         }

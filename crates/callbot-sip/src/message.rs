@@ -345,24 +345,30 @@ pub(crate) fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     }
 }
 
-/// `s.parse::<u16>()` (an optional `+`, then digits) without the generic parser.
+/// `s.parse::<u16>()` without the generic parser.
 fn parse_u16(s: &str) -> Option<u16> {
+    parse_unsigned(s, u16::MAX.into()).and_then(|n| u16::try_from(n).ok())
+}
+
+/// `s.parse()` of an unsigned integer type whose largest value is `max` (an optional `+`,
+/// then digits), without the generic parser.
+fn parse_unsigned(s: &str, max: u32) -> Option<u32> {
     let digits = s.strip_prefix('+').unwrap_or(s).as_bytes();
     if digits.is_empty() {
         return None;
     }
-    let mut n: u32 = 0;
+    let mut n: u64 = 0;
     for &d in digits {
         if !d.is_ascii_digit() {
             return None;
         }
-        // Never above 655,359: no overflow.
-        n = n * 10 + u32::from(d - b'0');
-        if n > u32::from(u16::MAX) {
+        // Never above 10 * max + 9: no overflow.
+        n = n * 10 + u64::from(d - b'0');
+        if n > u64::from(max) {
             return None;
         }
     }
-    u16::try_from(n).ok()
+    u32::try_from(n).ok()
 }
 
 /// Formats an address as a SIP host:port (`[v6]:port` for IPv6).
@@ -1371,7 +1377,7 @@ fn finish<'a>(
     let checked = (|| {
         let e = echo.as_ref()?;
         let Some((cseq, cseq_method)) =
-            Some(e.cseq_parts).and_then(|(n, m)| Some((n.parse::<u32>().ok()?, upper_method(m))))
+            Some(e.cseq_parts).and_then(|(n, m)| Some((parse_unsigned(n, u32::MAX)?, upper_method(m))))
         else {
             return Some(Err((400, "malformed CSeq")));
         };
@@ -1482,7 +1488,7 @@ fn check_request_line(start_line: &str) -> Result<(), (u16, &'static str)> {
 fn known_method(m: &str) -> Option<&'static str> {
     KNOWN_METHODS
         .iter()
-        .find(|k| k.len() == m.len() && k.eq_ignore_ascii_case(m))
+        .find(|k| k.len() == m.len() && eq_ci(m.as_bytes(), k.as_bytes()))
         .copied()
 }
 
@@ -2136,10 +2142,11 @@ mod tests {
                 prop_assert_eq!(stop_at(&b, from, [b';', b' ', b'\t']), slow(b"; \t"));
             }
 
-            /// `parse_u16` is `str::parse::<u16>`.
+            /// `parse_u16` and `parse_unsigned` are `str::parse::<u16>` and `::<u32>`.
             #[test]
-            fn parse_u16_equals_std(s in "[+-]?[0-9]{0,7}|[0-9a+ ]{0,4}") {
+            fn parse_u16_equals_std(s in "[+-]?[0-9]{0,7}|[+]?[0-9]{9,11}|[0-9a+ ]{0,4}") {
                 prop_assert_eq!(parse_u16(&s), s.parse::<u16>().ok(), "{:?}", s);
+                prop_assert_eq!(parse_unsigned(&s, u32::MAX), s.parse::<u32>().ok(), "{:?}", s);
             }
 
             /// `push_ip` writes what `Display` does.
