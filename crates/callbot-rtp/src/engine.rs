@@ -47,7 +47,10 @@ pub enum Latching {
     /// Accept RTP only from the address in the SDP (exact IP and port) and send there.
     SdpAddress,
     /// Symmetric RTP (RFC 4961) for peers behind NAT: the first valid packet from any
-    /// address fixes the source, and media is sent back to where it came from.
+    /// address fixes the source, and media is sent back to where it came from. A source
+    /// latched from another address than the SDP's gives way once to the first packet
+    /// from the SDP address (the old peer's packets after a re-INVITE must not keep
+    /// the latch).
     Symmetric,
 }
 
@@ -510,8 +513,20 @@ impl MediaEngine {
         match self.latch {
             LatchState::Latched { addr, ssrc } => {
                 if addr != from || ssrc != pkt.ssrc {
-                    self.stats.foreign_source += 1;
-                    return;
+                    // A symmetric latch is a guess; the address the SDP names is not. A
+                    // guessed source gives way to the first packet from the SDP address:
+                    // after a re-INVITE the latch reopens, and a packet from the old
+                    // peer (still queued in the socket, or sent before the peer moved)
+                    // may latch first; without this the new peer stays foreign and
+                    // media goes to the old address for the rest of the call.
+                    let sdp_source = self.cfg.latching == Latching::Symmetric
+                        && addr != from
+                        && self.cfg.remote == Some(from);
+                    if !sdp_source {
+                        self.stats.foreign_source += 1;
+                        return;
+                    }
+                    self.latch_onto(from, pkt.ssrc);
                 }
             }
             LatchState::Open => {
@@ -1138,6 +1153,47 @@ mod tests {
         assert_eq!(p.b.latched(), Some((addr("127.0.0.1:7000"), 99)));
         assert_eq!(p.b.stats().ssrc_changes, 1);
         assert_eq!(p.b.destination(), Some(addr("127.0.0.1:7000")));
+    }
+
+    #[test]
+    fn a_stale_packet_from_the_old_peer_gives_way_to_the_sdp_address_after_retarget() {
+        let t = Instant::now();
+        let old = addr("127.0.0.1:5000");
+        let new = addr("127.0.0.1:7000");
+        let mut e = MediaEngine::new(
+            MediaConfig::new(Law::Ulaw, Some(old)),
+            t,
+            SystemTime::now(),
+            [1, 2, 3],
+        );
+        // re-INVITE before the socket thread read the old peer's last packet
+        e.retarget(Some(new), Law::Ulaw, 0, Some(101));
+        let mut data = Vec::new();
+        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
+        e.handle_rtp(t, old, &data);
+        assert_eq!(e.latched(), Some((old, 77)));
+        // the new peer (the SDP address) takes the latch and the media
+        packet::write_rtp(&mut data, 0, true, 500, 9, 88, &[0xFF; 160]);
+        e.handle_rtp(t, new, &data);
+        assert_eq!(e.latched(), Some((new, 88)));
+        assert_eq!(e.destination(), Some(new));
+        assert_eq!(e.stats().ssrc_changes, 1);
+        // from now on the latch is final: the old peer and strangers are foreign
+        packet::write_rtp(&mut data, 0, false, 11, 1760, 77, &[0xFF; 160]);
+        e.handle_rtp(t, old, &data);
+        e.handle_rtp(t, addr("127.0.0.1:6666"), &data);
+        packet::write_rtp(&mut data, 0, false, 501, 169, 99, &[0xFF; 160]);
+        e.handle_rtp(t, new, &data);
+        assert_eq!(e.latched(), Some((new, 88)));
+        let s = e.stats();
+        assert_eq!((s.packets_received, s.foreign_source), (2, 3));
+        let latched: Vec<_> = std::iter::from_fn(|| e.poll_event())
+            .filter_map(|ev| match ev {
+                MediaEvent::SourceLatched { addr, ssrc } => Some((addr, ssrc)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(latched, vec![(old, 77), (new, 88)]);
     }
 
     #[test]

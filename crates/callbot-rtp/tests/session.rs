@@ -253,12 +253,19 @@ fn frame_channel_never_blocks_and_counts_overflow() {
     a.play(AudioFrame::new(8000, tone(16000, 300.0, 5000.0))).unwrap();
     let t0 = std::time::Instant::now();
     while b.stats().overflow_drops <= 10 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", b.stats());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "B {:?}\nA {:?}",
+            b.stats(),
+            a.stats()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(b.frames().len(), 20);
     let rb = b.shutdown(deadline());
     a.shutdown(deadline());
+    // counted after the join: a live socket thread may be between dropping the oldest
+    // frame and queueing the new one (19 for an instant)
+    assert_eq!(b.frames().len(), 20);
     assert!(rb.stats.overflow_drops > 10, "{:?}", rb.stats);
     assert_eq!(rb.stats.frames_delivered, rb.stats.overflow_drops + 20);
 }
