@@ -997,7 +997,7 @@ impl<'v> Iterator for CommaParts<'v> {
     fn next(&mut self) -> Option<&'v str> {
         loop {
             let value = self.rest?;
-            if !value.contains(',') {
+            if stop_at(value.as_bytes(), 0, [b',']) == value.len() {
                 self.rest = None;
                 let part = trim_unicode(value);
                 return (!part.is_empty()).then_some(part);
