@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -173,6 +173,9 @@ impl std::fmt::Debug for RtpSession {
 }
 
 static PORT_CURSOR: AtomicU32 = AtomicU32::new(0);
+/// Where this process starts in the range: random, so that another process (a restarted
+/// bot, a parallel test) does not take the port a peer is still sending to.
+static PORT_OFFSET: OnceLock<u32> = OnceLock::new();
 
 fn bind_pair(
     ip: IpAddr,
@@ -191,7 +194,8 @@ fn bind_pair(
     }
     let pairs = u32::from(last - first) / 2 + 1;
     // Spread concurrent sessions over the range; a closed UDP port is free at once.
-    let start = PORT_CURSOR.fetch_add(1, Ordering::Relaxed) % pairs;
+    let offset = *PORT_OFFSET.get_or_init(rand::random::<u32>);
+    let start = PORT_CURSOR.fetch_add(1, Ordering::Relaxed).wrapping_add(offset) % pairs;
     for i in 0..pairs {
         let k = (start + i) % pairs;
         let Ok(port) = u16::try_from(u32::from(first) + 2 * k) else {
