@@ -1145,14 +1145,13 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
     let mut content_length: Option<usize> = None;
     loop {
         let line = bytes.get(pos..)?;
-        let name_len = line.iter().position(|&b| !is_token_char(b))?;
-        if name_len == 0 {
-            if line.starts_with(b"\r\n") {
-                pos += 2;
-                break;
-            }
-            return None;
+        if line.starts_with(b"\r\n") {
+            pos += 2;
+            break;
         }
+        // The name runs to the first ':' (found eight bytes at a time; ':' is not a
+        // token character, so this is where the token run must end).
+        let name_len = stop_at(line, 0, [b':']);
         if name_len < 2 || line.get(name_len..name_len + 2)? != b": " {
             return None;
         }
@@ -1166,7 +1165,12 @@ fn scan_canonical(bytes: &[u8]) -> Option<Canonical<'_>> {
         if value.first().is_some_and(wsp) || value.last().is_some_and(wsp) {
             return None;
         }
-        let kind = Kind::of(line.get(..name_len)?);
+        let name = line.get(..name_len)?;
+        let kind = Kind::of(name);
+        // A name Kind::of recognised equals a canonical one up to ASCII case: a token.
+        if kind == Kind::Other && !name.iter().all(|&b| is_token_char(b)) {
+            return None;
+        }
         if kind == Kind::ContentLength {
             if content_length.is_some() || value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
                 return None;
