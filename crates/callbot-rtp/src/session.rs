@@ -182,12 +182,15 @@ fn bind_pair(
     ports: &RangeInclusive<u16>,
     mux: bool,
 ) -> Result<(UdpSocket, Option<UdpSocket>), RtpError> {
-    let first = *ports.start() + (*ports.start() & 1);
     let last = *ports.end();
     let no_port = || RtpError::NoFreePort {
         ip,
         first: *ports.start(),
         last,
+    };
+    // The first even port (none when the range starts at 65535).
+    let Some(first) = ports.start().checked_add(*ports.start() & 1) else {
+        return Err(no_port());
     };
     if first > last || (!mux && first >= last) {
         return Err(no_port());

@@ -69,6 +69,30 @@ fn range_exhaustion_is_an_error_not_a_hang() {
     mk().unwrap();
 }
 
+#[test]
+fn a_range_starting_at_65535_has_no_even_port_and_one_pair_is_always_taken() {
+    for mux in [false, true] {
+        let mut cfg = RtpSessionConfig::new(LO, Law::Ulaw, None);
+        cfg.media.rtcp_mux = mux;
+        cfg.ports = 65535..=65535;
+        assert!(
+            matches!(
+                RtpSession::start(cfg),
+                Err(callbot_rtp::RtpError::NoFreePort { .. })
+            ),
+            "mux {mux}"
+        );
+    }
+    // A range of one pair: whatever the process's random start, that pair.
+    let base = callbot_testkit::ports::free_udp_port_range(2);
+    for _ in 0..3 {
+        let mut cfg = RtpSessionConfig::new(LO, Law::Ulaw, None);
+        cfg.ports = base..=base + 1;
+        let s = RtpSession::start(cfg).unwrap();
+        assert_eq!(s.local_addr().port(), base);
+    }
+}
+
 fn pair(law: Law, record_b: Option<RecordTo>) -> (RtpSession, RtpSession) {
     let mut ca = RtpSessionConfig::new(LO, law, None);
     ca.ports = 40000..=49999;
