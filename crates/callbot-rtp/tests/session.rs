@@ -125,42 +125,61 @@ fn two_sessions_exchange_audio_dtmf_and_stop() {
             })
             .unwrap();
         assert_eq!((fin.id, fin.completed, fin.played_samples), (id, true, 8000));
-        std::thread::sleep(Duration::from_millis(400));
-        // B's frames: silence (A's idle packets) then the tone, bit exact after G.711
-        let got: Vec<i16> = b
-            .frames()
-            .try_iter()
-            .filter(|f| f.kind == FrameKind::Audio)
-            .flat_map(|f| f.audio.samples)
-            .collect();
+        // B's frames: silence (A's idle packets) then the tone, bit exact after G.711.
+        // B plays it out 200 ms (its jitter depth) after A sent it, later on a loaded
+        // machine: collect until the whole tone is there (bounded), not for a fixed time.
         let want = roundtrip(law, &pcm);
-        let start = got
-            .windows(want.len().min(64))
-            .position(|w| w == &want[..64])
-            .expect("tone found in B's audio");
-        assert!(got[start..].len() >= want.len());
+        let mut got: Vec<i16> = Vec::new();
+        let until = Instant::now() + Duration::from_secs(10);
+        let start = loop {
+            let found = got.windows(64).position(|w| w == &want[..64]);
+            if let Some(s) = found
+                && got.len() - s >= want.len()
+            {
+                break s;
+            }
+            assert!(
+                Instant::now() < until,
+                "tone start {found:?} in B's {} samples, {:?}",
+                got.len(),
+                b.stats()
+            );
+            if let Ok(f) = b.frames().recv_timeout(Duration::from_millis(100))
+                && f.kind == FrameKind::Audio
+            {
+                got.extend(f.audio.samples);
+            }
+        };
         assert!(got[start..start + want.len()] == want[..], "audio differs");
 
         a.send_dtmf('7', Duration::from_millis(100)).unwrap();
-        let ev = b
-            .events()
-            .iter()
-            .take(10)
-            .find_map(|e| match e {
-                RtpEvent::Dtmf(d) => Some(d),
-                _ => None,
-            })
-            .unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        let ev = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match b.events().recv_timeout(left) {
+                Ok(RtpEvent::Dtmf(d)) => break d,
+                Ok(_) => {}
+                Err(e) => panic!("no DTMF at B: {e}, {:?}", b.stats()),
+            }
+        };
         assert_eq!(ev.digit, '7');
 
-        // barge-in
+        // barge-in once at least 10 frames (200 ms) of the 10 s have been sent
+        let before = a.stats().frames_played;
         a.play(AudioFrame::new(8000, tone(80000, 300.0, 5000.0))).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
+        let until = Instant::now() + Duration::from_secs(10);
+        while a.stats().frames_played < before + 10 {
+            assert!(Instant::now() < until, "{:?}", a.stats());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let stopped = a.stop_playback().unwrap();
         assert_eq!(stopped.cancelled, 1);
         assert!(
             stopped.played >= Duration::from_millis(200) && stopped.played <= Duration::from_millis(2000)
         );
+        // what stop_playback says was played is what went out, frame for frame
+        let played_frames = a.stats().frames_played - before;
+        assert_eq!(stopped.played, Duration::from_millis(20) * played_frames as u32);
         assert_eq!(stopped.played + stopped.dropped, Duration::from_secs(10));
         assert!(!a.is_playing());
 
