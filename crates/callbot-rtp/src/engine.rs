@@ -41,16 +41,24 @@ const MAX_AUDIO_PAYLOAD: usize = 480;
 /// pause an adaptive jitter buffer may shorten.
 const QUIET_PEAK: u16 = 256;
 
+/// After a re-INVITE that moved the media, how many packets from the old peer's
+/// addresses the reopened symmetric latch refuses before it accepts them after all (a
+/// peer whose SDP address changed but whose packets still come from the same place):
+/// one second of 20 ms packets.
+pub const STALE_PACKETS: u32 = 50;
+
 /// How the engine picks the peer's media source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Latching {
     /// Accept RTP only from the address in the SDP (exact IP and port) and send there.
     SdpAddress,
     /// Symmetric RTP (RFC 4961) for peers behind NAT: the first valid packet from any
-    /// address fixes the source, and media is sent back to where it came from. A source
-    /// latched from another address than the SDP's gives way once to the first packet
-    /// from the SDP address (the old peer's packets after a re-INVITE must not keep
-    /// the latch).
+    /// address fixes the source, and media is sent back to where it came from. After a
+    /// re-INVITE that moves the media, the old peer's addresses (its SDP address and the
+    /// source it was latched to) may not take the reopened latch for the next
+    /// [`STALE_PACKETS`] packets they send: their packets still queued in the socket or
+    /// in flight would otherwise keep the media pointed at the old peer for the rest of
+    /// the call.
     Symmetric,
 }
 
@@ -250,6 +258,9 @@ pub struct MediaEngine {
     jitter: JitterBuffer,
     latch: LatchState,
     latched_ssrc_before: Option<u32>,
+    /// The old peer's addresses after a re-INVITE that moved the media, and how many
+    /// more of their packets the open latch refuses.
+    stale: ([Option<SocketAddr>; 2], u32),
     dest: Option<SocketAddr>,
     dtmf_rx: DtmfReceiver,
     // receive playout
@@ -300,6 +311,7 @@ impl MediaEngine {
             wall_epoch: wall,
             latch: LatchState::Open,
             latched_ssrc_before: None,
+            stale: ([None; 2], 0),
             dest,
             dtmf_rx: DtmfReceiver::new(),
             rx_fifo: VecDeque::with_capacity(4 * FRAME_SAMPLES),
@@ -380,7 +392,9 @@ impl MediaEngine {
     }
 
     /// Re-targets after a re-INVITE: new peer address (and possibly codec); the latch
-    /// opens again so the next valid packet (possibly with a new SSRC) is accepted.
+    /// opens again so the next valid packet (possibly with a new SSRC) is accepted. When
+    /// the address moved, the old peer's addresses are refused for a while (see
+    /// [`Latching::Symmetric`]).
     pub fn retarget(
         &mut self,
         remote: Option<SocketAddr>,
@@ -388,6 +402,18 @@ impl MediaEngine {
         payload_type: u8,
         telephone_event: Option<u8>,
     ) {
+        self.stale = if remote.is_some() && remote != self.cfg.remote {
+            let latched = match self.latch {
+                LatchState::Latched { addr, .. } => Some(addr),
+                LatchState::Open => None,
+            };
+            (
+                [self.cfg.remote, latched].map(|a| a.filter(|a| Some(*a) != remote)),
+                STALE_PACKETS,
+            )
+        } else {
+            ([None; 2], 0)
+        };
         self.cfg.remote = remote;
         self.cfg.law = law;
         self.cfg.payload_type = payload_type;
@@ -513,24 +539,21 @@ impl MediaEngine {
         match self.latch {
             LatchState::Latched { addr, ssrc } => {
                 if addr != from || ssrc != pkt.ssrc {
-                    // A symmetric latch is a guess; the address the SDP names is not. A
-                    // guessed source gives way to the first packet from the SDP address:
-                    // after a re-INVITE the latch reopens, and a packet from the old
-                    // peer (still queued in the socket, or sent before the peer moved)
-                    // may latch first; without this the new peer stays foreign and
-                    // media goes to the old address for the rest of the call.
-                    let sdp_source = self.cfg.latching == Latching::Symmetric
-                        && addr != from
-                        && self.cfg.remote == Some(from);
-                    if !sdp_source {
-                        self.stats.foreign_source += 1;
-                        return;
-                    }
-                    self.latch_onto(from, pkt.ssrc);
+                    self.stats.foreign_source += 1;
+                    return;
                 }
             }
             LatchState::Open => {
                 if self.cfg.latching == Latching::SdpAddress && self.cfg.remote != Some(from) {
+                    self.stats.foreign_source += 1;
+                    return;
+                }
+                // After a re-INVITE, a packet of the old peer (still queued in the
+                // socket, or sent before it moved) must not take the reopened latch:
+                // media would go to the old address for the rest of the call.
+                let (old, left) = &mut self.stale;
+                if *left > 0 && old.contains(&Some(from)) {
+                    *left -= 1;
                     self.stats.foreign_source += 1;
                     return;
                 }
@@ -556,6 +579,7 @@ impl MediaEngine {
             self.recv = RecvStats::default();
         }
         self.latch = LatchState::Latched { addr: from, ssrc };
+        self.stale = ([None; 2], 0);
         if self.cfg.latching == Latching::Symmetric {
             self.dest = Some(from);
         }
@@ -1155,45 +1179,94 @@ mod tests {
         assert_eq!(p.b.destination(), Some(addr("127.0.0.1:7000")));
     }
 
-    #[test]
-    fn a_stale_packet_from_the_old_peer_gives_way_to_the_sdp_address_after_retarget() {
-        let t = Instant::now();
-        let old = addr("127.0.0.1:5000");
-        let new = addr("127.0.0.1:7000");
-        let mut e = MediaEngine::new(
-            MediaConfig::new(Law::Ulaw, Some(old)),
-            t,
-            SystemTime::now(),
-            [1, 2, 3],
-        );
-        // re-INVITE before the socket thread read the old peer's last packet
-        e.retarget(Some(new), Law::Ulaw, 0, Some(101));
-        let mut data = Vec::new();
-        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
-        e.handle_rtp(t, old, &data);
-        assert_eq!(e.latched(), Some((old, 77)));
-        // the new peer (the SDP address) takes the latch and the media
-        packet::write_rtp(&mut data, 0, true, 500, 9, 88, &[0xFF; 160]);
-        e.handle_rtp(t, new, &data);
-        assert_eq!(e.latched(), Some((new, 88)));
-        assert_eq!(e.destination(), Some(new));
-        assert_eq!(e.stats().ssrc_changes, 1);
-        // from now on the latch is final: the old peer and strangers are foreign
-        packet::write_rtp(&mut data, 0, false, 11, 1760, 77, &[0xFF; 160]);
-        e.handle_rtp(t, old, &data);
-        e.handle_rtp(t, addr("127.0.0.1:6666"), &data);
-        packet::write_rtp(&mut data, 0, false, 501, 169, 99, &[0xFF; 160]);
-        e.handle_rtp(t, new, &data);
-        assert_eq!(e.latched(), Some((new, 88)));
-        let s = e.stats();
-        assert_eq!((s.packets_received, s.foreign_source), (2, 3));
-        let latched: Vec<_> = std::iter::from_fn(|| e.poll_event())
+    fn latched_events(e: &mut MediaEngine) -> Vec<(SocketAddr, u32)> {
+        std::iter::from_fn(|| e.poll_event())
             .filter_map(|ev| match ev {
                 MediaEvent::SourceLatched { addr, ssrc } => Some((addr, ssrc)),
                 _ => None,
             })
-            .collect();
-        assert_eq!(latched, vec![(old, 77), (new, 88)]);
+            .collect()
+    }
+
+    #[test]
+    fn the_old_peer_cannot_take_the_latch_after_a_retarget_that_moved_the_media() {
+        let t = Instant::now();
+        let old_sdp = addr("127.0.0.1:5000");
+        let old_nat = addr("127.0.0.1:5002");
+        let new_sdp = addr("127.0.0.1:7000");
+        let new_nat = addr("127.0.0.1:7002");
+        let mut e = MediaEngine::new(
+            MediaConfig::new(Law::Ulaw, Some(old_sdp)),
+            t,
+            SystemTime::now(),
+            [1, 2, 3],
+        );
+        let mut data = Vec::new();
+        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
+        e.handle_rtp(t, old_nat, &data);
+        assert_eq!(e.latched(), Some((old_nat, 77)));
+        // re-INVITE to a peer behind NAT before the socket thread read the old peer's
+        // last packets (from both its addresses)
+        e.retarget(Some(new_sdp), Law::Ulaw, 0, Some(101));
+        packet::write_rtp(&mut data, 0, false, 11, 1760, 77, &[0xFF; 160]);
+        e.handle_rtp(t, old_nat, &data);
+        e.handle_rtp(t, old_sdp, &data);
+        assert_eq!(e.latched(), None);
+        assert_eq!(e.stats().foreign_source, 2);
+        // the new peer's packets come from its NAT address, not its SDP address
+        packet::write_rtp(&mut data, 0, true, 500, 9, 88, &[0xFF; 160]);
+        e.handle_rtp(t, new_nat, &data);
+        assert_eq!(e.latched(), Some((new_nat, 88)));
+        assert_eq!(e.destination(), Some(new_nat));
+        assert_eq!(e.stats().ssrc_changes, 1);
+        // the latch is final: the old peer, the SDP address and strangers are foreign
+        packet::write_rtp(&mut data, 0, false, 12, 1920, 77, &[0xFF; 160]);
+        e.handle_rtp(t, old_nat, &data);
+        packet::write_rtp(&mut data, 0, false, 501, 169, 99, &[0xFF; 160]);
+        e.handle_rtp(t, new_sdp, &data);
+        e.handle_rtp(t, addr("127.0.0.1:6666"), &data);
+        assert_eq!(e.latched(), Some((new_nat, 88)));
+        assert_eq!(e.destination(), Some(new_nat));
+        let s = e.stats();
+        assert_eq!((s.packets_received, s.foreign_source), (2, 5));
+        assert_eq!(latched_events(&mut e), vec![(old_nat, 77), (new_nat, 88)]);
+    }
+
+    #[test]
+    fn a_retarget_to_the_same_address_keeps_the_peer_and_a_moved_sdp_gives_way_in_time() {
+        let t = Instant::now();
+        let sdp = addr("127.0.0.1:5000");
+        let nat = addr("127.0.0.1:5002");
+        let mut e = MediaEngine::new(
+            MediaConfig::new(Law::Ulaw, Some(sdp)),
+            t,
+            SystemTime::now(),
+            [1, 2, 3],
+        );
+        let mut data = Vec::new();
+        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
+        e.handle_rtp(t, nat, &data);
+        // hold / resume or a codec change: same address, the peer latches again at once
+        e.retarget(Some(sdp), Law::Alaw, 8, Some(101));
+        packet::write_rtp(&mut data, 8, false, 11, 1760, 77, &[0xD5; 160]);
+        e.handle_rtp(t, nat, &data);
+        assert_eq!(e.latched(), Some((nat, 77)));
+        // the SDP address moves, but the peer's packets still come from the same place
+        // (a media relay kept its port): refused for STALE_PACKETS packets, then taken
+        e.retarget(Some(addr("127.0.0.1:7000")), Law::Alaw, 8, Some(101));
+        for n in 0..=STALE_PACKETS {
+            assert_eq!(e.latched(), None, "packet {n}");
+            let seq = 12 + n as u16;
+            packet::write_rtp(&mut data, 8, false, seq, 160 * u32::from(seq), 77, &[0xD5; 160]);
+            e.handle_rtp(t, nat, &data);
+        }
+        assert_eq!(e.latched(), Some((nat, 77)));
+        assert_eq!(e.destination(), Some(nat));
+        let s = e.stats();
+        assert_eq!(
+            (s.packets_received, s.foreign_source),
+            (3, u64::from(STALE_PACKETS))
+        );
     }
 
     #[test]

@@ -41,9 +41,10 @@
 //! the first valid packet with a negotiated payload type, and sends media back there.
 //! After latching, other addresses and SSRCs are dropped and counted
 //! (`foreign_source`). After a re-INVITE call [`RtpSession::retarget`]: the latch opens
-//! again and a new SSRC restarts the jitter buffer. A symmetric latch made from another
-//! address than the SDP's gives way once to the first packet from the SDP address, so a
-//! packet of the old peer read after the re-INVITE cannot keep the media pointed at it.
+//! again and a new SSRC restarts the jitter buffer. When the re-INVITE moved the media,
+//! the old peer's addresses may not take the reopened latch for their next
+//! [`engine::STALE_PACKETS`] packets, so a packet of the old peer read after the
+//! re-INVITE cannot keep the media pointed at it.
 //!
 //! ## Limits
 //! G.711 only (PCMU/PCMA, 8 kHz), 20 ms packets sent; received packets of 10-60 ms

@@ -369,7 +369,10 @@ fn packets_leave_when_their_20_ms_tick_is_due() {
     // Nothing comes in, so only the session's own timer wakes its thread: each packet's
     // lateness after its tick (tick 0 = the start) is what that timer costs. A socket
     // read timeout counts in kernel ticks (4 ms here) and rounds up: every packet
-    // left 4 to 8 ms late.
+    // left 4 to 8 ms late. The check is on the fastest tenth: that bug made no packet
+    // leave within 3 ms, while on a loaded machine (CI runs tests in parallel on two
+    // cores) half the packets can wait a scheduler tick for a CPU (p50 3.3-9 ms at
+    // load 5), which says nothing about the timer.
     let peer = UdpSocket::bind((LO, 0)).unwrap();
     peer.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let cfg = RtpSessionConfig::new(LO, Law::Ulaw, Some(peer.local_addr().unwrap()));
@@ -394,7 +397,7 @@ fn packets_leave_when_their_20_ms_tick_is_due() {
     }
     s.shutdown(deadline());
     late_ms.sort_by(f64::total_cmp);
-    let (p50, p95) = (late_ms[50], late_ms[95]);
-    println!("RTP send lateness after the tick: p50 {p50:.2} ms, p95 {p95:.2} ms");
-    assert!(p50 < 3.0, "p50 {p50:.2} ms late (p95 {p95:.2})");
+    let (p10, p50, p95) = (late_ms[10], late_ms[50], late_ms[95]);
+    println!("RTP send lateness after the tick: p10 {p10:.2} ms, p50 {p50:.2} ms, p95 {p95:.2} ms");
+    assert!(p10 < 3.0, "p10 {p10:.2} ms late (p50 {p50:.2}, p95 {p95:.2})");
 }
