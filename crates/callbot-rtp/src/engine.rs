@@ -1179,6 +1179,23 @@ mod tests {
         assert_eq!(p.b.destination(), Some(addr("127.0.0.1:7000")));
     }
 
+    /// An engine whose SDP names `sdp`, latched onto `from` (SSRC 77, sequence 10) by
+    /// its first packet; the instant it was made.
+    fn latched_engine(sdp: SocketAddr, from: SocketAddr) -> (MediaEngine, Instant) {
+        let t = Instant::now();
+        let mut e = MediaEngine::new(
+            MediaConfig::new(Law::Ulaw, Some(sdp)),
+            t,
+            SystemTime::now(),
+            [1, 2, 3],
+        );
+        let mut data = Vec::new();
+        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
+        e.handle_rtp(t, from, &data);
+        assert_eq!(e.latched(), Some((from, 77)));
+        (e, t)
+    }
+
     fn latched_events(e: &mut MediaEngine) -> Vec<(SocketAddr, u32)> {
         std::iter::from_fn(|| e.poll_event())
             .filter_map(|ev| match ev {
@@ -1190,21 +1207,12 @@ mod tests {
 
     #[test]
     fn the_old_peer_cannot_take_the_latch_after_a_retarget_that_moved_the_media() {
-        let t = Instant::now();
         let old_sdp = addr("127.0.0.1:5000");
         let old_nat = addr("127.0.0.1:5002");
         let new_sdp = addr("127.0.0.1:7000");
         let new_nat = addr("127.0.0.1:7002");
-        let mut e = MediaEngine::new(
-            MediaConfig::new(Law::Ulaw, Some(old_sdp)),
-            t,
-            SystemTime::now(),
-            [1, 2, 3],
-        );
+        let (mut e, t) = latched_engine(old_sdp, old_nat);
         let mut data = Vec::new();
-        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
-        e.handle_rtp(t, old_nat, &data);
-        assert_eq!(e.latched(), Some((old_nat, 77)));
         // re-INVITE to a peer behind NAT before the socket thread read the old peer's
         // last packets (from both its addresses)
         e.retarget(Some(new_sdp), Law::Ulaw, 0, Some(101));
@@ -1234,18 +1242,10 @@ mod tests {
 
     #[test]
     fn a_retarget_to_the_same_address_keeps_the_peer_and_a_moved_sdp_gives_way_in_time() {
-        let t = Instant::now();
         let sdp = addr("127.0.0.1:5000");
         let nat = addr("127.0.0.1:5002");
-        let mut e = MediaEngine::new(
-            MediaConfig::new(Law::Ulaw, Some(sdp)),
-            t,
-            SystemTime::now(),
-            [1, 2, 3],
-        );
+        let (mut e, t) = latched_engine(sdp, nat);
         let mut data = Vec::new();
-        packet::write_rtp(&mut data, 0, false, 10, 1600, 77, &[0xFF; 160]);
-        e.handle_rtp(t, nat, &data);
         // hold / resume or a codec change: same address, the peer latches again at once
         e.retarget(Some(sdp), Law::Alaw, 8, Some(101));
         packet::write_rtp(&mut data, 8, false, 11, 1760, 77, &[0xD5; 160]);
