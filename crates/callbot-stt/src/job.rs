@@ -27,9 +27,10 @@ pub enum Decoding {
         best_of: u8,
     },
     /// Beam search with `beam_size` beams (1..=8): slower, sometimes more accurate. With
-    /// tiny.en on espeak-ng speech (60 clips, 555 words, `tests/accuracy.rs`'s set), 5 beams
-    /// scored 20.0 % WER against greedy's 23.6 % clean and 41.8 % against 45.2 % at 8 kHz
-    /// u-law, for 1.20-1.24x the wall time and 1.27x the CPU of a 3-4 s turn
+    /// tiny.en on espeak-ng speech (`tests/accuracy.rs`), 5 beams scored 20.0 % WER against
+    /// greedy's 23.6 % on the accuracy set (60 clips, 555 words) clean and 41.8 % against
+    /// 45.2 % at 8 kHz u-law, but only 33.1 % against 33.6 % on the held-out set (200 clips,
+    /// 1,575 words), for 1.20-1.25x the wall time and 1.27-1.32x the CPU of a 3-4 s turn
     /// (`tests/speed.rs`); 3 beams gained nothing clean (23.6 %).
     BeamSearch {
         /// Number of beams.

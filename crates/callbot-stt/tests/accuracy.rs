@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use callbot_audio::frame::i16_to_f32;
 use callbot_audio::g711::Law;
 use callbot_stt::{
-    AudioWindow, TranscribeOptions, Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber,
+    AudioWindow, Decoding, TranscribeOptions, Transcriber, TranscriptionRequest, WhisperConfig,
+    WhisperTranscriber,
 };
 use callbot_testkit::speech::{
     self, ACCURACY_VOICES, ACCURACY_WPM, ESPEAK_DEFAULT_WPM, ESPEAK_RATE, REFERENCE_SENTENCES, SENTENCES,
@@ -37,9 +38,19 @@ struct Clip {
 /// all voices, through `channel` (22,050 Hz i16 -> 16 kHz f32); `None` without the model
 /// or espeak-ng.
 fn clips(sentences: Range<usize>, channel: impl Fn(&[i16]) -> Vec<f32>) -> Option<(PathBuf, Vec<Clip>)> {
-    let model = callbot_testkit::whisper_model()?;
     let wanted: Vec<&str> = SENTENCES[sentences].iter().map(|s| s.text).collect();
-    let clips = speech::accuracy_set()
+    set_clips(speech::accuracy_set(), &wanted, channel)
+}
+
+/// The utterances of `set` whose sentence is one of `wanted`, spoken at `ACCURACY_WPM`,
+/// through `channel`; `None` without the model or espeak-ng.
+fn set_clips(
+    set: impl Iterator<Item = speech::TestSentence>,
+    wanted: &[&str],
+    channel: impl Fn(&[i16]) -> Vec<f32>,
+) -> Option<(PathBuf, Vec<Clip>)> {
+    let model = callbot_testkit::whisper_model()?;
+    let clips = set
         .filter(|s| wanted.contains(&s.text))
         .map(|s| {
             speech::espeak_with(s.text, s.voice, ACCURACY_WPM).map(|pcm| Clip {
@@ -168,9 +179,7 @@ fn clean_16k(sentences: Range<usize>, bound: f64) {
         auto.median_latency(),
         full.median_latency(),
         auto.median_latency() / full.median_latency(),
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
+        load()
     );
     assert!(auto.pct() <= bound, "clean WER {auto}");
     assert!(
@@ -190,6 +199,73 @@ fn heavy_wer_clean_16k_sentences_1_to_6() {
 #[test]
 fn heavy_wer_clean_16k_sentences_7_to_12() {
     clean_16k(6..12, CLEAN_BOUND_7_TO_12);
+}
+
+/// The held-out set (`speech::held_out_set`: the IEEE Harvard sentences, lists 1-4, by the
+/// five accuracy voices, 200 clips, 1,575 words), clean at 16 kHz: the primary figure with
+/// the default options (greedy, automatic window), the one issue 5's "<= 15 %" is read
+/// against, and beam search 5. Nothing was tuned on this set (see `held_out_set`).
+#[test]
+fn heavy_wer_held_out_clean_16k() {
+    let Some((model, clips)) = set_clips(speech::held_out_set(), speech::HARVARD_SENTENCES, speech::to_16k)
+    else {
+        return;
+    };
+    assert_eq!(clips.len(), 200);
+    let mut stt = transcriber(model);
+    let greedy = score(
+        &stt,
+        "held-out clean greedy",
+        &clips,
+        &TranscribeOptions::default(),
+    );
+    let beam = score(
+        &stt,
+        "held-out clean beam 5",
+        &clips,
+        &TranscribeOptions {
+            decoding: Decoding::BeamSearch { beam_size: 5 },
+            ..TranscribeOptions::default()
+        },
+    );
+    eprintln!(
+        "held-out clean 16 kHz: greedy {greedy}; beam 5 {beam}; load average {}",
+        load()
+    );
+    assert_eq!(greedy.words, 1575);
+    assert!(greedy.errors <= HELD_OUT_CLEAN_MAX, "greedy {greedy}");
+    assert!(beam.errors <= HELD_OUT_BEAM_MAX, "beam 5 {beam}");
+    assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
+}
+
+/// The held-out set as a VoIP call carries it (8 kHz G.711 µ-law), default options. A report
+/// (2 minutes of whisper in the dev profile): the 8 kHz path is gated on the accuracy set by
+/// `heavy_wer_telephone_8k` and `heavy_wer_telephone_300_3400_hz`.
+#[test]
+#[ignore = "report: the 8 kHz path is gated by heavy_wer_telephone_8k; run with --ignored --nocapture"]
+fn heavy_wer_held_out_telephone_8k() {
+    let Some((model, clips)) = set_clips(speech::held_out_set(), speech::HARVARD_SENTENCES, |pcm| {
+        speech::voip_16k(&i16_to_f32(pcm), ESPEAK_RATE, Law::Ulaw)
+    }) else {
+        return;
+    };
+    let mut stt = transcriber(model);
+    let wer = score(
+        &stt,
+        "held-out 8 kHz u-law",
+        &clips,
+        &TranscribeOptions::default(),
+    );
+    eprintln!("held-out 8 kHz u-law: {wer}; load average {}", load());
+    assert!(wer.errors <= HELD_OUT_VOIP_MAX, "8 kHz u-law {wer}");
+    assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// The model's reference measurement (`../shared/models/README.md`: the six
@@ -323,3 +399,29 @@ const REFERENCE_AUTO_MAX: usize = 7 + 2;
 /// Automatic window, 300-3400 Hz u-law: 19/73 (the README's sox telephone band: 20/73 as it
 /// counts, 21 as `speech::wer` counts).
 const REFERENCE_PHONE_MAX: usize = 19 + 2;
+
+// The held-out set, measured once (05:33-05:35, load 0.5-1.7, release build, the text does not
+// depend on the load or the profile), the commit after the one that fixed the set. The bounds
+// are the measured figure plus four words (0.25 points of 1,575).
+//
+// | held-out set, 1,575 words | en-us | en-gb-x-rp | en | en-gb-scotland | en-029 | all |
+// |---|---|---|---|---|---|---|
+// | clean, greedy (default) | 80 | 82 | 92 | 132 | 143 | **529 (33.6 %)** |
+// | clean, beam 5 | 82 | 88 | 80 | 132 | 139 | 521 (33.1 %) |
+// | clean, greedy, full 30 s window (`tests/wer_explore.rs`) | 88 | 94 | 91 | 139 | 146 | 558 (35.4 %) |
+// | 8 kHz u-law, greedy | 172 | 194 | 186 | 236 | 211 | 999 (63.4 %) |
+//
+// Issue 5's "<= 15 %" is not met on it, and not by the pipeline's fault: the model itself
+// hears espeak-ng's rendering of these sentences this way. On the en-us clips at espeak-ng's
+// default rate, converted by sox, a direct whisper-rs call with the model README's settings
+// (full window, no padding) scores 35.2 % (111/315), this handle 32.4 % (102/315), and
+// faster-whisper 1.2.1 (CTranslate2 4.8.5, float32, its own numpy front end: an independent
+// implementation of the same weights) 36.4 % (114/313 with its plain normaliser), with the
+// same mishearings ("The birch canoe" -> "The merch can be", "Glue the sheet" -> "Blue
+// machine", "The box" -> "The marks": espeak-ng's /b/ is heard as /m/ or /w/ throughout).
+/// Held-out, clean, greedy, automatic window: measured 529/1575 (33.6 %).
+const HELD_OUT_CLEAN_MAX: usize = 529 + 4;
+/// Held-out, clean, beam search 5: measured 521/1575 (33.1 %).
+const HELD_OUT_BEAM_MAX: usize = 521 + 4;
+/// Held-out, 8 kHz u-law, greedy: measured 999/1575 (63.4 %).
+const HELD_OUT_VOIP_MAX: usize = 999 + 4;

@@ -13,7 +13,7 @@
 //!
 //! Environment (defaults in brackets):
 //! - `WER_SET` [ref6]: `ref6` the README's six sentences (`REFERENCE_SENTENCES`), `s12` the
-//!   twelve of `SENTENCES`;
+//!   twelve of `SENTENCES`, `harvard` the forty of `HARVARD_SENTENCES` (the held-out set);
 //!   every sentence is spoken by every voice of `WER_VOICES` [en-us].
 //! - `WER_WPM` [175, espeak-ng's default]: espeak-ng `-s`.
 //! - `WER_RESAMPLE` [sox]: 22,050 -> 16 kHz by `sox` or by `rubato` (`speech::to_16k`).
@@ -25,7 +25,8 @@
 //! - `WER_THREADS` [2].
 //! - `WER_CONFIGS` [direct]: `;`-separated configurations. `direct,...` is a direct whisper-rs
 //!   call on a fresh state (README settings: greedy best_of 1, full window, no padding) with
-//!   optional `ctx=N|auto` (auto = the handle's window), `trail=MS` (silence appended),
+//!   optional `ctx=N|auto` (auto = the handle's window), `trail=MS` (silence appended), `lead=MS` (silence
+//!   prepended), `gain=X` (linear), `rms=DB` (speech scaled to this RMS level, dBFS),
 //!   `beam=N`, `patience=P`, `bestof=N`, `lenpen=X`, `ent=X`, `lp=X`, `tinc=X`, `prompt=P`
 //!   (index into `PROMPTS`). `handle,...` goes through `WhisperTranscriber` with its defaults
 //!   (automatic window, 0.5 s trailing silence) and optional `ctx=full`, `beam=N`, `prompt=P`.
@@ -152,6 +153,7 @@ fn wer_explore() {
     let texts: Vec<&'static str> = match set.as_str() {
         "ref6" => REFERENCE_SENTENCES.to_vec(),
         "s12" => SENTENCES.iter().map(|s| s.text).collect(),
+        "harvard" => speech::HARVARD_SENTENCES.to_vec(),
         other => panic!("unknown WER_SET {other}"),
     };
     let voices: Vec<String> = env("WER_VOICES", "en-us")
@@ -252,8 +254,19 @@ fn wer_explore() {
                         fp.set_initial_prompt(p);
                     }
                     let trail = (f("trail").unwrap_or(0.0) * 16.0) as usize;
-                    let mut audio = c.audio.clone();
+                    let lead = (f("lead").unwrap_or(0.0) * 16.0) as usize;
+                    let mut audio = vec![0.0; lead];
+                    audio.extend_from_slice(&c.audio);
                     audio.extend(std::iter::repeat_n(0.0, trail));
+                    if let Some(g) = f("gain") {
+                        audio.iter_mut().for_each(|s| *s = (*s * g).clamp(-1.0, 1.0));
+                    }
+                    if let Some(db) = f("rms") {
+                        let rms =
+                            (audio.iter().map(|s| s * s).sum::<f32>() / c.audio.len().max(1) as f32).sqrt();
+                        let g = 10f32.powf(db / 20.0) / rms.max(1e-9);
+                        audio.iter_mut().for_each(|s| *s = (*s * g).clamp(-1.0, 1.0));
+                    }
                     let actx = match get("ctx") {
                         None | Some("full") => 0,
                         Some("auto") => {

@@ -859,8 +859,11 @@ mod tests {
         let distinct: std::collections::BTreeSet<_> = set.iter().map(|s| (s.text, s.voice)).collect();
         assert_eq!(distinct.len(), set.len());
         // No sentence of the held-out set is one the pipeline was tuned on.
-        assert!(HARVARD_SENTENCES.iter().all(|h| SENTENCES.iter().all(|s| s.text != *h)
-            && !REFERENCE_SENTENCES.contains(h)));
+        assert!(
+            HARVARD_SENTENCES
+                .iter()
+                .all(|h| SENTENCES.iter().all(|s| s.text != *h) && !REFERENCE_SENTENCES.contains(h))
+        );
         let words: usize = HARVARD_SENTENCES.iter().map(|s| normalize(s).len()).sum();
         assert_eq!(words, 315);
     }
