@@ -50,6 +50,21 @@
 //! keeps the model alive and is waited for again by the next call or `Drop`. Later calls
 //! do nothing else; `Drop` calls it with a 2 s deadline.
 //!
+//! ## Accuracy: what to expect from tiny.en
+//!
+//! This crate adds no error of its own: on the same audio it returns the words a direct
+//! whisper-rs call returns (the model README's reference, 6 sentences, is reproduced word for
+//! word, and the test `heavy_wer_reference_sentences` keeps it so), and faster-whisper, an
+//! independent implementation of the same weights, scores the same or worse
+//! (`tests/accuracy.rs`). What the words are depends on the model and the speech. With
+//! tiny.en, the model the tests use, on espeak-ng's synthetic voices (clean 16 kHz, five
+//! English voices): 9.6 % WER on the README's six phone sentences (en-us alone), 23.6 % on
+//! twelve phone-bot sentences, 33.6 % on the IEEE Harvard sentences, about twice that
+//! through an 8 kHz G.711 call. [`Decoding::BeamSearch`] with 5 beams takes 0.5-3.6 points
+//! off for 1.25x the time of a turn; an [`TranscribeOptions::initial_prompt`] with the
+//! domain's words (names, products) helps where the words are known. For real callers,
+//! prefer a larger model (`cargo xtask model base.en`) where the CPU allows it.
+//!
 //! ```no_run
 //! use std::time::{Duration, Instant};
 //! use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
