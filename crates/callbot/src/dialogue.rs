@@ -450,6 +450,9 @@ pub struct CallSummary {
     pub noise_ignored: u32,
     /// Utterances dropped because newer ones were waiting for transcription.
     pub utterances_dropped: u32,
+    /// Transcriptions stopped while they ran: the caller hung up or the call ended during
+    /// one, or a speculative one was dropped (also counted in `speculations_dropped`).
+    pub transcriptions_cancelled: u32,
     /// DTMF digits received.
     pub dtmf_digits: u32,
     /// Speculative transcriptions started.
@@ -695,6 +698,7 @@ impl<A> Dialogue<A> {
                 barge_ins: 0,
                 noise_ignored: 0,
                 utterances_dropped: 0,
+                transcriptions_cancelled: 0,
                 dtmf_digits: 0,
                 speculations: 0,
                 speculations_dropped: 0,
@@ -1092,6 +1096,7 @@ impl<A> Dialogue<A> {
         self.actions
             .push_back(Action::CancelTranscription { turn: job.turn });
         if job.finished.is_none() {
+            self.summary.transcriptions_cancelled += 1;
             self.draining.push((job.turn, now));
         }
     }
@@ -2247,6 +2252,7 @@ mod tests {
         d.handle_timeout(end + ms(400));
         assert!(drain(&mut d).is_empty());
         assert_eq!(d.summary.speculations_dropped, 1);
+        assert_eq!(d.summary.transcriptions_cancelled, 1);
         assert_eq!(d.summary.early_ends, 0);
     }
 
@@ -2831,7 +2837,8 @@ mod tests {
     fn caller_hang_up_during_stt_cancels_the_transcription() {
         let (mut d, t0) = greeted();
         let turn = utterance(&mut d, t0 + ms(2000), "a");
-        hang_up_cancels(&mut d, t0 + ms(3400), &[Action::CancelTranscription { turn }]);
+        let a = hang_up_cancels(&mut d, t0 + ms(3400), &[Action::CancelTranscription { turn }]);
+        assert_eq!(summary(&a).transcriptions_cancelled, 1);
         // a late transcript is ignored
         transcript(&mut d, t0 + ms(3500), turn, "hello");
         assert!(drain(&mut d).is_empty());
@@ -2841,6 +2848,11 @@ mod tests {
     fn caller_hang_up_during_llm_cancels_the_reply_and_records_the_turn() {
         let (mut d, t0, turn) = asked("Hello");
         let a = hang_up_cancels(&mut d, t0 + ms(3600), &[Action::CancelReply { turn }]);
+        assert_eq!(
+            summary(&a).transcriptions_cancelled,
+            0,
+            "the transcription had finished"
+        );
         let r = only_record(&a);
         assert!(r.interrupted);
         assert_eq!(r.user.as_deref(), Some("Hello"));

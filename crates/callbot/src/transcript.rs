@@ -215,6 +215,7 @@ mod tests {
             barge_ins: 0,
             noise_ignored: 1,
             utterances_dropped: 0,
+            transcriptions_cancelled: 0,
             dtmf_digits: 0,
             speculations: 0,
             speculations_dropped: 0,
