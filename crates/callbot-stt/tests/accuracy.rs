@@ -214,9 +214,10 @@ fn heavy_wer_held_out_clean_16k() {
     );
 }
 
-/// The held-out set, clean, with beam search 5 (a separate test: each pass over the 200
-/// clips takes a minute or two on 2 busy cores).
+/// The held-out set, clean, with beam search 5. A report (two minutes of CI): beam search
+/// itself is exercised by `tests/whisper.rs`, and the default decoding is greedy.
 #[test]
+#[ignore = "report: beam search is exercised by tests/whisper.rs; run with --ignored --nocapture"]
 fn heavy_wer_held_out_clean_16k_beam_5() {
     let options = TranscribeOptions {
         decoding: Decoding::BeamSearch { beam_size: 5 },
