@@ -366,7 +366,7 @@ fn heavy_e2e_caller_hangs_up_during_greeting_transcription_and_reply() {
     let Some((model, dir, spoken)) = sentence_for_baresip() else {
         return;
     };
-    // The end of the voice (espeak-ng's clip ends with about a second of quiet), in the WAV.
+    // The end of the voice in the WAV (espeak-ng's clip ends with 0.35 s of quiet).
     let voiced = spoken
         .iter()
         .rposition(|s| s.unsigned_abs() > 300)
