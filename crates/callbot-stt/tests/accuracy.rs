@@ -207,8 +207,9 @@ fn heavy_wer_clean_16k_sentences_7_to_12() {
 /// against. Nothing was tuned on this set (see `held_out_set`).
 #[test]
 fn heavy_wer_held_out_clean_16k() {
-    held_out_clean(
+    held_out(
         "held-out clean greedy",
+        speech::to_16k,
         TranscribeOptions::default(),
         HELD_OUT_CLEAN_MAX,
     );
@@ -223,21 +224,12 @@ fn heavy_wer_held_out_clean_16k_beam_5() {
         decoding: Decoding::BeamSearch { beam_size: 5 },
         ..TranscribeOptions::default()
     };
-    held_out_clean("held-out clean beam 5", options, HELD_OUT_BEAM_MAX);
-}
-
-fn held_out_clean(label: &str, options: TranscribeOptions, max_errors: usize) {
-    let Some((model, clips)) = set_clips(speech::held_out_set(), speech::HARVARD_SENTENCES, speech::to_16k)
-    else {
-        return;
-    };
-    assert_eq!(clips.len(), 200);
-    let mut stt = transcriber(model);
-    let wer = score(&stt, label, &clips, &options);
-    eprintln!("{label} 16 kHz: {wer}; load average {}", load());
-    assert_eq!(wer.words, 1575);
-    assert!(wer.errors <= max_errors, "{label} {wer}");
-    assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
+    held_out(
+        "held-out clean beam 5",
+        speech::to_16k,
+        options,
+        HELD_OUT_BEAM_MAX,
+    );
 }
 
 /// The held-out set as a VoIP call carries it (8 kHz G.711 µ-law), default options. A report
@@ -246,20 +238,30 @@ fn held_out_clean(label: &str, options: TranscribeOptions, max_errors: usize) {
 #[test]
 #[ignore = "report: the 8 kHz path is gated by heavy_wer_telephone_8k; run with --ignored --nocapture"]
 fn heavy_wer_held_out_telephone_8k() {
-    let Some((model, clips)) = set_clips(speech::held_out_set(), speech::HARVARD_SENTENCES, |pcm| {
-        speech::voip_16k(&i16_to_f32(pcm), ESPEAK_RATE, Law::Ulaw)
-    }) else {
+    held_out(
+        "held-out 8 kHz u-law",
+        |pcm| speech::voip_16k(&i16_to_f32(pcm), ESPEAK_RATE, Law::Ulaw),
+        TranscribeOptions::default(),
+        HELD_OUT_VOIP_MAX,
+    );
+}
+
+/// Word errors of the held-out set through `channel` with `options`, at most `max_errors`.
+fn held_out(
+    label: &str,
+    channel: impl Fn(&[i16]) -> Vec<f32>,
+    options: TranscribeOptions,
+    max_errors: usize,
+) {
+    let Some((model, clips)) = set_clips(speech::held_out_set(), speech::HARVARD_SENTENCES, channel) else {
         return;
     };
+    assert_eq!(clips.len(), 200);
     let mut stt = transcriber(model);
-    let wer = score(
-        &stt,
-        "held-out 8 kHz u-law",
-        &clips,
-        &TranscribeOptions::default(),
-    );
-    eprintln!("held-out 8 kHz u-law: {wer}; load average {}", load());
-    assert!(wer.errors <= HELD_OUT_VOIP_MAX, "8 kHz u-law {wer}");
+    let wer = score(&stt, label, &clips, &options);
+    eprintln!("{label}: {wer}; load average {}", load());
+    assert_eq!(wer.words, 1575);
+    assert!(wer.errors <= max_errors, "{label} {wer}");
     assert!(stt.shutdown(Instant::now() + Duration::from_secs(5)).model_freed);
 }
 
