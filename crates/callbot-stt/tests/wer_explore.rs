@@ -27,8 +27,8 @@
 //!   call on a fresh state (README settings: greedy best_of 1, full window, no padding) with
 //!   optional `ctx=N|auto` (auto = the handle's window), `trail=MS` (silence appended),
 //!   `lead=MS` (silence prepended), `gain=X` (linear), `rms=DB` (speech scaled to this RMS
-//!   level, dBFS), `beam=N`, `patience=P`, `bestof=N`, `lenpen=X`, `ent=X`, `lp=X`, `tinc=X`, `prompt=P`
-//!   (index into `PROMPTS`). `handle,...` goes through `WhisperTranscriber` with its defaults
+//!   level, dBFS), `beam=N`, `patience=P`, `bestof=N`, `lenpen=X`, `ent=X`, `lp=X`,
+//!   `tinc=X`, `prompt=P` (index into `PROMPTS`). `handle,...` goes through `WhisperTranscriber` with its defaults
 //!   (automatic window, 0.5 s trailing silence) and optional `ctx=full`, `beam=N`, `prompt=P`.
 use std::collections::BTreeMap;
 use std::path::Path;
