@@ -17,6 +17,8 @@
 //! both windows in well under a minute. The results are deterministic for a given model,
 //! thread count and whisper.cpp build (a fresh whisper state per job, greedy decoding).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ use callbot_stt::{
 use callbot_testkit::speech::{
     self, ACCURACY_VOICES, ACCURACY_WPM, ESPEAK_DEFAULT_WPM, ESPEAK_RATE, REFERENCE_SENTENCES, SENTENCES,
 };
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+use whisper_rs::{SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 /// One test utterance: reference text, voice, 16 kHz audio.
 struct Clip {
@@ -265,22 +267,16 @@ fn heavy_handle_text_is_a_direct_whisper_rs_calls() {
             .transcribe(TranscriptionRequest::new(clip.audio.clone()))
             .unwrap()
             .text;
-        let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
-        p.set_print_progress(false);
-        p.set_print_timestamps(false);
-        p.set_no_context(true);
-        p.set_n_threads(2);
-        p.set_audio_ctx(i32::from(stt.audio_ctx_for(clip.audio.len())));
+        let p = common::handle_params(
+            SamplingStrategy::Greedy { best_of: 1 },
+            2,
+            stt.audio_ctx_for(clip.audio.len()),
+        );
         let mut audio = clip.audio.clone();
         audio.resize(audio.len() + 8_000, 0.0);
         let mut st = ctx.create_state().unwrap();
         st.full(p, &audio).unwrap();
-        let direct = st
-            .as_iter()
-            .map(|s| s.to_str_lossy().unwrap().trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let direct = common::state_text(&st);
         if handle != direct {
             differ.push(format!(
                 "{} {:?}: handle {handle:?}, direct {direct:?}",

@@ -28,11 +28,13 @@
 //! `CALLBOT_SPEED_VARIANTS` (comma-separated words) runs only the variants whose name
 //! contains one of them. `CALLBOT_SPEED_ROUNDS` (default 2) sets how many times every clip runs per variant.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use callbot_stt::{Transcriber, TranscriptionRequest, WhisperConfig, WhisperTranscriber};
 use callbot_testkit::speech::{self, SENTENCES};
-use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState};
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 /// The handle's trailing silence (0.5 s) and automatic window for 3-4 s turns.
 const PAD: usize = 8_000;
@@ -126,32 +128,19 @@ fn cpu_time() -> Duration {
 }
 
 fn params(v: &Variant, audio_ctx: u16) -> FullParams<'static, 'static> {
-    // The handle's settings (print_realtime and print_special are off by default).
-    let mut p = FullParams::new(match v.beam {
+    let strategy = match v.beam {
         Some(beam_size) => SamplingStrategy::BeamSearch {
             beam_size,
             patience: -1.0,
         },
         None => SamplingStrategy::Greedy { best_of: 1 },
-    });
+    };
+    let mut p = common::handle_params(strategy, v.threads, audio_ctx);
     p.set_no_timestamps(v.no_timestamps);
-    p.set_n_threads(v.threads);
-    p.set_audio_ctx(i32::from(audio_ctx));
-    p.set_no_context(true);
-    p.set_print_progress(false);
-    p.set_print_timestamps(false);
     if v.no_fallback {
         p.set_temperature_inc(0.0);
     }
     p
-}
-
-fn text(st: &WhisperState) -> String {
-    st.as_iter()
-        .filter_map(|s| s.to_str_lossy().ok().map(|t| t.trim().to_owned()))
-        .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn context(model: &std::path::Path, flash: bool) -> WhisperContext {
@@ -268,7 +257,7 @@ fn heavy_speed_report() {
                 times[i].push(ms(t.elapsed()));
                 cpu[i] += cpu_time() - c;
                 if round == 0 {
-                    let (e, n) = speech::wer(reference, &text(st));
+                    let (e, n) = speech::wer(reference, &common::state_text(st));
                     errors[i].0 += e;
                     errors[i].1 += n;
                 }

@@ -30,6 +30,8 @@
 //!   level, dBFS), `beam=N`, `patience=P`, `bestof=N`, `lenpen=X`, `ent=X`, `lp=X`,
 //!   `tinc=X`, `prompt=P` (index into `PROMPTS`). `handle,...` goes through `WhisperTranscriber` with its defaults
 //!   (automatic window, 0.5 s trailing silence) and optional `ctx=full`, `beam=N`, `prompt=P`.
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -277,10 +279,7 @@ fn wer_explore() {
                     fp.set_audio_ctx(actx as i32);
                     let mut st = ctx.create_state().unwrap();
                     st.full(fp, &audio).unwrap();
-                    st.as_iter()
-                        .map(|s| s.to_str_lossy().unwrap().trim().to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                    common::state_text(&st)
                 }
                 "handle" => {
                     let stt = handle.get_or_insert_with(|| {
