@@ -131,10 +131,15 @@ pub const ACCURACY_WPM: u32 = 120;
 /// them with [`espeak_with`] at [`ACCURACY_WPM`]. A larger set than [`SENTENCES`] alone
 /// (111 words, one word = 0.9 points of WER) gives a steadier figure, per voice as well.
 pub fn accuracy_set() -> impl Iterator<Item = TestSentence> {
-    SENTENCES.iter().flat_map(|s| {
+    by_every_voice(SENTENCES.iter().map(|s| s.text))
+}
+
+/// Every text of `texts` spoken by every voice of [`ACCURACY_VOICES`], text by text.
+fn by_every_voice(texts: impl Iterator<Item = &'static str>) -> impl Iterator<Item = TestSentence> {
+    texts.flat_map(|text| {
         ACCURACY_VOICES
             .iter()
-            .map(|&voice| TestSentence { voice, text: s.text })
+            .map(move |&voice| TestSentence { voice, text })
     })
 }
 
@@ -207,11 +212,7 @@ pub const HARVARD_SENTENCES: &[&str] = &[
 /// audio" is read against; beam search 5, the full 30 s window and 8 kHz G.711 µ-law are
 /// reported beside it.
 pub fn held_out_set() -> impl Iterator<Item = TestSentence> {
-    HARVARD_SENTENCES.iter().flat_map(|&text| {
-        ACCURACY_VOICES
-            .iter()
-            .map(move |&voice| TestSentence { voice, text })
-    })
+    by_every_voice(HARVARD_SENTENCES.iter().copied())
 }
 
 /// Speaks `text` with espeak-ng `voice` at [`DEFAULT_WPM`]: mono i16 at 22,050 Hz.
